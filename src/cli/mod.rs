@@ -1,0 +1,392 @@
+//! Command-line interface: clap definitions and one function per subcommand. Exit codes
+//! are documented in the README and in `--help`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, ConfigError, Override};
+use crate::exec::{self, ExecOptions, Reporter};
+use crate::plan::{self, Plan};
+use crate::report;
+use crate::store::{RunStatus, Store, StoreError};
+use crate::ui;
+
+/// The smoke sweep, built in so that `ablate run` works from any directory.
+pub const SMOKE: &str = include_str!("../../experiments/smoke.toml");
+
+pub mod exit {
+    /// Every run succeeded (or was already done).
+    pub const OK: u8 = 0;
+    /// At least one run failed or diverged.
+    pub const RUNS_FAILED: u8 = 1;
+    /// Bad input: an invalid experiment file, flag, SQL statement or missing database.
+    pub const USER_ERROR: u8 = 2;
+    /// An internal error: the database or the file system failed.
+    pub const INTERNAL: u8 = 3;
+    /// Interrupted by Ctrl-C; the database is consistent and `ablate run` resumes.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success · 1 a run failed or diverged · 2 bad input (experiment file, flag, SQL) \
+· 3 internal error (database, file system) · 130 interrupted (resume with the same command)
+
+Examples:
+  ablate run                              # the built-in CPU smoke sweep
+  ablate plan experiments/                # every experiment, with run status
+  ablate run experiments/smoke.toml --jobs 2 --set train.lr=1e-3
+  ablate report experiments/smoke.toml    # results/reports/smoke.md
+  ablate query \"SELECT * FROM run_summary\" --csv";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ablate",
+    version,
+    about = "Declarative experiment and ablation runner for fine-tuning small language models on tool calling",
+    long_about = "TOML experiment files go in; training and evaluation runs come out; every metric \
+                  lands in SQLite and markdown reports answer the sweep's questions.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Results database; run artifacts and reports go beside it.
+    #[arg(long, global = true, env = "ABLATE_DB", default_value = "results/ablate.db")]
+    pub db: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Inputs {
+    /// Experiment files or directories of them (default: experiments/smoke.toml, or the
+    /// built-in smoke sweep when there is no such file).
+    pub paths: Vec<PathBuf>,
+    /// Override a config key in every run, e.g. --set train.lr=1e-3 (repeatable; the
+    /// highest layer, above ABLATE_* environment variables such as ABLATE_TRAIN__LR).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<Override>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Expand experiments into runs and show each run's id, axes and status. Starts nothing.
+    Plan {
+        #[command(flatten)]
+        inputs: Inputs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every pending run (done runs are skipped, also across sweeps), then write reports.
+    Run {
+        #[command(flatten)]
+        inputs: Inputs,
+        /// Runs to execute at the same time.
+        #[arg(long, short = 'j', default_value_t = 1)]
+        jobs: usize,
+        /// Print one JSON object per event on stdout instead of progress bars.
+        #[arg(long)]
+        json: bool,
+        /// Do not write reports after the sweep.
+        #[arg(long)]
+        no_report: bool,
+    },
+    /// Render the report of each experiment into <results>/reports/<name>.md.
+    Report {
+        #[command(flatten)]
+        inputs: Inputs,
+        /// A minijinja template to use instead of the experiment's or the built-in one.
+        #[arg(long)]
+        template: Option<PathBuf>,
+    },
+    /// Run one read-only SQL statement against the results database.
+    Query {
+        /// The statement, e.g. "SELECT * FROM run_summary".
+        sql: String,
+        /// Print CSV.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// Print a JSON array of objects.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+fn user(e: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: exit::USER_ERROR,
+        error: e.into(),
+    }
+}
+
+fn internal(e: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: exit::INTERNAL,
+        error: e.into(),
+    }
+}
+
+fn store_failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::Missing(_) | StoreError::NotReadOnly | StoreError::TooNew { .. } => user(e),
+        // A statement SQLite cannot prepare is the user's SQL.
+        StoreError::Sqlite {
+            source: rusqlite::Error::SqlInputError { .. },
+            ..
+        } => user(e),
+        _ => internal(e),
+    }
+}
+
+/// Parses arguments, runs the command, prints errors; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            // Config problems are already one line each; other errors print as a chain.
+            if f.error.downcast_ref::<ConfigError>().is_some() {
+                eprintln!("error: {}", f.error.to_string().replace('\n', "\nerror: "));
+            } else {
+                eprintln!("error: {:#}", f.error);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Plan { inputs, json } => cmd_plan(&cli.db, &inputs, json),
+        Command::Run {
+            inputs,
+            jobs,
+            json,
+            no_report,
+        } => cmd_run(&cli.db, &inputs, jobs, json, no_report),
+        Command::Report { inputs, template } => cmd_report(&cli.db, &inputs, template.as_deref()),
+        Command::Query { sql, csv, json } => cmd_query(&cli.db, &sql, csv, json),
+    }
+}
+
+/// Loads and expands every experiment; all problems of all files are reported together.
+fn load_plans(inputs: &Inputs) -> Result<Vec<Plan>, Failure> {
+    let exps = if inputs.paths.is_empty() {
+        let default = Path::new("experiments/smoke.toml");
+        if default.is_file() {
+            vec![config::load_experiment(default, &inputs.sets)]
+        } else {
+            vec![config::load_experiment_text(
+                Path::new("smoke.toml (built in)"),
+                SMOKE,
+                None,
+                &inputs.sets,
+            )]
+        }
+    } else {
+        let files = config::experiment_files(&inputs.paths).map_err(user)?;
+        files
+            .iter()
+            .map(|f| config::load_experiment(f, &inputs.sets))
+            .collect()
+    };
+    let mut problems = Vec::new();
+    let mut plans = Vec::new();
+    for e in exps {
+        match e.and_then(|e| plan::expand(&e)) {
+            Ok(p) => plans.push(p),
+            Err(ConfigError::Invalid(ps)) => problems.extend(ps),
+            Err(other) => return Err(user(other)),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(user(ConfigError::Invalid(problems)));
+    }
+    Ok(plans)
+}
+
+fn results_dir(db: &Path) -> PathBuf {
+    db.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
+    let plans = load_plans(inputs)?;
+    // Planning never creates or changes the database.
+    let store = if db.exists() {
+        Some(Store::open_read_only(db).map_err(store_failure)?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    let mut text = String::new();
+    for p in &plans {
+        let ids: Vec<String> = p.runs.iter().map(|r| r.id.clone()).collect();
+        let statuses = match &store {
+            Some(s) => s.statuses(&ids).unwrap_or_default(),
+            None => Default::default(),
+        };
+        let status = |id: &str| statuses.get(id).copied().unwrap_or(RunStatus::Pending);
+        let axes = p.axis_names();
+        if json {
+            out.push(serde_json::json!({
+                "experiment": p.experiment.name,
+                "file": p.experiment.file.display().to_string(),
+                "axes": axes,
+                "runs": p.runs.iter().map(|r| serde_json::json!({
+                    "id": r.id, "axes": r.axes, "baseline": r.is_baseline,
+                    "status": status(&r.id), "config": r.config,
+                })).collect::<Vec<_>>(),
+            }));
+        } else {
+            let mut headers = vec!["id".to_string()];
+            headers.extend(axes.iter().cloned());
+            headers.push("status".into());
+            let rows: Vec<Vec<String>> = p
+                .runs
+                .iter()
+                .map(|r| {
+                    let mut row = vec![format!("{}{}", r.id, if r.is_baseline { " *" } else { "" })];
+                    row.extend(axes.iter().map(|a| r.axes.get(a).map_or("-".into(), |v| v.to_string())));
+                    row.push(status(&r.id).as_str().to_string());
+                    row
+                })
+                .collect();
+            let pending = p.runs.iter().filter(|r| status(&r.id) != RunStatus::Done).count();
+            text.push_str(&format!(
+                "{} ({}): {} runs, {} to run\n",
+                p.experiment.name,
+                p.experiment.file.display(),
+                p.runs.len(),
+                pending
+            ));
+            text.push_str(&ui::table(&headers, &rows));
+            text.push('\n');
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+    } else {
+        print!("{}", text.trim_end_matches('\n'));
+        println!("\n(* baseline)");
+    }
+    Ok(exit::OK)
+}
+
+fn install_ctrlc() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    // A second Ctrl-C exits at once; SQLite's transactions keep the database consistent.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(exit::INTERRUPTED as i32);
+        }
+        eprintln!("interrupt: finishing the current step, then stopping (Ctrl-C again to quit now)");
+    });
+    cancel
+}
+
+fn cmd_run(db: &Path, inputs: &Inputs, jobs: usize, json: bool, no_report: bool) -> Result<u8, Failure> {
+    let plans = load_plans(inputs)?;
+    let mut store = Store::open(db).map_err(store_failure)?;
+    let opts = ExecOptions {
+        jobs,
+        results: results_dir(db),
+        cancel: install_ctrlc(),
+        git_rev: exec::git_rev(),
+    };
+    let mut reporter: Box<dyn Reporter> = if json {
+        Box::new(ui::JsonReporter)
+    } else {
+        Box::new(ui::ProgressReporter::new())
+    };
+    let mut code = exit::OK;
+    for p in &plans {
+        let outcome = exec::execute(p, &mut store, &opts, reporter.as_mut()).map_err(store_failure)?;
+        if !no_report {
+            let path = report::write_report(
+                &store,
+                &p.experiment.name,
+                template_of(p).as_deref(),
+                &results_dir(db).join("reports"),
+            )
+            .map_err(user)?;
+            if !json {
+                eprintln!("report: {}", path.display());
+            }
+        }
+        if outcome.interrupted > 0 || opts.cancel.load(Ordering::Relaxed) {
+            return Ok(exit::INTERRUPTED);
+        }
+        if !outcome.all_ok() {
+            code = exit::RUNS_FAILED;
+        }
+    }
+    Ok(code)
+}
+
+/// The experiment's own template: `[experiment] report`, looked up beside the file, in
+/// report-templates/, or as a path.
+fn template_of(p: &Plan) -> Option<PathBuf> {
+    let name = p.experiment.meta.report.as_ref()?;
+    let beside = p.experiment.file.parent().map(|d| d.join(name));
+    let candidates = [
+        beside,
+        Some(Path::new("report-templates").join(name)),
+        Some(PathBuf::from(name)),
+    ];
+    candidates.into_iter().flatten().find(|c| c.is_file())
+}
+
+fn cmd_report(db: &Path, inputs: &Inputs, template: Option<&Path>) -> Result<u8, Failure> {
+    let plans = load_plans(inputs)?;
+    let store = Store::open_read_only(db).map_err(store_failure)?;
+    for p in &plans {
+        let t = template.map(Path::to_path_buf).or_else(|| template_of(p));
+        let path = report::write_report(&store, &p.experiment.name, t.as_deref(), &results_dir(db).join("reports"))
+            .map_err(user)?;
+        println!("{}", path.display());
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_query(db: &Path, sql: &str, csv: bool, json: bool) -> Result<u8, Failure> {
+    let store = Store::open_read_only(db).map_err(store_failure)?;
+    let (cols, rows) = store.query(sql).map_err(store_failure)?;
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if json {
+        let objs: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::Value::Object(cols.iter().cloned().zip(r.iter().cloned()).collect()))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&objs).expect("json"));
+    } else if csv {
+        let mut w = csv::Writer::from_writer(std::io::stdout());
+        w.write_record(&cols).context("writing CSV").map_err(internal)?;
+        for r in &rows {
+            w.write_record(r.iter().map(cell)).context("writing CSV").map_err(internal)?;
+        }
+        w.flush().context("writing CSV").map_err(internal)?;
+    } else {
+        let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(cell).collect()).collect();
+        print!("{}", ui::table(&cols, &rows));
+    }
+    Ok(exit::OK)
+}

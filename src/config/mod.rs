@@ -1,0 +1,657 @@
+//! Experiment files: figment layers, then a two-phase parse (raw values checked key by key,
+//! then a validated [`Experiment`]). Every problem names its file and dotted key, and all
+//! problems of a file are reported together.
+
+mod spec;
+
+pub use spec::*;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value as FValue};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One problem in an experiment file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigProblem {
+    /// Where the value came from: a file path, `--set` or the environment.
+    pub origin: String,
+    /// The dotted key (empty when the problem is the file itself).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("--set {0}: expected KEY=VALUE")]
+    BadSet(String),
+}
+
+/// A parsed `--set key=value` override.
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub key: String,
+    pub value: toml::Value,
+}
+
+impl std::str::FromStr for Override {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadSet(s.to_string()))?;
+        let key = k.trim().to_string();
+        if key.is_empty() {
+            return Err(ConfigError::BadSet(s.to_string()));
+        }
+        // A value is read as TOML (numbers, booleans, arrays); anything else is a string.
+        let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(v.to_string()));
+        Ok(Override { key, value })
+    }
+}
+
+/// Experiment-level settings that do not change results (and so not the run id).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentMeta {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    /// Axis values of the baseline run, e.g. `{ "train.epochs" = 1 }`.
+    #[serde(default)]
+    pub baseline: BTreeMap<String, toml::Value>,
+    /// Report template: a file name in report-templates/ or a path.
+    #[serde(default)]
+    pub report: Option<String>,
+}
+
+/// The sweep's grid, as written.
+#[derive(Debug, Clone, Default)]
+pub struct Grid {
+    /// Independent axes, crossed with each other.
+    pub axes: BTreeMap<String, Vec<Value>>,
+    /// Groups of axes whose values are paired position by position.
+    pub zips: Vec<BTreeMap<String, Vec<Value>>>,
+    /// Combinations to leave out: a run is excluded when it matches every key of one entry.
+    pub exclude: Vec<BTreeMap<String, Value>>,
+}
+
+/// A validated experiment file.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub name: String,
+    pub file: PathBuf,
+    pub meta: ExperimentMeta,
+    /// The resolved base configuration (all layers applied), as JSON.
+    pub base: Value,
+    pub grid: Grid,
+}
+
+const SECTIONS: &[&str] = &["model", "data", "train", "eval"];
+
+/// Loads an experiment file through the layers: built-in defaults <
+/// `defaults.toml` beside the file < the file < `ABLATE_*` environment < `--set`.
+pub fn load_experiment(path: &Path, sets: &[Override]) -> Result<Experiment, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read(path).map_err(|e| ConfigError::Io {
+        path: file.clone(),
+        message: e.to_string(),
+    })?;
+    let text = String::from_utf8(text).map_err(|e| ConfigError::Io {
+        path: file.clone(),
+        message: format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+    })?;
+    load_experiment_text(path, &text, path.parent(), sets)
+}
+
+/// Loads an experiment from text; `path` names it in messages, and `defaults.toml` is
+/// looked up in `defaults_dir`.
+pub fn load_experiment_text(
+    path: &Path,
+    text: &str,
+    defaults_dir: Option<&Path>,
+    sets: &[Override],
+) -> Result<Experiment, ConfigError> {
+    let file = path.display().to_string();
+    // Parse the file alone first, so a syntax error names this file with line and column.
+    if let Err(e) = toml::from_str::<toml::Table>(text) {
+        return Err(ConfigError::Invalid(vec![ConfigProblem {
+            origin: file,
+            key: String::new(),
+            message: format!("invalid TOML: {}", one_line(&e.to_string())),
+        }]));
+    }
+
+    let mut fig = Figment::from(Serialized::defaults(RunConfig::default()));
+    if let Some(defaults) = defaults_dir.map(|d| d.join("defaults.toml")) {
+        if defaults.is_file() && defaults.file_name() != path.file_name() {
+            let dtext = std::fs::read_to_string(&defaults).unwrap_or_default();
+            if let Err(e) = toml::from_str::<toml::Table>(&dtext) {
+                return Err(ConfigError::Invalid(vec![ConfigProblem {
+                    origin: defaults.display().to_string(),
+                    key: String::new(),
+                    message: format!("invalid TOML: {}", one_line(&e.to_string())),
+                }]));
+            }
+            fig = fig.merge(Toml::file(&defaults));
+        }
+    }
+    fig = fig.merge(Toml::string(text));
+    fig = fig.merge(
+        Env::prefixed("ABLATE_")
+            .split("__")
+            .filter(|k| SECTIONS.iter().any(|s| k.as_str().starts_with(&format!("{s}.")))),
+    );
+    for o in sets {
+        fig = fig.merge(Serialized::global(&o.key, &o.value));
+    }
+
+    let origin_of = |key: &str| -> String {
+        match fig.find_metadata(key) {
+            Some(m) => match &m.source {
+                Some(figment::Source::File(p)) => p.display().to_string(),
+                Some(figment::Source::Custom(s)) => s.clone(),
+                _ if m.name.contains("nvironment") => {
+                    format!("ABLATE_{}", key.to_uppercase().replace('.', "__"))
+                }
+                // Defaults never produce a problem, so a serialized layer is `--set`.
+                _ if m.name.contains("erialized") => format!("--set {key}"),
+                _ => file.clone(),
+            },
+            None => file.clone(),
+        }
+    };
+
+    let root: Dict = fig.extract().map_err(|e| {
+        ConfigError::Invalid(vec![ConfigProblem {
+            origin: file.clone(),
+            key: e.path.join("."),
+            message: one_line(&e.kind.to_string()),
+        }])
+    })?;
+    // Shared by the checks below; a RefCell so `push` and the final count can coexist.
+    let problems = std::cell::RefCell::new(Vec::new());
+    let mut push = |key: &str, message: String| {
+        problems.borrow_mut().push(ConfigProblem {
+            origin: origin_of(key),
+            key: key.to_string(),
+            message,
+        })
+    };
+
+    let defaults_json = serde_json::to_value(RunConfig::default()).expect("defaults serialize");
+    let known = leaf_keys(&defaults_json);
+    let mut base = defaults_json.clone();
+    for (top, v) in &root {
+        match top.as_str() {
+            "experiment" | "grid" => {}
+            s if SECTIONS.contains(&s) => {
+                let FValue::Dict(_, d) = v else {
+                    push(s, format!("expected a table, found {}", kind(v)));
+                    continue;
+                };
+                let mut leaves = Vec::new();
+                flatten_fig(s, d, &mut leaves);
+                for (key, val) in leaves {
+                    let json = to_json(&val);
+                    if !known.contains_key(&key) {
+                        push(&key, unknown_key_message(&key, &known));
+                    } else if let Err(m) = check_value(&defaults_json, &key, &json) {
+                        push(&key, m);
+                    } else {
+                        set_path(&mut base, &key, json);
+                    }
+                }
+            }
+            other => push(other, unknown_key_message(other, &known)),
+        }
+    }
+
+    let meta: ExperimentMeta = match root.get("experiment") {
+        None => ExperimentMeta::default(),
+        Some(v) => match v.deserialize::<ExperimentMeta>() {
+            Ok(m) => m,
+            Err(e) => {
+                let key = std::iter::once("experiment".to_string())
+                    .chain(e.path.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(".");
+                push(&key, one_line(&e.kind.to_string()));
+                ExperimentMeta::default()
+            }
+        },
+    };
+
+    let grid = match root.get("grid") {
+        None => Grid::default(),
+        Some(v) => parse_grid(v, &defaults_json, &known, &mut push),
+    };
+
+    for (key, val) in &meta.baseline {
+        let json = serde_json::to_value(val).unwrap_or(Value::Null);
+        if !known.contains_key(key) {
+            push(&format!("experiment.baseline.\"{key}\""), unknown_key_message(key, &known));
+        } else if let Err(m) = check_value(&defaults_json, key, &json) {
+            push(&format!("experiment.baseline.\"{key}\""), m);
+        }
+    }
+
+    if problems.borrow().is_empty() {
+        match serde_json::from_value::<RunConfig>(base.clone()) {
+            Ok(cfg) => {
+                // Semantic checks on the base; grid values are checked per run by the planner.
+                for (k, m) in cfg.problems() {
+                    if !grid.axes.contains_key(&k) && !grid.zips.iter().any(|z| z.contains_key(&k)) {
+                        push(&k, m);
+                    }
+                }
+            }
+            Err(e) => push("", one_line(&e.to_string())),
+        }
+    }
+    let problems = problems.into_inner();
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    let name = meta.name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "experiment".into())
+    });
+    Ok(Experiment {
+        name,
+        file: path.to_path_buf(),
+        meta,
+        base,
+        grid,
+    })
+}
+
+fn parse_grid(
+    v: &FValue,
+    defaults: &Value,
+    known: &BTreeMap<String, Value>,
+    push: &mut impl FnMut(&str, String),
+) -> Grid {
+    let mut grid = Grid::default();
+    let FValue::Dict(_, d) = v else {
+        push("grid", format!("expected a table, found {}", kind(v)));
+        return grid;
+    };
+    for (k, v) in d {
+        match k.as_str() {
+            "seeds" => {
+                if let Some(vals) = axis_values("train.seed", "grid.seeds", v, defaults, known, push) {
+                    grid.axes.insert("train.seed".into(), vals);
+                }
+            }
+            "zip" => {
+                let FValue::Array(_, groups) = v else {
+                    push("grid.zip", "expected an array of tables ([[grid.zip]])".into());
+                    continue;
+                };
+                for (gi, g) in groups.iter().enumerate() {
+                    let FValue::Dict(_, gd) = g else {
+                        push(&format!("grid.zip[{gi}]"), "expected a table".into());
+                        continue;
+                    };
+                    let mut group = BTreeMap::new();
+                    for (ak, av) in gd {
+                        let label = format!("grid.zip[{gi}].\"{ak}\"");
+                        if let Some(vals) = axis_values(ak, &label, av, defaults, known, push) {
+                            group.insert(ak.clone(), vals);
+                        }
+                    }
+                    let lens: Vec<(String, usize)> =
+                        group.iter().map(|(k, v)| (k.clone(), v.len())).collect();
+                    if lens.windows(2).any(|w| w[0].1 != w[1].1) {
+                        let desc = lens
+                            .iter()
+                            .map(|(k, n)| format!("\"{k}\" has {n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        push(
+                            &format!("grid.zip[{gi}]"),
+                            format!("zipped axes must have equal lengths: {desc}"),
+                        );
+                        continue;
+                    }
+                    if !group.is_empty() {
+                        grid.zips.push(group);
+                    }
+                }
+            }
+            "exclude" => {
+                let FValue::Array(_, items) = v else {
+                    push("grid.exclude", "expected an array of tables ([[grid.exclude]])".into());
+                    continue;
+                };
+                for (i, item) in items.iter().enumerate() {
+                    let FValue::Dict(_, e) = item else {
+                        push(&format!("grid.exclude[{i}]"), "expected a table".into());
+                        continue;
+                    };
+                    let mut m = BTreeMap::new();
+                    for (ek, ev) in e {
+                        let json = to_json(ev);
+                        if let Err(msg) = check_value(defaults, ek, &json) {
+                            push(&format!("grid.exclude[{i}].\"{ek}\""), msg);
+                        }
+                        m.insert(ek.clone(), json);
+                    }
+                    grid.exclude.push(m);
+                }
+            }
+            axis => {
+                let label = format!("grid.\"{axis}\"");
+                if let Some(vals) = axis_values(axis, &label, v, defaults, known, push) {
+                    grid.axes.insert(axis.to_string(), vals);
+                }
+            }
+        }
+    }
+    // An axis may appear once: crossed, or in one zip group.
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for k in grid.axes.keys().chain(grid.zips.iter().flat_map(|z| z.keys())) {
+        *seen.entry(k).or_default() += 1;
+    }
+    for (k, n) in seen {
+        if n > 1 {
+            push(&format!("grid.\"{k}\""), "axis given more than once (in the grid and a zip)".into());
+        }
+    }
+    for (i, e) in grid.exclude.iter().enumerate() {
+        for k in e.keys() {
+            let is_axis = grid.axes.contains_key(k) || grid.zips.iter().any(|z| z.contains_key(k));
+            if !is_axis {
+                push(&format!("grid.exclude[{i}].\"{k}\""), "not an axis of the grid".into());
+            }
+        }
+    }
+    grid
+}
+
+/// The values of one axis, each checked against the key's type.
+fn axis_values(
+    key: &str,
+    label: &str,
+    v: &FValue,
+    defaults: &Value,
+    known: &BTreeMap<String, Value>,
+    push: &mut impl FnMut(&str, String),
+) -> Option<Vec<Value>> {
+    let FValue::Array(_, items) = v else {
+        push(label, format!("expected an array of values, found {}", kind(v)));
+        return None;
+    };
+    if items.is_empty() {
+        push(label, "empty axis: give at least one value".into());
+        return None;
+    }
+    if !known.contains_key(key) {
+        push(label, unknown_key_message(key, known));
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let json = to_json(item);
+        if let Err(m) = check_value(defaults, key, &json) {
+            push(&format!("{label}[{i}]"), m);
+            ok = false;
+        }
+        out.push(json);
+    }
+    ok.then_some(out)
+}
+
+/// Checks one value against the type of `key` by deserializing the defaults with only that
+/// value changed: type errors are reported per key, and all of them together.
+pub fn check_value(defaults: &Value, key: &str, value: &Value) -> Result<(), String> {
+    let mut probe = defaults.clone();
+    set_path(&mut probe, key, value.clone());
+    serde_json::from_value::<RunConfig>(probe)
+        .map(|_| ())
+        .map_err(|e| one_line(&e.to_string()))
+}
+
+/// Sets a dotted path inside a JSON object, creating objects on the way.
+pub fn set_path(root: &mut Value, key: &str, value: Value) {
+    let mut cur = root;
+    let mut parts = key.split('.').peekable();
+    while let Some(p) = parts.next() {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        let obj = cur.as_object_mut().expect("object");
+        if parts.peek().is_none() {
+            obj.insert(p.to_string(), value);
+            return;
+        }
+        cur = obj.entry(p.to_string()).or_insert(Value::Object(Default::default()));
+    }
+}
+
+/// Every leaf of a JSON object as `a.b.c` → value.
+pub fn leaf_keys(v: &Value) -> BTreeMap<String, Value> {
+    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string(), v.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", v, &mut out);
+    out
+}
+
+fn flatten_fig(prefix: &str, d: &Dict, out: &mut Vec<(String, FValue)>) {
+    for (k, v) in d {
+        let key = format!("{prefix}.{k}");
+        match v {
+            FValue::Dict(_, inner) => flatten_fig(&key, inner, out),
+            _ => out.push((key, v.clone())),
+        }
+    }
+}
+
+fn to_json(v: &FValue) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn kind(v: &FValue) -> &'static str {
+    match v {
+        FValue::String(..) => "a string",
+        FValue::Char(..) => "a character",
+        FValue::Bool(..) => "a boolean",
+        FValue::Num(..) => "a number",
+        FValue::Empty(..) => "nothing",
+        FValue::Dict(..) => "a table",
+        FValue::Array(..) => "an array",
+    }
+}
+
+fn unknown_key_message(key: &str, known: &BTreeMap<String, Value>) -> String {
+    let best = known
+        .keys()
+        .map(|k| (edit_distance(k, key), k))
+        .min()
+        .filter(|(d, _)| *d <= 3);
+    match best {
+        Some((_, k)) => format!("unknown key (did you mean `{k}`?)"),
+        None => "unknown key".to_string(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Expands CLI arguments (files or directories) into experiment files, sorted; a
+/// directory contributes its `*.toml` files except `defaults.toml`.
+pub fn experiment_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let rd = std::fs::read_dir(p).map_err(|e| ConfigError::Io {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let mut files: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.extension().is_some_and(|x| x == "toml")
+                        && f.file_name().is_some_and(|n| n != "defaults.toml")
+                })
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(ConfigError::Io {
+                path: p.display().to_string(),
+                message: "no such file or directory".into(),
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(ConfigError::Io {
+            path: paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            message: "no experiment files (*.toml) found".into(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "exp.toml", text);
+        match load_experiment(&p, &[]) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid(ps)) => ps
+                .into_iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_key() {
+        let ps = problems(
+            "[train]\nlrr = 1e-3\nepochs = \"three\"\n[grid]\n\"train.batch_size\" = []\n",
+        );
+        assert_eq!(ps.len(), 3, "{ps:?}");
+        assert!(ps[0].starts_with("train.epochs: invalid type"), "{ps:?}");
+        assert!(ps[1].starts_with("train.lrr: unknown key (did you mean `train.lr`?)"), "{ps:?}");
+        assert!(ps[2].starts_with("grid.\"train.batch_size\": empty axis"), "{ps:?}");
+    }
+
+    #[test]
+    fn zip_lengths_are_checked() {
+        let ps = problems("[[grid.zip]]\n\"train.lr\" = [1e-3, 2e-3]\n\"train.epochs\" = [1]\n");
+        assert_eq!(ps.len(), 1);
+        assert!(ps[0].contains("equal lengths"), "{ps:?}");
+    }
+
+    #[test]
+    fn semantic_problems_name_the_key() {
+        let ps = problems("[train]\nlr = -1.0\nbatch_size = 0\n");
+        assert_eq!(
+            ps,
+            vec![
+                "train.lr: must be a positive number, found -1".to_string(),
+                "train.batch_size: must be at least 1".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "defaults.toml", "[train]\nlr = 1e-3\nepochs = 2\n");
+        let p = write(dir.path(), "e.toml", "[train]\nepochs = 3\nbatch_size = 4\n");
+        let sets = vec!["train.batch_size=8".parse::<Override>().unwrap()];
+        let e = load_experiment(&p, &sets).unwrap();
+        assert_eq!(e.base["train"]["lr"], serde_json::json!(1e-3));
+        assert_eq!(e.base["train"]["epochs"], serde_json::json!(3));
+        assert_eq!(e.base["train"]["batch_size"], serde_json::json!(8));
+        assert_eq!(e.name, "e");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_and_line() {
+        let ps = problems("[train\nlr = 1\n");
+        assert_eq!(ps.len(), 1);
+        assert!(ps[0].contains("invalid TOML") && ps[0].contains("line 1"), "{ps:?}");
+    }
+
+    #[test]
+    fn clip_norm_accepts_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "e.toml", "[grid]\n\"train.clip_norm\" = [0.3, \"none\"]\n");
+        let e = load_experiment(&p, &[]).unwrap();
+        assert_eq!(e.grid.axes["train.clip_norm"].len(), 2);
+        let ps = problems("[train]\nclip_norm = \"off\"\n");
+        assert_eq!(ps.len(), 1, "{ps:?}");
+    }
+}

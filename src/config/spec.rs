@@ -1,0 +1,303 @@
+//! The resolved configuration of one run. Everything in here feeds the run id, so a
+//! field that does not change results (a display name, a path for output) does not belong.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+    pub eval: EvalConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A preset (`tiny`, `small`, `opt-125m`, `opt-350m`, `opt-1.3b`), a local HF model
+    /// directory, or an HF repo id resolved through the local Hugging Face cache.
+    pub name: String,
+    /// `auto`: random for presets, pretrained weights otherwise.
+    pub init: ModelInit,
+    /// `cpu`, `cuda:N` or `auto`.
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelInit {
+    Auto,
+    Random,
+    Pretrained,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `synthetic` (the built-in tool-calling task) or a path.
+    pub train: String,
+    /// `synthetic` or a path.
+    pub eval: String,
+    /// Size of the synthetic training split.
+    pub n_train: usize,
+    /// Size of the synthetic test split.
+    pub n_test: usize,
+    /// Seed of the synthetic generator (independent of the training seed, so that seeds
+    /// vary the model, not the task).
+    pub seed: u64,
+    /// Vocabulary size of the BPE tokenizer trained on the corpus (presets only).
+    pub vocab_size: usize,
+    /// Examples longer than this (in tokens) are truncated.
+    pub max_seq_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    Linear,
+    Constant,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossOn {
+    /// Loss on the assistant's completion only (TRL's completion-only collator).
+    Completion,
+    /// Loss on every token.
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecayGroups {
+    /// As HF's Trainer: no decay on biases and LayerNorm parameters.
+    Trainer,
+    /// Every parameter decays (plain `torch.optim.AdamW(model.parameters())`).
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub lr: f64,
+    /// Passes over the training split; 0 evaluates the untrained model (a baseline row).
+    pub epochs: usize,
+    /// Effective batch size (sequences per optimizer step).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step; `batch_size` must divide by it.
+    pub grad_accum: usize,
+    /// Maximum global L2 norm of the gradients; `"none"` disables clipping.
+    #[serde(
+        serialize_with = "ser_clip",
+        deserialize_with = "de_clip",
+        default = "default_clip"
+    )]
+    pub clip_norm: Option<f64>,
+    pub seed: u64,
+    pub scheduler: Scheduler,
+    pub warmup_ratio: f64,
+    pub precision: Precision,
+    pub weight_decay: f64,
+    pub decay_groups: DecayGroups,
+    pub loss_on: LossOn,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+fn default_clip() -> Option<f64> {
+    Some(1.0)
+}
+
+fn ser_clip<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(x) => s.serialize_f64(*x),
+        None => s.serialize_str("none"),
+    }
+}
+
+fn de_clip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Clip {
+        Num(f64),
+        Int(i64),
+        Word(String),
+    }
+    match Clip::deserialize(d).map_err(|_| {
+        serde::de::Error::custom("expected a number or \"none\"")
+    })? {
+        Clip::Num(x) => Ok(Some(x)),
+        Clip::Int(x) => Ok(Some(x as f64)),
+        Clip::Word(w) if w == "none" => Ok(None),
+        Clip::Word(w) => Err(serde::de::Error::custom(format!(
+            "expected a number or \"none\", found \"{w}\""
+        ))),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluators whose verdicts are stored per example: `rules`.
+    pub evaluators: Vec<String>,
+    pub max_new_tokens: usize,
+    /// Sequences decoded together (left-padded).
+    pub batch_size: usize,
+    /// Evaluate at most this many test examples (0 = all).
+    pub limit: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            model: ModelConfig {
+                name: "tiny".into(),
+                init: ModelInit::Auto,
+                device: "cpu".into(),
+            },
+            data: DataConfig {
+                train: "synthetic".into(),
+                eval: "synthetic".into(),
+                n_train: 512,
+                n_test: 64,
+                seed: 1234,
+                vocab_size: 512,
+                max_seq_len: 128,
+            },
+            train: TrainConfig {
+                lr: 5e-5,
+                epochs: 1,
+                batch_size: 32,
+                grad_accum: 1,
+                clip_norm: Some(1.0),
+                seed: 0,
+                scheduler: Scheduler::Linear,
+                warmup_ratio: 0.0,
+                precision: Precision::F32,
+                weight_decay: 0.0,
+                decay_groups: DecayGroups::Trainer,
+                loss_on: LossOn::Completion,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            eval: EvalConfig {
+                evaluators: vec!["rules".into()],
+                max_new_tokens: 64,
+                batch_size: 16,
+                limit: 0,
+            },
+        }
+    }
+}
+
+/// Known evaluator names.
+pub const EVALUATORS: &[&str] = &["rules"];
+
+impl RunConfig {
+    /// Semantic checks that serde cannot express: each problem as (dotted key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut bad = |k: &str, m: String| out.push((k.to_string(), m));
+        let t = &self.train;
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            bad("train.lr", format!("must be a positive number, found {}", t.lr));
+        }
+        if t.batch_size == 0 {
+            bad("train.batch_size", "must be at least 1".into());
+        }
+        if t.grad_accum == 0 {
+            bad("train.grad_accum", "must be at least 1".into());
+        } else if t.batch_size % t.grad_accum != 0 {
+            bad(
+                "train.grad_accum",
+                format!(
+                    "train.batch_size ({}) must be a multiple of it ({})",
+                    t.batch_size, t.grad_accum
+                ),
+            );
+        }
+        if let Some(c) = t.clip_norm {
+            if !(c.is_finite() && c > 0.0) {
+                bad(
+                    "train.clip_norm",
+                    format!("must be a positive number or \"none\", found {c}"),
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&t.warmup_ratio) {
+            bad("train.warmup_ratio", format!("must be in [0, 1], found {}", t.warmup_ratio));
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            bad("train.weight_decay", format!("must be >= 0, found {}", t.weight_decay));
+        }
+        for (k, b) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                bad(k, format!("must be in [0, 1), found {b}"));
+            }
+        }
+        if !(t.eps > 0.0) {
+            bad("train.eps", format!("must be positive, found {}", t.eps));
+        }
+        let d = &self.data;
+        if d.train == "synthetic" && d.n_train == 0 {
+            bad("data.n_train", "must be at least 1".into());
+        }
+        if d.eval == "synthetic" && d.n_test == 0 {
+            bad("data.n_test", "must be at least 1".into());
+        }
+        if d.vocab_size < 300 {
+            bad("data.vocab_size", format!("must be at least 300 (256 bytes + specials), found {}", d.vocab_size));
+        }
+        if d.max_seq_len < 8 {
+            bad("data.max_seq_len", format!("must be at least 8, found {}", d.max_seq_len));
+        }
+        for (k, p) in [("data.train", &d.train), ("data.eval", &d.eval)] {
+            if p != "synthetic" {
+                bad(k, format!("unsupported dataset \"{p}\": only \"synthetic\" is built in so far"));
+            }
+        }
+        if self.model.name.trim().is_empty() {
+            bad("model.name", "must not be empty".into());
+        }
+        let dev = self.model.device.as_str();
+        let dev_ok = dev == "cpu"
+            || dev == "auto"
+            || dev
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+        if !dev_ok {
+            bad("model.device", format!("expected \"cpu\", \"auto\" or \"cuda:N\", found \"{dev}\""));
+        }
+        let e = &self.eval;
+        if e.evaluators.is_empty() {
+            bad("eval.evaluators", "must name at least one evaluator".into());
+        }
+        for ev in &e.evaluators {
+            if !EVALUATORS.contains(&ev.as_str()) {
+                bad(
+                    "eval.evaluators",
+                    format!("unknown evaluator \"{ev}\" (known: {})", EVALUATORS.join(", ")),
+                );
+            }
+        }
+        if e.max_new_tokens == 0 {
+            bad("eval.max_new_tokens", "must be at least 1".into());
+        }
+        if e.batch_size == 0 {
+            bad("eval.batch_size", "must be at least 1".into());
+        }
+        out
+    }
+}

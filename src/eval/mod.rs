@@ -1,0 +1,207 @@
+//! Evaluation: the ReAct parser and the rule-based evaluator. Each evaluator gives one
+//! verdict per example; the pass rate is derived from the stored verdicts.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::data::{Example, ToolSpec};
+
+/// A parsed assistant turn: `Thought: ... Action: ... Action Input: {...}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReactStep {
+    pub thought: Option<String>,
+    pub action: String,
+    pub action_input: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("no `Action:` line")]
+    NoAction,
+    #[error("no `Action Input:` after the action")]
+    NoActionInput,
+    #[error("empty action name")]
+    EmptyAction,
+}
+
+/// Parses the first Thought / Action / Action Input of a turn. The thought is optional
+/// (ToolBench sometimes omits it); the action input runs to the end of its JSON value or,
+/// failing that, to the end of the line block.
+pub fn parse_react(text: &str) -> Result<ReactStep, ParseError> {
+    let thought = text.find("Thought:").map(|i| {
+        let rest = &text[i + "Thought:".len()..];
+        let end = rest.find("\nAction:").or_else(|| rest.find("Action:")).unwrap_or(rest.len());
+        rest[..end].trim().to_string()
+    });
+    // "Action Input:" does not contain "Action:", so the first match is the action line.
+    let a_start = text.find("Action:").ok_or(ParseError::NoAction)?;
+    let after_action = &text[a_start + "Action:".len()..];
+    let ai = after_action.find("Action Input:").ok_or(ParseError::NoActionInput)?;
+    let action = after_action[..ai].trim().to_string();
+    if action.is_empty() {
+        return Err(ParseError::EmptyAction);
+    }
+    let raw = after_action[ai + "Action Input:".len()..].trim_start();
+    // Take exactly one JSON value when there is one, so trailing text (an Observation,
+    // a second step) does not spoil a well-formed call.
+    let mut de = serde_json::Deserializer::from_str(raw).into_iter::<Value>();
+    let action_input = match de.next() {
+        Some(Ok(_)) => raw[..de.byte_offset()].to_string(),
+        _ => raw
+            .split("\nObservation:")
+            .next()
+            .unwrap_or(raw)
+            .trim_end()
+            .to_string(),
+    };
+    Ok(ReactStep {
+        thought,
+        action,
+        action_input,
+    })
+}
+
+/// A verdict: `pass`, or the first check that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    BadFormat,
+    UnknownTool,
+    InvalidJson,
+    MissingRequired,
+    UnknownArgument,
+    WrongTool,
+    WrongArguments,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::BadFormat => "bad_format",
+            Verdict::UnknownTool => "unknown_tool",
+            Verdict::InvalidJson => "invalid_json",
+            Verdict::MissingRequired => "missing_required",
+            Verdict::UnknownArgument => "unknown_argument",
+            Verdict::WrongTool => "wrong_tool",
+            Verdict::WrongArguments => "wrong_arguments",
+        }
+    }
+}
+
+/// The rule-based evaluator, in order: format, tool name among those offered (no
+/// hallucinated API), arguments a JSON object with every required and no unknown
+/// parameter, then equality with the gold call (arguments compared as JSON values).
+pub fn rules_verdict(prediction: &str, tools: &[ToolSpec], gold_name: &str, gold_args: &Value) -> Verdict {
+    let Ok(step) = parse_react(prediction) else {
+        return Verdict::BadFormat;
+    };
+    let Some(tool) = tools.iter().find(|t| t.name == step.action) else {
+        return Verdict::UnknownTool;
+    };
+    let Ok(Value::Object(args)) = serde_json::from_str::<Value>(&step.action_input) else {
+        return Verdict::InvalidJson;
+    };
+    if tool.required().iter().any(|r| !args.contains_key(r)) {
+        return Verdict::MissingRequired;
+    }
+    let props = tool.properties();
+    if args.keys().any(|k| !props.contains(k)) {
+        return Verdict::UnknownArgument;
+    }
+    if step.action != gold_name {
+        return Verdict::WrongTool;
+    }
+    if !json_equal(&Value::Object(args), gold_args) {
+        return Verdict::WrongArguments;
+    }
+    Verdict::Pass
+}
+
+/// JSON equality where numbers compare by value (`1` equals `1.0`).
+fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_equal(p, q)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// The verdict of a named evaluator (validation has already rejected unknown names;
+/// `rules` is the only offline evaluator so far).
+pub fn evaluate_example(_evaluator: &str, prediction: &str, e: &Example) -> Verdict {
+    rules_verdict(prediction, &e.tools, &e.gold.name, &e.gold.arguments)
+}
+
+/// Wilson score interval for a binomial proportion (95% by default with z = 1.96).
+pub fn wilson_interval(passed: usize, n: usize, z: f64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let n = n as f64;
+    let p = passed as f64 / n;
+    let z2 = z * z;
+    let denom = 1.0 + z2 / n;
+    let center = (p + z2 / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
+    ((center - half).max(0.0), (center + half).min(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tools() -> Vec<ToolSpec> {
+        crate::data::synthetic::tools()
+    }
+
+    #[test]
+    fn parses_a_react_turn() {
+        let s = parse_react("Thought: need weather\nAction: get_weather\nAction Input: {\"city\": \"Paris\"}\nObservation: sunny").unwrap();
+        assert_eq!(s.thought.as_deref(), Some("need weather"));
+        assert_eq!(s.action, "get_weather");
+        assert_eq!(s.action_input, "{\"city\": \"Paris\"}");
+        let s = parse_react("Action: x\nAction Input: not json\nObservation: y").unwrap();
+        assert_eq!(s.thought, None);
+        assert_eq!(s.action_input, "not json");
+        assert_eq!(parse_react("Thought: hmm"), Err(ParseError::NoAction));
+        assert_eq!(parse_react("Action: x"), Err(ParseError::NoActionInput));
+        assert_eq!(parse_react("Action: \nAction Input: {}"), Err(ParseError::EmptyAction));
+    }
+
+    #[test]
+    fn rule_verdicts_in_order() {
+        let t = tools();
+        let gold = json!({"city": "Paris"});
+        let v = |p: &str| rules_verdict(p, &t, "get_weather", &gold);
+        assert_eq!(v("Thought: x\nAction: get_weather\nAction Input: {\"city\": \"Paris\"}"), Verdict::Pass);
+        assert_eq!(v("nothing"), Verdict::BadFormat);
+        assert_eq!(v("Action: get_wether\nAction Input: {}"), Verdict::UnknownTool);
+        assert_eq!(v("Action: get_weather\nAction Input: {city: Paris}"), Verdict::InvalidJson);
+        assert_eq!(v("Action: get_weather\nAction Input: [1]"), Verdict::InvalidJson);
+        assert_eq!(v("Action: get_weather\nAction Input: {\"unit\": \"celsius\"}"), Verdict::MissingRequired);
+        assert_eq!(v("Action: get_weather\nAction Input: {\"city\": \"Paris\", \"x\": 1}"), Verdict::UnknownArgument);
+        assert_eq!(v("Action: get_stock_price\nAction Input: {\"symbol\": \"IBM\"}"), Verdict::WrongTool);
+        assert_eq!(v("Action: get_weather\nAction Input: {\"city\": \"Rome\"}"), Verdict::WrongArguments);
+        let g2 = json!({"hour": 7, "minute": 5});
+        assert_eq!(
+            rules_verdict("Action: set_alarm\nAction Input: {\"minute\": 5.0, \"hour\": 7}", &t, "set_alarm", &g2),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn wilson_matches_known_values() {
+        // Independently computed (statsmodels proportion_confint method="wilson").
+        let (lo, hi) = wilson_interval(8, 10, 1.959963984540054);
+        assert!((lo - 0.4901624).abs() < 1e-6, "{lo}");
+        assert!((hi - 0.9433178).abs() < 1e-6, "{hi}");
+        let (lo, hi) = wilson_interval(0, 20, 1.959963984540054);
+        assert!(lo.abs() < 1e-12 && (hi - 0.1611251).abs() < 1e-6, "{hi}");
+    }
+}

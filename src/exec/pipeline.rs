@@ -1,0 +1,265 @@
+//! One run, start to end: data → tokenizer → model → train → save → evaluate. It emits
+//! events and returns; the executor decides what they mean for the store and the screen.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::Device;
+
+use crate::config::{ModelInit, RunConfig};
+use crate::data::{self, synthetic, Encoded, Example};
+use crate::eval::{evaluate_example, Verdict};
+use crate::model::{self, generate_greedy, ModelSource, Opt};
+use crate::store::Record;
+use crate::train::{self, TrainError, TrainEvent};
+
+use super::Event;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error("{0}")]
+    Device(String),
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+}
+
+impl From<candle_core::Error> for RunError {
+    fn from(e: candle_core::Error) -> Self {
+        RunError::Train(TrainError::Candle(e))
+    }
+}
+
+pub fn device_for(spec: &str) -> Result<Device, RunError> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        s => {
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| RunError::Device(format!("bad device {s}")))?;
+            Device::new_cuda(n).map_err(|e| {
+                RunError::Device(format!(
+                    "model.device = \"{s}\": {e} (was ablate built with --features cuda?)"
+                ))
+            })
+        }
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> RunError + '_ {
+    move |e| RunError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn metric(run: &str, name: &str, split: &str, step: i64, value: f64) -> Event {
+    Event::Record(Record::Metric {
+        run_id: run.to_string(),
+        name: name.to_string(),
+        split: split.to_string(),
+        step,
+        value,
+    })
+}
+
+/// Runs everything for one run; `dir` receives the tokenizer, the final model (HF layout)
+/// and the resolved config.
+pub fn run_one(
+    run_id: &str,
+    cfg: &RunConfig,
+    dir: &Path,
+    cancel: &AtomicBool,
+    emit: &dyn Fn(Event),
+) -> Result<(), RunError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let cfg_path = dir.join("run_config.json");
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(cfg).expect("json")).map_err(io(&cfg_path))?;
+    let device = device_for(&cfg.model.device)?;
+
+    let train_ex = synthetic::generate(cfg.data.n_train, cfg.data.seed, "train");
+    let test_ex = synthetic::generate(cfg.data.n_test, cfg.data.seed ^ 0x5eed_7e57, "test");
+
+    let source = ModelSource::resolve(&cfg.model.name)?;
+    let tokenizer = match source.tokenizer_file() {
+        Some(p) => data::load_tokenizer(&p)?,
+        None => {
+            let texts: Vec<String> = train_ex
+                .iter()
+                .map(|e| format!("{}{}", data::render_prompt(e), data::render_completion(e)))
+                .collect();
+            data::train_tokenizer(&texts, cfg.data.vocab_size)?
+        }
+    };
+    let tok_path = dir.join("tokenizer.json");
+    tokenizer
+        .save(&tok_path, false)
+        .map_err(|e| RunError::Io {
+            path: tok_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+
+    let mut mcfg = source.config()?;
+    let weights = match (&source, cfg.model.init) {
+        (ModelSource::Preset(p), ModelInit::Pretrained) => {
+            return Err(RunError::Model(model::ModelError::NotFound {
+                name: p.clone(),
+                message: "a preset has no pretrained weights; use init = \"random\" or a checkpoint".into(),
+            }))
+        }
+        (ModelSource::Preset(_), _) | (_, ModelInit::Random) => vec![],
+        (ModelSource::Dir(_), _) => source.weight_files()?,
+    };
+    if matches!(source, ModelSource::Preset(_)) {
+        mcfg.vocab_size = tokenizer.get_vocab_size(true);
+        mcfg.max_position_embeddings = mcfg
+            .max_position_embeddings
+            .max(cfg.data.max_seq_len + cfg.eval.max_new_tokens);
+    } else if tokenizer.get_vocab_size(true) > mcfg.vocab_size {
+        return Err(RunError::Model(model::ModelError::BadCheckpoint {
+            path: tok_path.display().to_string(),
+            message: format!(
+                "tokenizer has {} tokens but the model's vocab_size is {}",
+                tokenizer.get_vocab_size(true),
+                mcfg.vocab_size
+            ),
+        }));
+    }
+    let loaded = model::build(&mcfg, &weights, cfg.train.seed, &device)?;
+    emit(metric(run_id, "params", "model", -1, loaded.params.num_elements() as f64));
+
+    let encode = |ex: &[Example]| -> Result<Vec<Encoded>, RunError> {
+        ex.iter()
+            .map(|e| Ok(data::encode_example(&tokenizer, e, cfg.train.loss_on, cfg.data.max_seq_len)?))
+            .collect()
+    };
+    let train_enc = encode(&train_ex)?;
+    let val_enc = encode(&test_ex)?;
+
+    let eval_ex: Vec<&Example> = if cfg.eval.limit > 0 {
+        test_ex.iter().take(cfg.eval.limit).collect()
+    } else {
+        test_ex.iter().collect()
+    };
+
+    let mut train_err = None;
+    {
+        let mut on_event = |ev: TrainEvent| match ev {
+            TrainEvent::Started { total_steps } => emit(Event::Phase {
+                run_id: run_id.to_string(),
+                phase: "train",
+                total: total_steps as u64,
+            }),
+            TrainEvent::Step(s) => {
+                let st = s.step as i64;
+                for (name, v) in [
+                    ("loss", s.loss),
+                    ("grad_norm", s.grad_norm),
+                    ("clip_coef", s.clip_coef),
+                    ("lr", s.lr),
+                    ("tokens_per_s", s.tokens_per_s),
+                    ("step_time_s", s.step_time_s),
+                ] {
+                    emit(metric(run_id, name, "train", st, v));
+                }
+                emit(Event::Progress {
+                    run_id: run_id.to_string(),
+                    pos: s.step as u64,
+                    message: format!("loss {:.4}", s.loss),
+                });
+            }
+            TrainEvent::Validation { step, loss } => emit(metric(run_id, "loss", "val", step as i64, loss)),
+        };
+        if let Err(e) = train::train(
+            &loaded.model,
+            &loaded.params,
+            &train_enc,
+            &val_enc,
+            &cfg.train,
+            &device,
+            cancel,
+            &mut on_event,
+        ) {
+            train_err = Some(e);
+        }
+    }
+    if let Some(e) = train_err {
+        return Err(e.into());
+    }
+    model::save_pretrained(&dir.join("model"), &loaded.config, &loaded.params)?;
+    std::fs::copy(&tok_path, dir.join("model/tokenizer.json")).map_err(io(&tok_path))?;
+
+    emit(Event::Phase {
+        run_id: run_id.to_string(),
+        phase: "eval",
+        total: eval_ex.len() as u64,
+    });
+    let passed = evaluate(run_id, &loaded.model, &tokenizer, &eval_ex, cfg, cancel, emit)?;
+    emit(metric(run_id, "pass_rate", "test", -1, passed as f64 / eval_ex.len().max(1) as f64));
+    emit(metric(run_id, "n_eval", "test", -1, eval_ex.len() as f64));
+    Ok(())
+}
+
+/// Greedy decoding of the test prompts and a verdict per example and evaluator. Returns
+/// the number that passed the first evaluator.
+fn evaluate(
+    run_id: &str,
+    model: &Opt,
+    tok: &tokenizers::Tokenizer,
+    examples: &[&Example],
+    cfg: &RunConfig,
+    cancel: &AtomicBool,
+    emit: &dyn Fn(Event),
+) -> Result<usize, RunError> {
+    let mut passed = 0;
+    let mut done = 0u64;
+    for chunk in examples.chunks(cfg.eval.batch_size) {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(TrainError::Interrupted.into());
+        }
+        let prompts = chunk
+            .iter()
+            .map(|e| data::encode_prompt(tok, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outs = generate_greedy(model, &prompts, cfg.eval.max_new_tokens, data::EOS_ID)?;
+        for (e, out) in chunk.iter().zip(outs) {
+            let text = data::decode(tok, &out)?;
+            for (i, ev) in cfg.eval.evaluators.iter().enumerate() {
+                let v = evaluate_example(ev, &text, e);
+                if i == 0 && v == Verdict::Pass {
+                    passed += 1;
+                }
+                emit(Event::Record(Record::Verdict {
+                    run_id: run_id.to_string(),
+                    dataset: "synthetic".into(),
+                    example_id: e.id.clone(),
+                    category: e.category.clone(),
+                    evaluator: ev.clone(),
+                    verdict: v.as_str().into(),
+                    passed: v == Verdict::Pass,
+                    prediction: text.clone(),
+                    gold: data::render_completion(e),
+                }));
+            }
+        }
+        done += chunk.len() as u64;
+        emit(Event::Progress {
+            run_id: run_id.to_string(),
+            pos: done,
+            message: format!("pass {passed}/{done}"),
+        });
+    }
+    Ok(passed)
+}
+
+/// Where a run's files live, beside the database.
+pub fn run_dir(results: &Path, run_id: &str) -> PathBuf {
+    results.join("runs").join(run_id)
+}

@@ -1,0 +1,256 @@
+//! OPT in candle: construction from presets or Hugging Face checkpoints, saving in HF
+//! layout, and greedy generation with a KV cache.
+
+mod opt;
+mod params;
+
+pub use opt::*;
+pub use params::Params;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor, D};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model.name = \"{name}\": {message}")]
+    NotFound { name: String, message: String },
+    #[error("{path}: {message}")]
+    BadCheckpoint { path: String, message: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Where a model's shape and weights come from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    Preset(String),
+    /// A directory in HF layout (config.json, model.safetensors, tokenizer.json).
+    Dir(PathBuf),
+}
+
+impl ModelSource {
+    /// Resolves `model.name`: a preset, a local directory, or an HF repo id found in the
+    /// local Hugging Face cache (`$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`).
+    pub fn resolve(name: &str) -> Result<ModelSource, ModelError> {
+        if OptConfig::preset(name).is_some() {
+            return Ok(ModelSource::Preset(name.to_string()));
+        }
+        let p = Path::new(name);
+        if p.is_dir() {
+            return Ok(ModelSource::Dir(p.to_path_buf()));
+        }
+        if p.exists() {
+            return Err(ModelError::NotFound {
+                name: name.into(),
+                message: "is a file; expected a model directory (config.json, model.safetensors)".into(),
+            });
+        }
+        if let Some((org, repo)) = name.split_once('/') {
+            if !org.is_empty() && !repo.is_empty() && !repo.contains('/') && !name.starts_with('.') {
+                return hf_cache_snapshot(name).map(ModelSource::Dir);
+            }
+        }
+        Err(ModelError::NotFound {
+            name: name.into(),
+            message: format!(
+                "not a preset ({}), a local directory, or an HF repo id",
+                OptConfig::PRESETS.join(", ")
+            ),
+        })
+    }
+
+    pub fn config(&self) -> Result<OptConfig, ModelError> {
+        match self {
+            ModelSource::Preset(n) => Ok(OptConfig::preset(n).expect("preset exists")),
+            ModelSource::Dir(d) => {
+                let p = d.join("config.json");
+                let text = std::fs::read_to_string(&p).map_err(|e| ModelError::BadCheckpoint {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                serde_json::from_str(&text).map_err(|e| ModelError::BadCheckpoint {
+                    path: p.display().to_string(),
+                    message: format!("not an OPT config: {e}"),
+                })
+            }
+        }
+    }
+
+    /// The safetensors files holding the weights (one file or HF shards).
+    pub fn weight_files(&self) -> Result<Vec<PathBuf>, ModelError> {
+        let ModelSource::Dir(d) = self else {
+            return Ok(vec![]);
+        };
+        let single = d.join("model.safetensors");
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let mut shards: Vec<PathBuf> = std::fs::read_dir(d)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                            n.starts_with("model-") && n.ends_with(".safetensors")
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        shards.sort();
+        if shards.is_empty() {
+            return Err(ModelError::BadCheckpoint {
+                path: d.display().to_string(),
+                message: "no model.safetensors (PyTorch .bin checkpoints are not read; convert them with safetensors)".into(),
+            });
+        }
+        Ok(shards)
+    }
+
+    pub fn tokenizer_file(&self) -> Option<PathBuf> {
+        match self {
+            ModelSource::Dir(d) => Some(d.join("tokenizer.json")).filter(|p| p.is_file()),
+            ModelSource::Preset(_) => None,
+        }
+    }
+}
+
+fn hf_cache_snapshot(repo: &str) -> Result<PathBuf, ModelError> {
+    let hub = if let Ok(c) = std::env::var("HF_HUB_CACHE") {
+        PathBuf::from(c)
+    } else if let Ok(h) = std::env::var("HF_HOME") {
+        PathBuf::from(h).join("hub")
+    } else {
+        let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+        PathBuf::from(home).join(".cache/huggingface/hub")
+    };
+    let dir = hub.join(format!("models--{}", repo.replace('/', "--")));
+    let missing = || ModelError::NotFound {
+        name: repo.into(),
+        message: format!(
+            "weights are not in the local Hugging Face cache ({}) and ablate does not download; \
+             fetch them with `huggingface-cli download {repo}` on a machine with network, \
+             or set model.name to a local directory",
+            dir.display()
+        ),
+    };
+    let rev = std::fs::read_to_string(dir.join("refs/main")).map_err(|_| missing())?;
+    let snap = dir.join("snapshots").join(rev.trim());
+    if snap.join("config.json").is_file() {
+        Ok(snap)
+    } else {
+        Err(missing())
+    }
+}
+
+/// A model with its trainable parameters.
+pub struct LoadedModel {
+    pub model: Opt,
+    pub params: Params,
+    pub config: OptConfig,
+}
+
+/// Builds the model: random init (seeded) or weights from the source's checkpoint.
+pub fn build(
+    cfg: &OptConfig,
+    weights: &[PathBuf],
+    seed: u64,
+    device: &Device,
+) -> Result<LoadedModel, ModelError> {
+    let params = Params::new();
+    let vb = if weights.is_empty() {
+        params.random_builder(seed, device)
+    } else {
+        let refs: Vec<&Path> = weights.iter().map(PathBuf::as_path).collect();
+        params.checkpoint_builder(&refs, device)?
+    };
+    let model = Opt::new(cfg, vb).map_err(|e| match weights.first() {
+        Some(w) => ModelError::BadCheckpoint {
+            path: w.display().to_string(),
+            message: e.to_string(),
+        },
+        None => ModelError::Candle(e),
+    })?;
+    if weights.is_empty() {
+        // HF zeroes the padding row of the token embeddings at init.
+        if let Some(v) = params.get("model.decoder.embed_tokens.weight") {
+            let pad = cfg.pad_token_id as usize;
+            if pad < cfg.vocab_size {
+                let t = v.as_tensor();
+                let zero = Tensor::zeros((1, cfg.proj_dim()), t.dtype(), t.device())?;
+                v.set(&t.slice_assign(&[pad..pad + 1, 0..cfg.proj_dim()], &zero)?)?;
+            }
+        }
+    }
+    Ok(LoadedModel {
+        model,
+        params,
+        config: cfg.clone(),
+    })
+}
+
+/// Writes config.json and model.safetensors in HF layout (tied head: no lm_head.weight).
+pub fn save_pretrained(dir: &Path, cfg: &OptConfig, params: &Params) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::BadCheckpoint {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let cfg_text = serde_json::to_string_pretty(&cfg.to_hf_json()).expect("json");
+    std::fs::write(dir.join("config.json"), cfg_text).map_err(|e| ModelError::BadCheckpoint {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    params.save(&dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+/// Greedy decoding of a batch of prompts (left-padded together) with a KV cache. Each
+/// row stops at `eos`; returns only the new tokens, without the eos.
+pub fn generate_greedy(
+    model: &Opt,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    eos: u32,
+) -> candle_core::Result<Vec<Vec<u32>>> {
+    let b = prompts.len();
+    if b == 0 {
+        return Ok(vec![]);
+    }
+    let pad = model.config().pad_token_id;
+    let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * len);
+    let mut mask = PaddingMask { rows: Vec::with_capacity(b) };
+    for p in prompts {
+        let n = len - p.len();
+        ids.extend(std::iter::repeat_n(pad, n).chain(p.iter().copied()));
+        mask.rows.push(std::iter::repeat_n(0u8, n).chain(std::iter::repeat_n(1u8, p.len())).collect());
+    }
+    let dev = model.device();
+    let mut cache = model.empty_cache();
+    let mut input = Tensor::from_vec(ids, (b, len), dev)?;
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    for _ in 0..max_new_tokens {
+        let logits = model.forward(&input, &mask, Some(&mut cache))?;
+        let t = logits.dim(1)?;
+        let next: Vec<u32> = logits.narrow(1, t - 1, 1)?.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
+        for (i, &tok) in next.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            if tok == eos {
+                done[i] = true;
+            } else {
+                out[i].push(tok);
+            }
+        }
+        if done.iter().all(|d| *d) {
+            break;
+        }
+        for row in &mut mask.rows {
+            row.push(1);
+        }
+        input = Tensor::from_vec(next, (b, 1), dev)?;
+    }
+    Ok(out)
+}

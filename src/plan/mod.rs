@@ -1,0 +1,244 @@
+//! Grid expansion and run identity. A run's id is a hash of its canonical resolved
+//! configuration, so the same run in two sweeps is the same row and is trained once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::{set_path, ConfigError, ConfigProblem, Experiment, RunConfig};
+
+/// Bumped when a code change makes old results incomparable (it is hashed into every id).
+pub const RUN_ID_VERSION: &str = "ablate-run-v1";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRun {
+    pub id: String,
+    /// Values of the varying axes, by dotted key.
+    pub axes: BTreeMap<String, Value>,
+    pub is_baseline: bool,
+    #[serde(skip)]
+    pub config: RunConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub experiment: Experiment,
+    pub runs: Vec<PlannedRun>,
+}
+
+impl Plan {
+    /// The axes that vary in this plan, in display order.
+    pub fn axis_names(&self) -> Vec<String> {
+        let g = &self.experiment.grid;
+        g.axes
+            .keys()
+            .chain(g.zips.iter().flat_map(|z| z.keys()))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The canonical form hashed into a run id: keys sorted, numbers in their shortest
+/// round-trip spelling (so `5e-5` and `0.00005` are the same run).
+pub fn canonical_json(cfg: &RunConfig) -> String {
+    // serde_json's Map is a BTreeMap (no preserve_order feature): keys come out sorted.
+    serde_json::to_value(cfg)
+        .expect("config serializes")
+        .to_string()
+}
+
+pub fn run_id(cfg: &RunConfig) -> String {
+    let mut h = Sha256::new();
+    h.update(RUN_ID_VERSION.as_bytes());
+    h.update(b"\n");
+    h.update(canonical_json(cfg).as_bytes());
+    let digest = h.finalize();
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Expands an experiment's grid: crossed axes and zip groups form a cartesian product, in
+/// the order of their keys; exclusions are dropped; duplicate configurations collapse.
+pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
+    // Each factor is a list of alternatives; each alternative sets one or more keys.
+    let mut factors: Vec<Vec<Vec<(String, Value)>>> = Vec::new();
+    for (k, vals) in &exp.grid.axes {
+        factors.push(vals.iter().map(|v| vec![(k.clone(), v.clone())]).collect());
+    }
+    for z in &exp.grid.zips {
+        let n = z.values().next().map_or(0, Vec::len);
+        factors.push(
+            (0..n)
+                .map(|i| z.iter().map(|(k, v)| (k.clone(), v[i].clone())).collect())
+                .collect(),
+        );
+    }
+    let baseline: BTreeMap<String, Value> = exp
+        .meta
+        .baseline
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(Value::Null)))
+        .collect();
+
+    let total: usize = factors.iter().map(Vec::len).product();
+    let mut runs = Vec::with_capacity(total);
+    let mut seen = BTreeSet::new();
+    let mut problems = Vec::new();
+    let mut idx = vec![0usize; factors.len()];
+    for _ in 0..total {
+        let axes: BTreeMap<String, Value> = factors
+            .iter()
+            .zip(&idx)
+            .flat_map(|(f, &i)| f[i].iter().cloned())
+            .collect();
+        // Odometer increment, last factor fastest.
+        for d in (0..factors.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < factors[d].len() {
+                break;
+            }
+            idx[d] = 0;
+        }
+        let excluded = exp
+            .grid
+            .exclude
+            .iter()
+            .any(|e| e.iter().all(|(k, v)| axes.get(k).is_some_and(|a| values_equal(a, v))));
+        if excluded {
+            continue;
+        }
+        let mut json = exp.base.clone();
+        for (k, v) in &axes {
+            set_path(&mut json, k, v.clone());
+        }
+        let config: RunConfig = match serde_json::from_value(json) {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(ConfigProblem {
+                    origin: exp.file.display().to_string(),
+                    key: "grid".into(),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        for (k, m) in config.problems() {
+            let p = ConfigProblem {
+                origin: exp.file.display().to_string(),
+                key: if axes.contains_key(&k) { format!("grid.\"{k}\"") } else { k },
+                message: m,
+            };
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
+        }
+        let id = run_id(&config);
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let is_baseline = !baseline.is_empty()
+            && baseline
+                .iter()
+                .all(|(k, v)| axes.get(k).is_some_and(|a| values_equal(a, v)));
+        runs.push(PlannedRun {
+            id,
+            axes,
+            is_baseline,
+            config,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    // With no declared baseline, the first run is the reference row.
+    if baseline.is_empty() {
+        if let Some(r) = runs.first_mut() {
+            r.is_baseline = true;
+        }
+    }
+    Ok(Plan {
+        experiment: exp.clone(),
+        runs,
+    })
+}
+
+/// Grid values compare as numbers when both are numbers (`1` equals `1.0`).
+fn values_equal(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_experiment;
+
+    fn plan(text: &str) -> Plan {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.toml");
+        std::fs::write(&p, text).unwrap();
+        expand(&load_experiment(&p, &[]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn golden_run_id_of_the_defaults() {
+        // Pinned: a change here invalidates every stored result. Bump RUN_ID_VERSION
+        // deliberately instead of updating this value.
+        assert_eq!(run_id(&RunConfig::default()), "5d7f2b0d8dbb");
+    }
+
+    #[test]
+    fn id_ignores_key_order_and_float_spelling() {
+        let a = plan("[train]\nlr = 0.00005\nepochs = 2\n[model]\nname = \"tiny\"\n");
+        let b = plan("[model]\nname = \"tiny\"\n[train]\nepochs = 2\nlr = 5e-5\n");
+        assert_eq!(a.runs[0].id, b.runs[0].id);
+        let c = plan("[train]\nlr = 5.0e-5\nepochs = 3\n");
+        assert_ne!(a.runs[0].id, c.runs[0].id);
+    }
+
+    #[test]
+    fn cartesian_product_zip_and_exclusions() {
+        let p = plan(
+            "[grid]\n\"train.epochs\" = [1, 3]\nseeds = [0, 1, 2]\n\
+             [[grid.zip]]\n\"train.lr\" = [1e-3, 2e-3]\n\"train.warmup_ratio\" = [0.0, 0.1]\n\
+             [[grid.exclude]]\n\"train.epochs\" = 3\n\"train.seed\" = 2\n",
+        );
+        // 2 epochs x 3 seeds x 2 zipped pairs = 12, minus (epochs 3, seed 2) x 2 pairs.
+        assert_eq!(p.runs.len(), 10);
+        let ids: BTreeSet<_> = p.runs.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids.len(), 10);
+        for r in &p.runs {
+            let lr = r.axes["train.lr"].as_f64().unwrap();
+            let wr = r.axes["train.warmup_ratio"].as_f64().unwrap();
+            assert!((lr == 1e-3 && wr == 0.0) || (lr == 2e-3 && wr == 0.1));
+            assert_eq!(r.config.train.lr, lr);
+        }
+        assert_eq!(
+            p.axis_names(),
+            vec!["train.epochs", "train.seed", "train.lr", "train.warmup_ratio"]
+        );
+    }
+
+    #[test]
+    fn baseline_is_marked() {
+        let p = plan(
+            "[experiment]\nbaseline = { \"train.epochs\" = 3 }\n[grid]\n\"train.epochs\" = [1, 3]\n",
+        );
+        let marked: Vec<_> = p.runs.iter().filter(|r| r.is_baseline).collect();
+        assert_eq!(marked.len(), 1);
+        assert_eq!(marked[0].config.train.epochs, 3);
+    }
+
+    #[test]
+    fn semantic_problem_in_a_grid_value_names_the_axis() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.toml");
+        std::fs::write(&p, "[grid]\n\"train.lr\" = [1e-3, -1.0]\n").unwrap();
+        let err = expand(&load_experiment(&p, &[]).unwrap()).unwrap_err();
+        let s = err.to_string();
+        assert!(s.contains("grid.\"train.lr\": must be a positive number"), "{s}");
+    }
+}

@@ -1,0 +1,490 @@
+//! The results database: one SQLite file, WAL mode, migrations applied at open, one
+//! writer connection per process, batched transactions.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+use crate::plan::{canonical_json, Plan};
+
+/// Numbered migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+
+pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {0} does not exist yet (run `ablate run` first)")]
+    Missing(String),
+    #[error("database {path} has schema version {found}, newer than this ablate ({known}); upgrade ablate")]
+    TooNew { path: String, found: i64, known: i64 },
+    #[error("only read-only statements are allowed in `ablate query` (use SELECT, WITH or EXPLAIN)")]
+    NotReadOnly,
+    #[error("cannot create {path}: {message}")]
+    Io { path: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Status of a run in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Interrupted,
+    Diverged,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Diverged => "diverged",
+        }
+    }
+    pub fn parse(s: &str) -> RunStatus {
+        match s {
+            "running" => RunStatus::Running,
+            "done" => RunStatus::Done,
+            "failed" => RunStatus::Failed,
+            "interrupted" => RunStatus::Interrupted,
+            "diverged" => RunStatus::Diverged,
+            _ => RunStatus::Pending,
+        }
+    }
+}
+
+/// A row to write, batched by the writer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Metric {
+        run_id: String,
+        name: String,
+        split: String,
+        step: i64,
+        value: f64,
+    },
+    Verdict {
+        run_id: String,
+        dataset: String,
+        example_id: String,
+        category: String,
+        evaluator: String,
+        verdict: String,
+        passed: bool,
+        prediction: String,
+        gold: String,
+    },
+}
+
+/// The outcome of trying to take a run for execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Claimed,
+    AlreadyDone,
+    /// Another live process on this host is running it.
+    Busy,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database for writing and applies migrations.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                path: dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(err(path))?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(err(path))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err(path))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err(path))?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(err(path))?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing database read-only; writes are refused by SQLite itself.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err(path))?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(err(path))?;
+        conn.pragma_update(None, "query_only", "ON").map_err(err(path))?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(&path))?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err(&path))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: path.display().to_string(),
+                found: version,
+                known,
+            });
+        }
+        for (_, sql) in &MIGRATIONS[version as usize..] {
+            tx.execute_batch(sql).map_err(err(&path))?;
+        }
+        tx.pragma_update(None, "user_version", known).map_err(err(&path))?;
+        tx.commit().map_err(err(&path))
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err(&self.path))
+    }
+
+    /// Statuses of the given runs; runs not in the store are absent.
+    pub fn statuses(&self, ids: &[String]) -> Result<HashMap<String, RunStatus>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT status FROM runs WHERE id = ?1")
+            .map_err(err(&self.path))?;
+        let mut out = HashMap::new();
+        for id in ids {
+            let s: Option<String> = stmt
+                .query_row([id], |r| r.get(0))
+                .optional()
+                .map_err(err(&self.path))?;
+            if let Some(s) = s {
+                out.insert(id.clone(), RunStatus::parse(&s));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a sweep and its runs (new runs as pending), in one transaction.
+    pub fn register_plan(&mut self, plan: &Plan) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(&path))?;
+        let exp = &plan.experiment;
+        tx.execute(
+            &format!(
+                "INSERT INTO sweeps (name, file, description, axes_json, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, {NOW})
+                 ON CONFLICT(name) DO UPDATE SET file = excluded.file,
+                   description = excluded.description, axes_json = excluded.axes_json,
+                   updated_at = excluded.updated_at"
+            ),
+            params![
+                exp.name,
+                exp.file.display().to_string(),
+                exp.meta.description,
+                serde_json::to_string(&plan.axis_names()).unwrap_or_default()
+            ],
+        )
+        .map_err(err(&path))?;
+        // The sweep's membership is exactly this plan: runs dropped from the grid leave it.
+        tx.execute("DELETE FROM sweep_runs WHERE sweep = ?1", [&exp.name])
+            .map_err(err(&path))?;
+        {
+            let mut ins_run = tx
+                .prepare(&format!(
+                    "INSERT OR IGNORE INTO runs (id, config_json, status, created_at)
+                     VALUES (?1, ?2, 'pending', {NOW})"
+                ))
+                .map_err(err(&path))?;
+            let mut ins_member = tx
+                .prepare(
+                    "INSERT INTO sweep_runs (sweep, run_id, axes_json, is_baseline, position)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(err(&path))?;
+            for (i, r) in plan.runs.iter().enumerate() {
+                ins_run
+                    .execute(params![r.id, canonical_json(&r.config)])
+                    .map_err(err(&path))?;
+                ins_member
+                    .execute(params![
+                        exp.name,
+                        r.id,
+                        serde_json::to_string(&r.axes).unwrap_or_default(),
+                        r.is_baseline,
+                        i as i64
+                    ])
+                    .map_err(err(&path))?;
+            }
+        }
+        tx.commit().map_err(err(&path))
+    }
+
+    /// Takes a run for execution unless it is done or owned by a live process. Taking it
+    /// clears rows of an earlier, unfinished attempt, so a replay cannot double them.
+    pub fn claim(&mut self, run_id: &str, host: &str, git_rev: Option<&str>) -> Result<Claim> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(&path))?;
+        let row: Option<(String, Option<String>, Option<i64>)> = tx
+            .query_row(
+                "SELECT status, host, pid FROM runs WHERE id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(err(&path))?;
+        let me = std::process::id() as i64;
+        match &row {
+            Some((s, _, _)) if s == "done" => return Ok(Claim::AlreadyDone),
+            Some((s, h, Some(pid))) if s == "running" && *pid != me => {
+                let same_host = h.as_deref() == Some(host);
+                if !same_host || process_alive(*pid) {
+                    return Ok(Claim::Busy);
+                }
+            }
+            _ => {}
+        }
+        tx.execute("DELETE FROM metrics WHERE run_id = ?1", [run_id])
+            .map_err(err(&path))?;
+        tx.execute("DELETE FROM eval_results WHERE run_id = ?1", [run_id])
+            .map_err(err(&path))?;
+        tx.execute(
+            &format!(
+                "UPDATE runs SET status = 'running', attempts = attempts + 1, started_at = {NOW},
+                 finished_at = NULL, duration_s = NULL, host = ?2, pid = ?3, git_rev = ?4,
+                 ablate_version = ?5, error = NULL WHERE id = ?1"
+            ),
+            params![run_id, host, me, git_rev, env!("CARGO_PKG_VERSION")],
+        )
+        .map_err(err(&path))?;
+        tx.commit().map_err(err(&path))?;
+        Ok(Claim::Claimed)
+    }
+
+    /// Writes a batch of rows in one transaction; replays overwrite.
+    pub fn write(&mut self, batch: &[Record]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(&path))?;
+        write_records(&tx, batch).map_err(err(&path))?;
+        tx.commit().map_err(err(&path))
+    }
+
+    /// Writes the last rows of a run and its final status together.
+    pub fn finish(
+        &mut self,
+        run_id: &str,
+        status: RunStatus,
+        error: Option<&str>,
+        duration_s: f64,
+        batch: &[Record],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(&path))?;
+        write_records(&tx, batch).map_err(err(&path))?;
+        tx.execute(
+            &format!(
+                "UPDATE runs SET status = ?2, error = ?3, duration_s = ?4, finished_at = {NOW},
+                 pid = NULL WHERE id = ?1"
+            ),
+            params![run_id, status.as_str(), error, duration_s],
+        )
+        .map_err(err(&path))?;
+        tx.commit().map_err(err(&path))
+    }
+
+    /// Runs one read-only statement; returns column names and rows as JSON values.
+    pub fn query(&self, sql: &str) -> Result<(Vec<String>, Vec<Vec<serde_json::Value>>)> {
+        let mut stmt = self.conn.prepare(sql).map_err(err(&self.path))?;
+        if !stmt.readonly() {
+            return Err(StoreError::NotReadOnly);
+        }
+        let cols: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
+        let n = cols.len();
+        let rows = stmt
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| {
+                        use rusqlite::types::ValueRef;
+                        Ok(match r.get_ref(i)? {
+                            ValueRef::Null => serde_json::Value::Null,
+                            ValueRef::Integer(v) => v.into(),
+                            ValueRef::Real(v) => serde_json::Number::from_f64(v)
+                                .map_or(serde_json::Value::Null, Into::into),
+                            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+                            ValueRef::Blob(b) => format!("<{} bytes>", b.len()).into(),
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(err(&self.path))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(err(&self.path))?;
+        Ok((cols, rows))
+    }
+}
+
+fn write_records(tx: &rusqlite::Transaction<'_>, batch: &[Record]) -> rusqlite::Result<()> {
+    let mut metric = tx.prepare_cached(
+        "INSERT OR REPLACE INTO metrics (run_id, name, split, step, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut verdict = tx.prepare_cached(
+        "INSERT OR REPLACE INTO eval_results
+         (run_id, dataset, example_id, category, evaluator, verdict, passed, prediction, gold)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for r in batch {
+        match r {
+            Record::Metric {
+                run_id,
+                name,
+                split,
+                step,
+                value,
+            } => {
+                metric.execute(params![run_id, name, split, step, value])?;
+            }
+            Record::Verdict {
+                run_id,
+                dataset,
+                example_id,
+                category,
+                evaluator,
+                verdict: v,
+                passed,
+                prediction,
+                gold,
+            } => {
+                verdict.execute(params![
+                    run_id, dataset, example_id, category, evaluator, v, passed, prediction, gold
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn process_alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_set_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.db");
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        drop(s);
+        let s = Store::open(&p).unwrap();
+        let (_, rows) = s
+            .query("SELECT name FROM sqlite_master WHERE type IN ('table','view') ORDER BY name")
+            .unwrap();
+        let names: Vec<String> = rows.iter().map(|r| r[0].as_str().unwrap().to_string()).collect();
+        assert_eq!(
+            names,
+            ["eval_results", "metrics", "run_summary", "runs", "sweep_runs", "sweeps"]
+        );
+    }
+
+    #[test]
+    fn query_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.db");
+        Store::open(&p).unwrap();
+        let s = Store::open_read_only(&p).unwrap();
+        assert!(matches!(s.query("DELETE FROM runs"), Err(StoreError::NotReadOnly)));
+        assert!(s.query("SELECT count(*) FROM runs").is_ok());
+    }
+
+    #[test]
+    fn metric_replay_does_not_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("a.db")).unwrap();
+        s.conn
+            .execute(
+                "INSERT INTO runs (id, config_json, status, created_at) VALUES ('r', '{}', 'pending', 'now')",
+                [],
+            )
+            .unwrap();
+        let m = Record::Metric {
+            run_id: "r".into(),
+            name: "loss".into(),
+            split: "train".into(),
+            step: 1,
+            value: 2.0,
+        };
+        s.write(&[m.clone(), m.clone()]).unwrap();
+        s.write(&[m]).unwrap();
+        let (_, rows) = s.query("SELECT count(*) FROM metrics").unwrap();
+        assert_eq!(rows[0][0], serde_json::json!(1));
+        assert_eq!(s.claim("r", "h", None).unwrap(), Claim::Claimed);
+        let (_, rows) = s.query("SELECT count(*), (SELECT status FROM runs) FROM metrics").unwrap();
+        assert_eq!(rows[0], vec![serde_json::json!(0), serde_json::json!("running")]);
+        s.finish("r", RunStatus::Done, None, 1.0, &[]).unwrap();
+        assert_eq!(s.claim("r", "h", None).unwrap(), Claim::AlreadyDone);
+    }
+}

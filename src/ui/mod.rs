@@ -1,0 +1,193 @@
+//! The only module that prints: progress bars, tables, JSON lines.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::exec::{Event, Reporter};
+use crate::store::RunStatus;
+
+/// Progress bars on a terminal; plain lines otherwise (CI logs, pipes).
+pub struct ProgressReporter {
+    multi: MultiProgress,
+    sweep: Option<ProgressBar>,
+    runs: HashMap<String, ProgressBar>,
+    labels: HashMap<String, String>,
+    plain: bool,
+}
+
+impl Default for ProgressReporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProgressReporter {
+    pub fn new() -> Self {
+        let plain = !std::io::stderr().is_terminal();
+        let multi = MultiProgress::with_draw_target(if plain {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        });
+        ProgressReporter {
+            multi,
+            sweep: None,
+            runs: HashMap::new(),
+            labels: HashMap::new(),
+            plain,
+        }
+    }
+
+    fn line(&self, s: String) {
+        if self.plain {
+            eprintln!("{s}");
+        } else {
+            let _ = self.multi.println(s);
+        }
+    }
+}
+
+impl Reporter for ProgressReporter {
+    fn event(&mut self, e: &Event) {
+        match e {
+            Event::SweepStarted { sweep, total, to_run } => {
+                self.line(format!("sweep {sweep}: {total} runs, {to_run} to run"));
+                let pb = self.multi.add(ProgressBar::new(*to_run as u64));
+                pb.set_style(
+                    ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} runs {elapsed}")
+                        .expect("template")
+                        .progress_chars("=> "),
+                );
+                pb.set_prefix(sweep.clone());
+                self.sweep = Some(pb);
+            }
+            Event::RunSkipped { run_id, reason } => {
+                self.line(format!("  skip  {run_id} ({reason})"));
+            }
+            Event::RunStarted { run_id, label } => {
+                self.labels.insert(run_id.clone(), label.clone());
+                self.line(format!("  start {run_id} {label}"));
+                let pb = self.multi.add(ProgressBar::new(0));
+                pb.set_style(
+                    ProgressStyle::with_template("{prefix:>14} {spinner} {wide_msg} [{bar:20}] {pos}/{len}")
+                        .expect("template")
+                        .progress_chars("=> "),
+                );
+                pb.set_prefix(run_id.clone());
+                pb.enable_steady_tick(Duration::from_millis(200));
+                self.runs.insert(run_id.clone(), pb);
+            }
+            Event::Phase { run_id, phase, total } => {
+                if let Some(pb) = self.runs.get(run_id) {
+                    pb.set_length(*total);
+                    pb.set_position(0);
+                    pb.set_message(phase.to_string());
+                }
+            }
+            Event::Progress { run_id, pos, message } => {
+                if let Some(pb) = self.runs.get(run_id) {
+                    pb.set_position(*pos);
+                    pb.set_message(message.clone());
+                }
+            }
+            Event::Record(_) => {}
+            Event::RunFinished {
+                run_id,
+                status,
+                error,
+                duration_s,
+            } => {
+                if let Some(pb) = self.runs.remove(run_id) {
+                    pb.finish_and_clear();
+                    self.multi.remove(&pb);
+                }
+                if let Some(s) = &self.sweep {
+                    s.inc(1);
+                }
+                let label = self.labels.get(run_id).cloned().unwrap_or_default();
+                let tail = error.as_ref().map(|e| format!(": {e}")).unwrap_or_default();
+                self.line(format!(
+                    "  {:<5} {run_id} {label} ({duration_s:.1}s){tail}",
+                    match status {
+                        RunStatus::Done => "done",
+                        RunStatus::Interrupted => "intr",
+                        RunStatus::Diverged => "diverged",
+                        _ => "FAIL",
+                    }
+                ));
+            }
+            Event::SweepFinished(o) => {
+                if let Some(s) = self.sweep.take() {
+                    s.finish_and_clear();
+                    self.multi.remove(&s);
+                }
+                self.line(format!(
+                    "sweep {}: {} done, {} skipped, {} failed, {} diverged, {} interrupted",
+                    o.sweep, o.done, o.skipped, o.failed, o.diverged, o.interrupted
+                ));
+            }
+        }
+    }
+}
+
+/// One JSON object per event on stdout (records left out), for scripts.
+pub struct JsonReporter;
+
+impl Reporter for JsonReporter {
+    fn event(&mut self, e: &Event) {
+        let v = match e {
+            Event::SweepStarted { sweep, total, to_run } => {
+                serde_json::json!({"event": "sweep_started", "sweep": sweep, "total": total, "to_run": to_run})
+            }
+            Event::RunSkipped { run_id, reason } => {
+                serde_json::json!({"event": "run_skipped", "run_id": run_id, "reason": reason})
+            }
+            Event::RunStarted { run_id, label } => {
+                serde_json::json!({"event": "run_started", "run_id": run_id, "label": label})
+            }
+            Event::RunFinished {
+                run_id,
+                status,
+                error,
+                duration_s,
+            } => serde_json::json!({"event": "run_finished", "run_id": run_id, "status": status,
+                "error": error, "duration_s": duration_s}),
+            Event::SweepFinished(o) => serde_json::json!({"event": "sweep_finished", "outcome": o}),
+            _ => return,
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{v}");
+    }
+}
+
+/// An aligned text table.
+pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let fmt_row = |cells: &[String]| -> String {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = fmt_row(headers);
+    out.push('\n');
+    for r in rows {
+        out.push_str(&fmt_row(r));
+        out.push('\n');
+    }
+    out
+}
