@@ -206,13 +206,13 @@ pub fn execute(
                         _ => outcome.failed += 1,
                     }
                     in_flight -= 1;
+                    reporter.event(&ev);
                     if dispatch(store, &mut queue, &mut outcome, reporter)? {
                         in_flight += 1;
                     }
                 }
-                _ => {}
+                _ => reporter.event(&ev),
             }
-            reporter.event(&ev);
             if in_flight == 0 {
                 break;
             }
