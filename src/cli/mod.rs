@@ -54,7 +54,12 @@ Examples:
 )]
 pub struct Cli {
     /// Results database; run artifacts and reports go beside it.
-    #[arg(long, global = true, env = "ABLATE_DB", default_value = "results/ablate.db")]
+    #[arg(
+        long,
+        global = true,
+        env = "ABLATE_DB",
+        default_value = "results/ablate.db"
+    )]
     pub db: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -259,13 +264,21 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
                 .runs
                 .iter()
                 .map(|r| {
-                    let mut row = vec![format!("{}{}", r.id, if r.is_baseline { " *" } else { "" })];
-                    row.extend(axes.iter().map(|a| r.axes.get(a).map_or("-".into(), |v| v.to_string())));
+                    let mut row =
+                        vec![format!("{}{}", r.id, if r.is_baseline { " *" } else { "" })];
+                    row.extend(
+                        axes.iter()
+                            .map(|a| r.axes.get(a).map_or("-".into(), |v| v.to_string())),
+                    );
                     row.push(status(&r.id).as_str().to_string());
                     row
                 })
                 .collect();
-            let pending = p.runs.iter().filter(|r| status(&r.id) != RunStatus::Done).count();
+            let pending = p
+                .runs
+                .iter()
+                .filter(|r| status(&r.id) != RunStatus::Done)
+                .count();
             text.push_str(&format!(
                 "{} ({}): {} runs, {} to run\n",
                 p.experiment.name,
@@ -294,12 +307,20 @@ fn install_ctrlc() -> Arc<AtomicBool> {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(exit::INTERRUPTED as i32);
         }
-        eprintln!("interrupt: finishing the current step, then stopping (Ctrl-C again to quit now)");
+        eprintln!(
+            "interrupt: finishing the current step, then stopping (Ctrl-C again to quit now)"
+        );
     });
     cancel
 }
 
-fn cmd_run(db: &Path, inputs: &Inputs, jobs: usize, json: bool, no_report: bool) -> Result<u8, Failure> {
+fn cmd_run(
+    db: &Path,
+    inputs: &Inputs,
+    jobs: usize,
+    json: bool,
+    no_report: bool,
+) -> Result<u8, Failure> {
     let plans = load_plans(inputs)?;
     let mut store = Store::open(db).map_err(store_failure)?;
     let opts = ExecOptions {
@@ -315,7 +336,8 @@ fn cmd_run(db: &Path, inputs: &Inputs, jobs: usize, json: bool, no_report: bool)
     };
     let mut code = exit::OK;
     for p in &plans {
-        let outcome = exec::execute(p, &mut store, &opts, reporter.as_mut()).map_err(store_failure)?;
+        let outcome =
+            exec::execute(p, &mut store, &opts, reporter.as_mut()).map_err(store_failure)?;
         if !no_report {
             let path = report::write_report(
                 &store,
@@ -356,8 +378,13 @@ fn cmd_report(db: &Path, inputs: &Inputs, template: Option<&Path>) -> Result<u8,
     let store = Store::open_read_only(db).map_err(store_failure)?;
     for p in &plans {
         let t = template.map(Path::to_path_buf).or_else(|| template_of(p));
-        let path = report::write_report(&store, &p.experiment.name, t.as_deref(), &results_dir(db).join("reports"))
-            .map_err(user)?;
+        let path = report::write_report(
+            &store,
+            &p.experiment.name,
+            t.as_deref(),
+            &results_dir(db).join("reports"),
+        )
+        .map_err(user)?;
         println!("{}", path.display());
     }
     Ok(exit::OK)
@@ -374,14 +401,20 @@ fn cmd_query(db: &Path, sql: &str, csv: bool, json: bool) -> Result<u8, Failure>
     if json {
         let objs: Vec<serde_json::Value> = rows
             .iter()
-            .map(|r| serde_json::Value::Object(cols.iter().cloned().zip(r.iter().cloned()).collect()))
+            .map(|r| {
+                serde_json::Value::Object(cols.iter().cloned().zip(r.iter().cloned()).collect())
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&objs).expect("json"));
     } else if csv {
         let mut w = csv::Writer::from_writer(std::io::stdout());
-        w.write_record(&cols).context("writing CSV").map_err(internal)?;
+        w.write_record(&cols)
+            .context("writing CSV")
+            .map_err(internal)?;
         for r in &rows {
-            w.write_record(r.iter().map(cell)).context("writing CSV").map_err(internal)?;
+            w.write_record(r.iter().map(cell))
+                .context("writing CSV")
+                .map_err(internal)?;
         }
         w.flush().context("writing CSV").map_err(internal)?;
     } else {

@@ -160,11 +160,11 @@ pub fn load_experiment_text(
         }
     }
     fig = fig.merge(Toml::string(text));
-    fig = fig.merge(
-        Env::prefixed("ABLATE_")
-            .split("__")
-            .filter(|k| SECTIONS.iter().any(|s| k.as_str().starts_with(&format!("{s}.")))),
-    );
+    fig = fig.merge(Env::prefixed("ABLATE_").split("__").filter(|k| {
+        SECTIONS
+            .iter()
+            .any(|s| k.as_str().starts_with(&format!("{s}.")))
+    }));
     for o in sets {
         fig = fig.merge(Serialized::global(&o.key, &o.value));
     }
@@ -253,7 +253,10 @@ pub fn load_experiment_text(
     for (key, val) in &meta.baseline {
         let json = serde_json::to_value(val).unwrap_or(Value::Null);
         if !known.contains_key(key) {
-            push(&format!("experiment.baseline.\"{key}\""), unknown_key_message(key, &known));
+            push(
+                &format!("experiment.baseline.\"{key}\""),
+                unknown_key_message(key, &known),
+            );
         } else if let Err(m) = check_value(&defaults_json, key, &json) {
             push(&format!("experiment.baseline.\"{key}\""), m);
         }
@@ -264,7 +267,8 @@ pub fn load_experiment_text(
             Ok(cfg) => {
                 // Semantic checks on the base; grid values are checked per run by the planner.
                 for (k, m) in cfg.problems() {
-                    if !grid.axes.contains_key(&k) && !grid.zips.iter().any(|z| z.contains_key(&k)) {
+                    if !grid.axes.contains_key(&k) && !grid.zips.iter().any(|z| z.contains_key(&k))
+                    {
                         push(&k, m);
                     }
                 }
@@ -304,13 +308,18 @@ fn parse_grid(
     for (k, v) in d {
         match k.as_str() {
             "seeds" => {
-                if let Some(vals) = axis_values("train.seed", "grid.seeds", v, defaults, known, push) {
+                if let Some(vals) =
+                    axis_values("train.seed", "grid.seeds", v, defaults, known, push)
+                {
                     grid.axes.insert("train.seed".into(), vals);
                 }
             }
             "zip" => {
                 let FValue::Array(_, groups) = v else {
-                    push("grid.zip", "expected an array of tables ([[grid.zip]])".into());
+                    push(
+                        "grid.zip",
+                        "expected an array of tables ([[grid.zip]])".into(),
+                    );
                     continue;
                 };
                 for (gi, g) in groups.iter().enumerate() {
@@ -346,7 +355,10 @@ fn parse_grid(
             }
             "exclude" => {
                 let FValue::Array(_, items) = v else {
-                    push("grid.exclude", "expected an array of tables ([[grid.exclude]])".into());
+                    push(
+                        "grid.exclude",
+                        "expected an array of tables ([[grid.exclude]])".into(),
+                    );
                     continue;
                 };
                 for (i, item) in items.iter().enumerate() {
@@ -375,19 +387,29 @@ fn parse_grid(
     }
     // An axis may appear once: crossed, or in one zip group.
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for k in grid.axes.keys().chain(grid.zips.iter().flat_map(|z| z.keys())) {
+    for k in grid
+        .axes
+        .keys()
+        .chain(grid.zips.iter().flat_map(|z| z.keys()))
+    {
         *seen.entry(k).or_default() += 1;
     }
     for (k, n) in seen {
         if n > 1 {
-            push(&format!("grid.\"{k}\""), "axis given more than once (in the grid and a zip)".into());
+            push(
+                &format!("grid.\"{k}\""),
+                "axis given more than once (in the grid and a zip)".into(),
+            );
         }
     }
     for (i, e) in grid.exclude.iter().enumerate() {
         for k in e.keys() {
             let is_axis = grid.axes.contains_key(k) || grid.zips.iter().any(|z| z.contains_key(k));
             if !is_axis {
-                push(&format!("grid.exclude[{i}].\"{k}\""), "not an axis of the grid".into());
+                push(
+                    &format!("grid.exclude[{i}].\"{k}\""),
+                    "not an axis of the grid".into(),
+                );
             }
         }
     }
@@ -404,7 +426,10 @@ fn axis_values(
     push: &mut impl FnMut(&str, String),
 ) -> Option<Vec<Value>> {
     let FValue::Array(_, items) = v else {
-        push(label, format!("expected an array of values, found {}", kind(v)));
+        push(
+            label,
+            format!("expected an array of values, found {}", kind(v)),
+        );
         return None;
     };
     if items.is_empty() {
@@ -451,7 +476,9 @@ pub fn set_path(root: &mut Value, key: &str, value: Value) {
             obj.insert(p.to_string(), value);
             return;
         }
-        cur = obj.entry(p.to_string()).or_insert(Value::Object(Default::default()));
+        cur = obj
+            .entry(p.to_string())
+            .or_insert(Value::Object(Default::default()));
     }
 }
 
@@ -461,7 +488,11 @@ pub fn leaf_keys(v: &Value) -> BTreeMap<String, Value> {
         match v {
             Value::Object(m) => {
                 for (k, v) in m {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     walk(&key, v, out);
                 }
             }
@@ -602,8 +633,14 @@ mod tests {
         );
         assert_eq!(ps.len(), 3, "{ps:?}");
         assert!(ps[0].starts_with("train.epochs: invalid type"), "{ps:?}");
-        assert!(ps[1].starts_with("train.lrr: unknown key (did you mean `train.lr`?)"), "{ps:?}");
-        assert!(ps[2].starts_with("grid.\"train.batch_size\": empty axis"), "{ps:?}");
+        assert!(
+            ps[1].starts_with("train.lrr: unknown key (did you mean `train.lr`?)"),
+            "{ps:?}"
+        );
+        assert!(
+            ps[2].starts_with("grid.\"train.batch_size\": empty axis"),
+            "{ps:?}"
+        );
     }
 
     #[test]
@@ -628,8 +665,16 @@ mod tests {
     #[test]
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "defaults.toml", "[train]\nlr = 1e-3\nepochs = 2\n");
-        let p = write(dir.path(), "e.toml", "[train]\nepochs = 3\nbatch_size = 4\n");
+        write(
+            dir.path(),
+            "defaults.toml",
+            "[train]\nlr = 1e-3\nepochs = 2\n",
+        );
+        let p = write(
+            dir.path(),
+            "e.toml",
+            "[train]\nepochs = 3\nbatch_size = 4\n",
+        );
         let sets = vec!["train.batch_size=8".parse::<Override>().unwrap()];
         let e = load_experiment(&p, &sets).unwrap();
         assert_eq!(e.base["train"]["lr"], serde_json::json!(1e-3));
@@ -642,13 +687,20 @@ mod tests {
     fn syntax_errors_name_the_file_and_line() {
         let ps = problems("[train\nlr = 1\n");
         assert_eq!(ps.len(), 1);
-        assert!(ps[0].contains("invalid TOML") && ps[0].contains("line 1"), "{ps:?}");
+        assert!(
+            ps[0].contains("invalid TOML") && ps[0].contains("line 1"),
+            "{ps:?}"
+        );
     }
 
     #[test]
     fn clip_norm_accepts_none() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "e.toml", "[grid]\n\"train.clip_norm\" = [0.3, \"none\"]\n");
+        let p = write(
+            dir.path(),
+            "e.toml",
+            "[grid]\n\"train.clip_norm\" = [0.3, \"none\"]\n",
+        );
         let e = load_experiment(&p, &[]).unwrap();
         assert_eq!(e.grid.axes["train.clip_norm"].len(), 2);
         let ps = problems("[train]\nclip_norm = \"off\"\n");

@@ -134,9 +134,9 @@ fn de_clip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
         Int(i64),
         Word(String),
     }
-    match Clip::deserialize(d).map_err(|_| {
-        serde::de::Error::custom("expected a number or \"none\"")
-    })? {
+    match Clip::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a number or \"none\""))?
+    {
         Clip::Num(x) => Ok(Some(x)),
         Clip::Int(x) => Ok(Some(x as f64)),
         Clip::Word(w) if w == "none" => Ok(None),
@@ -212,7 +212,10 @@ impl RunConfig {
         let mut bad = |k: &str, m: String| out.push((k.to_string(), m));
         let t = &self.train;
         if !(t.lr.is_finite() && t.lr > 0.0) {
-            bad("train.lr", format!("must be a positive number, found {}", t.lr));
+            bad(
+                "train.lr",
+                format!("must be a positive number, found {}", t.lr),
+            );
         }
         if t.batch_size == 0 {
             bad("train.batch_size", "must be at least 1".into());
@@ -237,10 +240,16 @@ impl RunConfig {
             }
         }
         if !(0.0..=1.0).contains(&t.warmup_ratio) {
-            bad("train.warmup_ratio", format!("must be in [0, 1], found {}", t.warmup_ratio));
+            bad(
+                "train.warmup_ratio",
+                format!("must be in [0, 1], found {}", t.warmup_ratio),
+            );
         }
         if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
-            bad("train.weight_decay", format!("must be >= 0, found {}", t.weight_decay));
+            bad(
+                "train.weight_decay",
+                format!("must be >= 0, found {}", t.weight_decay),
+            );
         }
         for (k, b) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
             if !(0.0..1.0).contains(&b) {
@@ -258,14 +267,26 @@ impl RunConfig {
             bad("data.n_test", "must be at least 1".into());
         }
         if d.vocab_size < 300 {
-            bad("data.vocab_size", format!("must be at least 300 (256 bytes + specials), found {}", d.vocab_size));
+            bad(
+                "data.vocab_size",
+                format!(
+                    "must be at least 300 (256 bytes + specials), found {}",
+                    d.vocab_size
+                ),
+            );
         }
         if d.max_seq_len < 8 {
-            bad("data.max_seq_len", format!("must be at least 8, found {}", d.max_seq_len));
+            bad(
+                "data.max_seq_len",
+                format!("must be at least 8, found {}", d.max_seq_len),
+            );
         }
         for (k, p) in [("data.train", &d.train), ("data.eval", &d.eval)] {
             if p != "synthetic" {
-                bad(k, format!("unsupported dataset \"{p}\": only \"synthetic\" is built in so far"));
+                bad(
+                    k,
+                    format!("unsupported dataset \"{p}\": only \"synthetic\" is built in so far"),
+                );
             }
         }
         if self.model.name.trim().is_empty() {
@@ -278,7 +299,10 @@ impl RunConfig {
                 .strip_prefix("cuda:")
                 .is_some_and(|n| n.parse::<usize>().is_ok());
         if !dev_ok {
-            bad("model.device", format!("expected \"cpu\", \"auto\" or \"cuda:N\", found \"{dev}\""));
+            bad(
+                "model.device",
+                format!("expected \"cpu\", \"auto\" or \"cuda:N\", found \"{dev}\""),
+            );
         }
         let e = &self.eval;
         if e.evaluators.is_empty() {
@@ -288,7 +312,10 @@ impl RunConfig {
             if !EVALUATORS.contains(&ev.as_str()) {
                 bad(
                     "eval.evaluators",
-                    format!("unknown evaluator \"{ev}\" (known: {})", EVALUATORS.join(", ")),
+                    format!(
+                        "unknown evaluator \"{ev}\" (known: {})",
+                        EVALUATORS.join(", ")
+                    ),
                 );
             }
         }

@@ -29,7 +29,11 @@ impl ToolSpec {
     pub fn required(&self) -> Vec<String> {
         self.parameters["required"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -105,7 +109,10 @@ pub fn train_tokenizer(texts: &[String], vocab_size: usize) -> Result<Tokenizer,
     let mut tok = Tokenizer::new(BPE::default());
     tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     tok.with_decoder(Some(ByteLevel::default()));
-    let specials: Vec<AddedToken> = SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect();
+    let specials: Vec<AddedToken> = SPECIALS
+        .iter()
+        .map(|s| AddedToken::from(*s, true))
+        .collect();
     let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(2)
@@ -124,7 +131,9 @@ pub fn train_tokenizer(texts: &[String], vocab_size: usize) -> Result<Tokenizer,
     tok.with_post_processor(Some(post));
     for (i, s) in SPECIALS.iter().enumerate() {
         if tok.token_to_id(s) != Some(i as u32) {
-            return Err(DataError::Tokenizer(format!("special token {s} is not at id {i}")));
+            return Err(DataError::Tokenizer(format!(
+                "special token {s} is not at id {i}"
+            )));
         }
     }
     Ok(tok)
@@ -202,9 +211,24 @@ impl Batch {
         let mut labels = Vec::with_capacity(items.len());
         for e in items {
             let pad = len - e.ids.len();
-            ids.extend(e.ids.iter().copied().chain(std::iter::repeat_n(PAD_ID, pad)));
-            mask.push(std::iter::repeat_n(1u8, e.ids.len()).chain(std::iter::repeat_n(0, pad)).collect());
-            labels.push(e.labels.iter().copied().chain(std::iter::repeat_n(-100, pad)).collect());
+            ids.extend(
+                e.ids
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(PAD_ID, pad)),
+            );
+            mask.push(
+                std::iter::repeat_n(1u8, e.ids.len())
+                    .chain(std::iter::repeat_n(0, pad))
+                    .collect(),
+            );
+            labels.push(
+                e.labels
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(-100, pad))
+                    .collect(),
+            );
         }
         Batch {
             ids,
@@ -224,7 +248,10 @@ impl Batch {
     }
 
     pub fn tokens(&self) -> usize {
-        self.mask.iter().map(|r| r.iter().filter(|&&m| m == 1).count()).sum()
+        self.mask
+            .iter()
+            .map(|r| r.iter().filter(|&&m| m == 1).count())
+            .sum()
     }
 }
 
@@ -232,7 +259,8 @@ impl Batch {
 /// resumed run sees the same order.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
     idx.shuffle(&mut rng);
     idx
 }
@@ -260,6 +288,9 @@ mod tests {
         let all = encode_example(&tok, &ex[0], LossOn::All, 512).unwrap();
         assert!(all.labels.iter().all(|&l| l >= 0));
         let b = Batch::from_examples(&[&enc, &all]);
-        assert_eq!(b.loss_tokens(), (enc.ids.len() - prompt.len()) + all.ids.len() - 1);
+        assert_eq!(
+            b.loss_tokens(),
+            (enc.ids.len() - prompt.len()) + all.ids.len() - 1
+        );
     }
 }

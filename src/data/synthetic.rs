@@ -14,13 +14,24 @@ const CITIES: &[&str] = &[
     "Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Lisbon", "Oslo", "Cairo", "Lima",
     "Seoul", "Delhi", "Boston", "Denver", "Sydney", "Dublin",
 ];
-const CUISINES: &[&str] = &["thai", "italian", "indian", "mexican", "french", "korean", "greek"];
+const CUISINES: &[&str] = &[
+    "thai", "italian", "indian", "mexican", "french", "korean", "greek",
+];
 const CURRENCIES: &[&str] = &["USD", "EUR", "JPY", "GBP", "CHF", "INR"];
-const SYMBOLS: &[&str] = &["AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "IBM", "INTC", "ORCL"];
-const NAMES: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+const SYMBOLS: &[&str] = &[
+    "AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "IBM", "INTC", "ORCL",
+];
+const NAMES: &[&str] = &[
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+];
 const TOPICS: &[&str] = &["lunch", "budget", "report", "holiday", "meeting", "launch"];
 const LANGS: &[&str] = &["french", "german", "spanish", "japanese", "italian"];
-const PHRASES: &[&str] = &["good morning", "thank you", "see you soon", "where is the station"];
+const PHRASES: &[&str] = &[
+    "good morning",
+    "thank you",
+    "see you soon",
+    "where is the station",
+];
 const UNITS: &[&str] = &["celsius", "fahrenheit"];
 
 struct ToolDef {
@@ -31,14 +42,54 @@ struct ToolDef {
 }
 
 const TOOLS: &[ToolDef] = &[
-    ToolDef { name: "get_weather", description: "current weather for a city", params: &[("city", "string", true), ("unit", "string", false)] },
-    ToolDef { name: "book_flight", description: "book a flight between two cities", params: &[("origin", "string", true), ("destination", "string", true), ("day", "integer", true)] },
-    ToolDef { name: "convert_currency", description: "convert an amount between currencies", params: &[("amount", "integer", true), ("from", "string", true), ("to", "string", true)] },
-    ToolDef { name: "set_alarm", description: "set an alarm", params: &[("hour", "integer", true), ("minute", "integer", true)] },
-    ToolDef { name: "find_restaurant", description: "find restaurants by cuisine in a city", params: &[("cuisine", "string", true), ("city", "string", true)] },
-    ToolDef { name: "get_stock_price", description: "latest price of a stock", params: &[("symbol", "string", true)] },
-    ToolDef { name: "send_email", description: "send an email", params: &[("to", "string", true), ("subject", "string", true)] },
-    ToolDef { name: "translate", description: "translate a phrase", params: &[("text", "string", true), ("language", "string", true)] },
+    ToolDef {
+        name: "get_weather",
+        description: "current weather for a city",
+        params: &[("city", "string", true), ("unit", "string", false)],
+    },
+    ToolDef {
+        name: "book_flight",
+        description: "book a flight between two cities",
+        params: &[
+            ("origin", "string", true),
+            ("destination", "string", true),
+            ("day", "integer", true),
+        ],
+    },
+    ToolDef {
+        name: "convert_currency",
+        description: "convert an amount between currencies",
+        params: &[
+            ("amount", "integer", true),
+            ("from", "string", true),
+            ("to", "string", true),
+        ],
+    },
+    ToolDef {
+        name: "set_alarm",
+        description: "set an alarm",
+        params: &[("hour", "integer", true), ("minute", "integer", true)],
+    },
+    ToolDef {
+        name: "find_restaurant",
+        description: "find restaurants by cuisine in a city",
+        params: &[("cuisine", "string", true), ("city", "string", true)],
+    },
+    ToolDef {
+        name: "get_stock_price",
+        description: "latest price of a stock",
+        params: &[("symbol", "string", true)],
+    },
+    ToolDef {
+        name: "send_email",
+        description: "send an email",
+        params: &[("to", "string", true), ("subject", "string", true)],
+    },
+    ToolDef {
+        name: "translate",
+        description: "translate a phrase",
+        params: &[("text", "string", true), ("language", "string", true)],
+    },
 ];
 
 fn spec(t: &ToolDef) -> ToolSpec {

@@ -30,13 +30,18 @@ pub enum ParseError {
 pub fn parse_react(text: &str) -> Result<ReactStep, ParseError> {
     let thought = text.find("Thought:").map(|i| {
         let rest = &text[i + "Thought:".len()..];
-        let end = rest.find("\nAction:").or_else(|| rest.find("Action:")).unwrap_or(rest.len());
+        let end = rest
+            .find("\nAction:")
+            .or_else(|| rest.find("Action:"))
+            .unwrap_or(rest.len());
         rest[..end].trim().to_string()
     });
     // "Action Input:" does not contain "Action:", so the first match is the action line.
     let a_start = text.find("Action:").ok_or(ParseError::NoAction)?;
     let after_action = &text[a_start + "Action:".len()..];
-    let ai = after_action.find("Action Input:").ok_or(ParseError::NoActionInput)?;
+    let ai = after_action
+        .find("Action Input:")
+        .ok_or(ParseError::NoActionInput)?;
     let action = after_action[..ai].trim().to_string();
     if action.is_empty() {
         return Err(ParseError::EmptyAction);
@@ -93,7 +98,12 @@ impl Verdict {
 /// The rule-based evaluator, in order: format, tool name among those offered (no
 /// hallucinated API), arguments a JSON object with every required and no unknown
 /// parameter, then equality with the gold call (arguments compared as JSON values).
-pub fn rules_verdict(prediction: &str, tools: &[ToolSpec], gold_name: &str, gold_args: &Value) -> Verdict {
+pub fn rules_verdict(
+    prediction: &str,
+    tools: &[ToolSpec],
+    gold_name: &str,
+    gold_args: &Value,
+) -> Verdict {
     let Ok(step) = parse_react(prediction) else {
         return Verdict::BadFormat;
     };
@@ -123,9 +133,13 @@ pub fn rules_verdict(prediction: &str, tools: &[ToolSpec], gold_name: &str, gold
 fn json_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_equal(p, q)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_equal(p, q))
+        }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
         _ => a == b,
     }
@@ -171,7 +185,10 @@ mod tests {
         assert_eq!(s.action_input, "not json");
         assert_eq!(parse_react("Thought: hmm"), Err(ParseError::NoAction));
         assert_eq!(parse_react("Action: x"), Err(ParseError::NoActionInput));
-        assert_eq!(parse_react("Action: \nAction Input: {}"), Err(ParseError::EmptyAction));
+        assert_eq!(
+            parse_react("Action: \nAction Input: {}"),
+            Err(ParseError::EmptyAction)
+        );
     }
 
     #[test]
@@ -179,18 +196,47 @@ mod tests {
         let t = tools();
         let gold = json!({"city": "Paris"});
         let v = |p: &str| rules_verdict(p, &t, "get_weather", &gold);
-        assert_eq!(v("Thought: x\nAction: get_weather\nAction Input: {\"city\": \"Paris\"}"), Verdict::Pass);
+        assert_eq!(
+            v("Thought: x\nAction: get_weather\nAction Input: {\"city\": \"Paris\"}"),
+            Verdict::Pass
+        );
         assert_eq!(v("nothing"), Verdict::BadFormat);
-        assert_eq!(v("Action: get_wether\nAction Input: {}"), Verdict::UnknownTool);
-        assert_eq!(v("Action: get_weather\nAction Input: {city: Paris}"), Verdict::InvalidJson);
-        assert_eq!(v("Action: get_weather\nAction Input: [1]"), Verdict::InvalidJson);
-        assert_eq!(v("Action: get_weather\nAction Input: {\"unit\": \"celsius\"}"), Verdict::MissingRequired);
-        assert_eq!(v("Action: get_weather\nAction Input: {\"city\": \"Paris\", \"x\": 1}"), Verdict::UnknownArgument);
-        assert_eq!(v("Action: get_stock_price\nAction Input: {\"symbol\": \"IBM\"}"), Verdict::WrongTool);
-        assert_eq!(v("Action: get_weather\nAction Input: {\"city\": \"Rome\"}"), Verdict::WrongArguments);
+        assert_eq!(
+            v("Action: get_wether\nAction Input: {}"),
+            Verdict::UnknownTool
+        );
+        assert_eq!(
+            v("Action: get_weather\nAction Input: {city: Paris}"),
+            Verdict::InvalidJson
+        );
+        assert_eq!(
+            v("Action: get_weather\nAction Input: [1]"),
+            Verdict::InvalidJson
+        );
+        assert_eq!(
+            v("Action: get_weather\nAction Input: {\"unit\": \"celsius\"}"),
+            Verdict::MissingRequired
+        );
+        assert_eq!(
+            v("Action: get_weather\nAction Input: {\"city\": \"Paris\", \"x\": 1}"),
+            Verdict::UnknownArgument
+        );
+        assert_eq!(
+            v("Action: get_stock_price\nAction Input: {\"symbol\": \"IBM\"}"),
+            Verdict::WrongTool
+        );
+        assert_eq!(
+            v("Action: get_weather\nAction Input: {\"city\": \"Rome\"}"),
+            Verdict::WrongArguments
+        );
         let g2 = json!({"hour": 7, "minute": 5});
         assert_eq!(
-            rules_verdict("Action: set_alarm\nAction Input: {\"minute\": 5.0, \"hour\": 7}", &t, "set_alarm", &g2),
+            rules_verdict(
+                "Action: set_alarm\nAction Input: {\"minute\": 5.0, \"hour\": 7}",
+                &t,
+                "set_alarm",
+                &g2
+            ),
             Verdict::Pass
         );
     }

@@ -18,13 +18,36 @@ use crate::store::{Claim, Record, RunStatus, Store, StoreError};
 /// What execution reports. Records go to the store; everything goes to the reporter.
 #[derive(Debug, Clone)]
 pub enum Event {
-    SweepStarted { sweep: String, total: usize, to_run: usize },
-    RunSkipped { run_id: String, reason: &'static str },
-    RunStarted { run_id: String, label: String },
-    Phase { run_id: String, phase: &'static str, total: u64 },
-    Progress { run_id: String, pos: u64, message: String },
+    SweepStarted {
+        sweep: String,
+        total: usize,
+        to_run: usize,
+    },
+    RunSkipped {
+        run_id: String,
+        reason: &'static str,
+    },
+    RunStarted {
+        run_id: String,
+        label: String,
+    },
+    Phase {
+        run_id: String,
+        phase: &'static str,
+        total: u64,
+    },
+    Progress {
+        run_id: String,
+        pos: u64,
+        message: String,
+    },
     Record(Record),
-    RunFinished { run_id: String, status: RunStatus, error: Option<String>, duration_s: f64 },
+    RunFinished {
+        run_id: String,
+        status: RunStatus,
+        error: Option<String>,
+        duration_s: f64,
+    },
     SweepFinished(SweepOutcome),
 }
 
@@ -58,8 +81,9 @@ pub struct ExecOptions {
     pub git_rev: Option<String>,
 }
 
-/// Rows are committed in batches of this size, and always at a run's end.
+/// Rows are committed in batches of this size or this age, and always at a run's end.
 const FLUSH_EVERY: usize = 512;
+const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs the plan's runs that are not done. Store errors abort; a failing run does not.
 pub fn execute(
@@ -112,7 +136,13 @@ pub fn execute(
                 let emit = |e: Event| {
                     let _ = tx.send(e);
                 };
-                let res = run_one(&run.id, &run.config, &run_dir(&results, &run.id), &cancel, &emit);
+                let res = run_one(
+                    &run.id,
+                    &run.config,
+                    &run_dir(&results, &run.id),
+                    &cancel,
+                    &emit,
+                );
                 let (status, error) = match res {
                     Ok(()) => (RunStatus::Done, None),
                     Err(RunError::Train(crate::train::TrainError::Interrupted)) => {
@@ -135,6 +165,7 @@ pub fn execute(
 
         let mut in_flight = 0usize;
         let mut pending_rows: Vec<Record> = Vec::new();
+        let mut last_flush = Instant::now();
         let dispatch = |store: &mut Store,
                         queue: &mut Vec<&PlannedRun>,
                         outcome: &mut SweepOutcome,
@@ -185,9 +216,10 @@ pub fn execute(
             match &ev {
                 Event::Record(r) => {
                     pending_rows.push(r.clone());
-                    if pending_rows.len() >= FLUSH_EVERY {
+                    if pending_rows.len() >= FLUSH_EVERY || last_flush.elapsed() >= FLUSH_AFTER {
                         store.write(&pending_rows)?;
                         pending_rows.clear();
+                        last_flush = Instant::now();
                     }
                 }
                 Event::RunFinished {
@@ -197,7 +229,13 @@ pub fn execute(
                     duration_s,
                 } => {
                     // Rows and final status land in one transaction.
-                    store.finish(run_id, *status, error.as_deref(), *duration_s, &pending_rows)?;
+                    store.finish(
+                        run_id,
+                        *status,
+                        error.as_deref(),
+                        *duration_s,
+                        &pending_rows,
+                    )?;
                     pending_rows.clear();
                     match status {
                         RunStatus::Done => outcome.done += 1,

@@ -81,7 +81,8 @@ pub fn run_one(
 ) -> Result<(), RunError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let cfg_path = dir.join("run_config.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(cfg).expect("json")).map_err(io(&cfg_path))?;
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(cfg).expect("json"))
+        .map_err(io(&cfg_path))?;
     let device = device_for(&cfg.model.device)?;
 
     let train_ex = synthetic::generate(cfg.data.n_train, cfg.data.seed, "train");
@@ -99,19 +100,19 @@ pub fn run_one(
         }
     };
     let tok_path = dir.join("tokenizer.json");
-    tokenizer
-        .save(&tok_path, false)
-        .map_err(|e| RunError::Io {
-            path: tok_path.display().to_string(),
-            message: e.to_string(),
-        })?;
+    tokenizer.save(&tok_path, false).map_err(|e| RunError::Io {
+        path: tok_path.display().to_string(),
+        message: e.to_string(),
+    })?;
 
     let mut mcfg = source.config()?;
     let weights = match (&source, cfg.model.init) {
         (ModelSource::Preset(p), ModelInit::Pretrained) => {
             return Err(RunError::Model(model::ModelError::NotFound {
                 name: p.clone(),
-                message: "a preset has no pretrained weights; use init = \"random\" or a checkpoint".into(),
+                message:
+                    "a preset has no pretrained weights; use init = \"random\" or a checkpoint"
+                        .into(),
             }))
         }
         (ModelSource::Preset(_), _) | (_, ModelInit::Random) => vec![],
@@ -133,11 +134,24 @@ pub fn run_one(
         }));
     }
     let loaded = model::build(&mcfg, &weights, cfg.train.seed, &device)?;
-    emit(metric(run_id, "params", "model", -1, loaded.params.num_elements() as f64));
+    emit(metric(
+        run_id,
+        "params",
+        "model",
+        -1,
+        loaded.params.num_elements() as f64,
+    ));
 
     let encode = |ex: &[Example]| -> Result<Vec<Encoded>, RunError> {
         ex.iter()
-            .map(|e| Ok(data::encode_example(&tokenizer, e, cfg.train.loss_on, cfg.data.max_seq_len)?))
+            .map(|e| {
+                Ok(data::encode_example(
+                    &tokenizer,
+                    e,
+                    cfg.train.loss_on,
+                    cfg.data.max_seq_len,
+                )?)
+            })
             .collect()
     };
     let train_enc = encode(&train_ex)?;
@@ -175,7 +189,9 @@ pub fn run_one(
                     message: format!("loss {:.4}", s.loss),
                 });
             }
-            TrainEvent::Validation { step, loss } => emit(metric(run_id, "loss", "val", step as i64, loss)),
+            TrainEvent::Validation { step, loss } => {
+                emit(metric(run_id, "loss", "val", step as i64, loss))
+            }
         };
         if let Err(e) = train::train(
             &loaded.model,
@@ -201,8 +217,22 @@ pub fn run_one(
         phase: "eval",
         total: eval_ex.len() as u64,
     });
-    let passed = evaluate(run_id, &loaded.model, &tokenizer, &eval_ex, cfg, cancel, emit)?;
-    emit(metric(run_id, "pass_rate", "test", -1, passed as f64 / eval_ex.len().max(1) as f64));
+    let passed = evaluate(
+        run_id,
+        &loaded.model,
+        &tokenizer,
+        &eval_ex,
+        cfg,
+        cancel,
+        emit,
+    )?;
+    emit(metric(
+        run_id,
+        "pass_rate",
+        "test",
+        -1,
+        passed as f64 / eval_ex.len().max(1) as f64,
+    ));
     emit(metric(run_id, "n_eval", "test", -1, eval_ex.len() as f64));
     Ok(())
 }

@@ -43,11 +43,13 @@ impl ModelSource {
         if p.exists() {
             return Err(ModelError::NotFound {
                 name: name.into(),
-                message: "is a file; expected a model directory (config.json, model.safetensors)".into(),
+                message: "is a file; expected a model directory (config.json, model.safetensors)"
+                    .into(),
             });
         }
         if let Some((org, repo)) = name.split_once('/') {
-            if !org.is_empty() && !repo.is_empty() && !repo.contains('/') && !name.starts_with('.') {
+            if !org.is_empty() && !repo.is_empty() && !repo.contains('/') && !name.starts_with('.')
+            {
                 return hf_cache_snapshot(name).map(ModelSource::Dir);
             }
         }
@@ -90,9 +92,9 @@ impl ModelSource {
             .map(|rd| {
                 rd.filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|p| {
-                        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                            n.starts_with("model-") && n.ends_with(".safetensors")
-                        })
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("model-") && n.ends_with(".safetensors"))
                     })
                     .collect()
             })
@@ -219,11 +221,17 @@ pub fn generate_greedy(
     let pad = model.config().pad_token_id;
     let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(b * len);
-    let mut mask = PaddingMask { rows: Vec::with_capacity(b) };
+    let mut mask = PaddingMask {
+        rows: Vec::with_capacity(b),
+    };
     for p in prompts {
         let n = len - p.len();
         ids.extend(std::iter::repeat_n(pad, n).chain(p.iter().copied()));
-        mask.rows.push(std::iter::repeat_n(0u8, n).chain(std::iter::repeat_n(1u8, p.len())).collect());
+        mask.rows.push(
+            std::iter::repeat_n(0u8, n)
+                .chain(std::iter::repeat_n(1u8, p.len()))
+                .collect(),
+        );
     }
     let dev = model.device();
     let mut cache = model.empty_cache();
@@ -233,7 +241,11 @@ pub fn generate_greedy(
     for _ in 0..max_new_tokens {
         let logits = model.forward(&input, &mask, Some(&mut cache))?;
         let t = logits.dim(1)?;
-        let next: Vec<u32> = logits.narrow(1, t - 1, 1)?.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
+        let next: Vec<u32> = logits
+            .narrow(1, t - 1, 1)?
+            .squeeze(1)?
+            .argmax(D::Minus1)?
+            .to_vec1()?;
         for (i, &tok) in next.iter().enumerate() {
             if done[i] {
                 continue;

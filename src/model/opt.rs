@@ -97,14 +97,18 @@ impl OptConfig {
         })
     }
 
-    pub const PRESETS: &'static [&'static str] = &["tiny", "small", "opt-125m", "opt-350m", "opt-1.3b"];
+    pub const PRESETS: &'static [&'static str] =
+        &["tiny", "small", "opt-125m", "opt-350m", "opt-1.3b"];
 
     /// config.json in HF layout, loadable by transformers.
     pub fn to_hf_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("config serializes");
         let o = v.as_object_mut().expect("object");
         o.insert("model_type".into(), "opt".into());
-        o.insert("architectures".into(), serde_json::json!(["OPTForCausalLM"]));
+        o.insert(
+            "architectures".into(),
+            serde_json::json!(["OPTForCausalLM"]),
+        );
         o.insert("word_embed_proj_dim".into(), self.proj_dim().into());
         o.insert("torch_dtype".into(), "float32".into());
         o.insert("dropout".into(), 0.0.into());
@@ -158,7 +162,14 @@ impl Module for LayerNorm {
 
 /// HF's init: weights N(0, 0.02), biases 0.
 fn linear(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    let w = vb.get_with_hints((out, inp), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
+    let w = vb.get_with_hints(
+        (out, inp),
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
+    )?;
     let b = if bias {
         Some(vb.get_with_hints(out, "bias", Init::Const(0.0))?)
     } else {
@@ -217,7 +228,9 @@ impl Attention {
         let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let y = probs.matmul(&v)?;
-        let y = y.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, t, self.heads * self.head_dim))?;
         self.out_proj.forward(&y)
     }
 }
@@ -248,12 +261,17 @@ impl DecoderLayer {
 
     fn forward(&self, x: &Tensor, mask: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         if self.pre_norm {
-            let h = (x + self
-                .self_attn
-                .forward(&self.self_attn_layer_norm.forward(x)?, mask, cache)?)?;
-            let f = self
-                .fc2
-                .forward(&self.fc1.forward(&self.final_layer_norm.forward(&h)?)?.relu()?)?;
+            let h = (x + self.self_attn.forward(
+                &self.self_attn_layer_norm.forward(x)?,
+                mask,
+                cache,
+            )?)?;
+            let f = self.fc2.forward(
+                &self
+                    .fc1
+                    .forward(&self.final_layer_norm.forward(&h)?)?
+                    .relu()?,
+            )?;
             h + f
         } else {
             let h = self
@@ -340,7 +358,10 @@ impl PaddingMask {
 impl Opt {
     pub fn new(cfg: &OptConfig, vb: VarBuilder) -> Result<Self> {
         if cfg.activation_function != "relu" {
-            candle_core::bail!("activation {} is not supported (OPT uses relu)", cfg.activation_function);
+            candle_core::bail!(
+                "activation {} is not supported (OPT uses relu)",
+                cfg.activation_function
+            );
         }
         if cfg.hidden_size % cfg.num_attention_heads != 0 {
             candle_core::bail!("hidden_size must be a multiple of num_attention_heads");
@@ -350,12 +371,21 @@ impl Opt {
         let embed_tokens = d.pp("embed_tokens").get_with_hints(
             (cfg.vocab_size, proj),
             "weight",
-            Init::Randn { mean: 0.0, stdev: 0.02 },
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
         )?;
         let embed_positions = d.pp("embed_positions").get_with_hints(
-            (cfg.max_position_embeddings + POSITION_OFFSET, cfg.hidden_size),
+            (
+                cfg.max_position_embeddings + POSITION_OFFSET,
+                cfg.hidden_size,
+            ),
             "weight",
-            Init::Randn { mean: 0.0, stdev: 0.02 },
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
         )?;
         let (project_in, project_out) = if proj != cfg.hidden_size {
             (
@@ -502,7 +532,10 @@ pub fn causal_lm_loss_sum(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tenso
     }
     let count = weights.iter().filter(|w| **w > 0.0).count();
     let dev = logits.device();
-    let shifted = logits.narrow(1, 0, t - 1)?.reshape((n, v))?.to_dtype(DType::F32)?;
+    let shifted = logits
+        .narrow(1, 0, t - 1)?
+        .reshape((n, v))?
+        .to_dtype(DType::F32)?;
     let logp = candle_nn::ops::log_softmax(&shifted, D::Minus1)?;
     let targets = Tensor::from_vec(targets, (n, 1), dev)?;
     let picked = logp.gather(&targets, 1)?.squeeze(1)?;

@@ -66,7 +66,11 @@ impl Params {
 
     /// A VarBuilder reading a safetensors checkpoint (memory-mapped; one tensor is copied
     /// at a time). Names with or without the `model.` prefix are accepted.
-    pub fn checkpoint_builder(&self, files: &[&Path], device: &Device) -> Result<VarBuilder<'static>> {
+    pub fn checkpoint_builder(
+        &self,
+        files: &[&Path],
+        device: &Device,
+    ) -> Result<VarBuilder<'static>> {
         // SAFETY: the file is mapped read-only and not modified while the map lives; this
         // is how candle and safetensors load checkpoints.
         let st = unsafe { MmapedSafetensors::multi(files)? };
@@ -75,7 +79,11 @@ impl Params {
             seed: 0,
             file: Some(Arc::new(st)),
         };
-        Ok(VarBuilder::from_backend(Box::new(src), DType::F32, device.clone()))
+        Ok(VarBuilder::from_backend(
+            Box::new(src),
+            DType::F32,
+            device.clone(),
+        ))
     }
 
     /// Saves every parameter in safetensors format, under its canonical name.
@@ -92,9 +100,9 @@ impl Params {
     pub fn load_values(&self, path: &Path) -> Result<()> {
         let map = candle_core::safetensors::load(path, &Device::Cpu)?;
         for (name, var) in self.all() {
-            let t = map
-                .get(&name)
-                .ok_or_else(|| candle_core::Error::Msg(format!("{}: no tensor {name}", path.display())))?;
+            let t = map.get(&name).ok_or_else(|| {
+                candle_core::Error::Msg(format!("{}: no tensor {name}", path.display()))
+            })?;
             var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
         }
         Ok(())
@@ -130,7 +138,9 @@ fn init_tensor(seed: u64, name: &str, shape: &Shape, init: Init, dev: &Device) -
             (0..n).map(|_| rng.random_range(lo..up) as f32).collect()
         }
         Init::Kaiming { .. } => {
-            return Err(candle_core::Error::Msg(format!("{name}: use an explicit init")));
+            return Err(candle_core::Error::Msg(format!(
+                "{name}: use an explicit init"
+            )));
         }
     };
     Tensor::from_vec(data, shape.clone(), dev)

@@ -100,11 +100,10 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
             }
             idx[d] = 0;
         }
-        let excluded = exp
-            .grid
-            .exclude
-            .iter()
-            .any(|e| e.iter().all(|(k, v)| axes.get(k).is_some_and(|a| values_equal(a, v))));
+        let excluded = exp.grid.exclude.iter().any(|e| {
+            e.iter()
+                .all(|(k, v)| axes.get(k).is_some_and(|a| values_equal(a, v)))
+        });
         if excluded {
             continue;
         }
@@ -126,7 +125,11 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
         for (k, m) in config.problems() {
             let p = ConfigProblem {
                 origin: exp.file.display().to_string(),
-                key: if axes.contains_key(&k) { format!("grid.\"{k}\"") } else { k },
+                key: if axes.contains_key(&k) {
+                    format!("grid.\"{k}\"")
+                } else {
+                    k
+                },
                 message: m,
             };
             if !problems.contains(&p) {
@@ -218,7 +221,12 @@ mod tests {
         }
         assert_eq!(
             p.axis_names(),
-            vec!["train.epochs", "train.seed", "train.lr", "train.warmup_ratio"]
+            vec![
+                "train.epochs",
+                "train.seed",
+                "train.lr",
+                "train.warmup_ratio"
+            ]
         );
     }
 
@@ -239,6 +247,9 @@ mod tests {
         std::fs::write(&p, "[grid]\n\"train.lr\" = [1e-3, -1.0]\n").unwrap();
         let err = expand(&load_experiment(&p, &[]).unwrap()).unwrap_err();
         let s = err.to_string();
-        assert!(s.contains("grid.\"train.lr\": must be a positive number"), "{s}");
+        assert!(
+            s.contains("grid.\"train.lr\": must be a positive number"),
+            "{s}"
+        );
     }
 }

@@ -128,7 +128,11 @@ pub fn collect(store: &Store, sweep: &str) -> Result<ReportData, ReportError> {
     let best = out
         .iter()
         .filter(|r| r.pass_rate.is_some())
-        .max_by(|a, b| a.pass_rate.partial_cmp(&b.pass_rate).unwrap_or(std::cmp::Ordering::Equal))
+        .max_by(|a, b| {
+            a.pass_rate
+                .partial_cmp(&b.pass_rate)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
         .map(|r| r.run_id.clone());
     Ok(ReportData {
         sweep: sweep.to_string(),
@@ -164,7 +168,10 @@ pub fn render(data: &ReportData, template: Option<&Path>) -> Result<String, Repo
                 message: e.to_string(),
             })?,
         ),
-        None => ("sweep.md.j2 (built in)".to_string(), DEFAULT_TEMPLATE.to_string()),
+        None => (
+            "sweep.md.j2 (built in)".to_string(),
+            DEFAULT_TEMPLATE.to_string(),
+        ),
     };
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -179,7 +186,10 @@ pub fn render(data: &ReportData, template: Option<&Path>) -> Result<String, Repo
     });
     let tmpl_err = |e: minijinja::Error| ReportError::Template {
         path: name.clone(),
-        message: format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" "),
+        message: format!("{e:#}")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
     };
     env.add_template_owned("report", source).map_err(tmpl_err)?;
     env.get_template("report")

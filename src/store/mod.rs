@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::plan::{canonical_json, Plan};
 
 /// Numbered migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
 
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
 
@@ -26,8 +27,14 @@ pub enum StoreError {
     #[error("database {0} does not exist yet (run `ablate run` first)")]
     Missing(String),
     #[error("database {path} has schema version {found}, newer than this ablate ({known}); upgrade ablate")]
-    TooNew { path: String, found: i64, known: i64 },
-    #[error("only read-only statements are allowed in `ablate query` (use SELECT, WITH or EXPLAIN)")]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error(
+        "only read-only statements are allowed in `ablate query` (use SELECT, WITH or EXPLAIN)"
+    )]
     NotReadOnly,
     #[error("cannot create {path}: {message}")]
     Io { path: String, message: String },
@@ -124,10 +131,14 @@ impl Store {
             })?;
         }
         let conn = Connection::open(path).map_err(err(path))?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(err(path))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err(path))?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err(path))?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(err(path))?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(err(path))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err(path))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err(path))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err(path))?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
@@ -146,8 +157,10 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(err(path))?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(err(path))?;
-        conn.pragma_update(None, "query_only", "ON").map_err(err(path))?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(err(path))?;
+        conn.pragma_update(None, "query_only", "ON")
+            .map_err(err(path))?;
         Ok(Store {
             conn,
             path: path.to_path_buf(),
@@ -182,7 +195,8 @@ impl Store {
         for (_, sql) in &MIGRATIONS[version as usize..] {
             tx.execute_batch(sql).map_err(err(&path))?;
         }
-        tx.pragma_update(None, "user_version", known).map_err(err(&path))?;
+        tx.pragma_update(None, "user_version", known)
+            .map_err(err(&path))?;
         tx.commit().map_err(err(&path))
     }
 
@@ -443,10 +457,20 @@ mod tests {
         let (_, rows) = s
             .query("SELECT name FROM sqlite_master WHERE type IN ('table','view') ORDER BY name")
             .unwrap();
-        let names: Vec<String> = rows.iter().map(|r| r[0].as_str().unwrap().to_string()).collect();
+        let names: Vec<String> = rows
+            .iter()
+            .map(|r| r[0].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(
             names,
-            ["eval_results", "metrics", "run_summary", "runs", "sweep_runs", "sweeps"]
+            [
+                "eval_results",
+                "metrics",
+                "run_summary",
+                "runs",
+                "sweep_runs",
+                "sweeps"
+            ]
         );
     }
 
@@ -456,7 +480,10 @@ mod tests {
         let p = dir.path().join("a.db");
         Store::open(&p).unwrap();
         let s = Store::open_read_only(&p).unwrap();
-        assert!(matches!(s.query("DELETE FROM runs"), Err(StoreError::NotReadOnly)));
+        assert!(matches!(
+            s.query("DELETE FROM runs"),
+            Err(StoreError::NotReadOnly)
+        ));
         assert!(s.query("SELECT count(*) FROM runs").is_ok());
     }
 
@@ -482,8 +509,13 @@ mod tests {
         let (_, rows) = s.query("SELECT count(*) FROM metrics").unwrap();
         assert_eq!(rows[0][0], serde_json::json!(1));
         assert_eq!(s.claim("r", "h", None).unwrap(), Claim::Claimed);
-        let (_, rows) = s.query("SELECT count(*), (SELECT status FROM runs) FROM metrics").unwrap();
-        assert_eq!(rows[0], vec![serde_json::json!(0), serde_json::json!("running")]);
+        let (_, rows) = s
+            .query("SELECT count(*), (SELECT status FROM runs) FROM metrics")
+            .unwrap();
+        assert_eq!(
+            rows[0],
+            vec![serde_json::json!(0), serde_json::json!("running")]
+        );
         s.finish("r", RunStatus::Done, None, 1.0, &[]).unwrap();
         assert_eq!(s.claim("r", "h", None).unwrap(), Claim::AlreadyDone);
     }

@@ -61,7 +61,13 @@ pub fn loss_and_grads(
     let mut loss_sum = 0f64;
     for b in micro {
         let ids = Tensor::from_vec(b.ids.clone(), (b.rows, b.len), dev)?;
-        let logits = model.forward(&ids, &PaddingMask { rows: b.mask.clone() }, None)?;
+        let logits = model.forward(
+            &ids,
+            &PaddingMask {
+                rows: b.mask.clone(),
+            },
+            None,
+        )?;
         let (sum, _) = causal_lm_loss_sum(&logits, &b.labels)?;
         let loss = (sum / total as f64)?;
         loss_sum += loss.to_scalar::<f32>()? as f64;
@@ -93,7 +99,13 @@ pub fn evaluate_loss(model: &Opt, data: &[Encoded], batch_size: usize) -> candle
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let b = Batch::from_examples(&refs);
         let ids = Tensor::from_vec(b.ids.clone(), (b.rows, b.len), model.device())?;
-        let logits = model.forward(&ids, &PaddingMask { rows: b.mask.clone() }, None)?;
+        let logits = model.forward(
+            &ids,
+            &PaddingMask {
+                rows: b.mask.clone(),
+            },
+            None,
+        )?;
         let (s, n) = causal_lm_loss_sum(&logits.detach(), &b.labels)?;
         sum += s.to_scalar::<f32>()? as f64;
         count += n;
@@ -154,7 +166,10 @@ pub fn train(
                 } else {
                     format!("gradient norm is {norm}")
                 };
-                return Err(TrainError::Diverged { step: step + 1, what });
+                return Err(TrainError::Diverged {
+                    step: step + 1,
+                    what,
+                });
             }
             let lr = schedule.lr(step);
             opt.step(&grads, lr)?;

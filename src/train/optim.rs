@@ -72,7 +72,11 @@ impl AdamW {
 
     /// Names of the parameters that decay.
     pub fn decayed(&self) -> Vec<&str> {
-        self.slots.iter().filter(|s| s.decay).map(|s| s.name.as_str()).collect()
+        self.slots
+            .iter()
+            .filter(|s| s.decay)
+            .map(|s| s.name.as_str())
+            .collect()
     }
 
     /// One update with learning rate `lr`. Gradients are looked up by parameter name; a
@@ -107,7 +111,11 @@ impl AdamW {
 /// `torch.nn.utils.clip_grad_norm_`: returns the pre-clip global L2 norm and the
 /// coefficient applied (`min(max_norm / (norm + 1e-6), 1)`). Without `max_norm` the norm is
 /// still measured and the coefficient is 1.
-pub fn clip_grad_norm(grads: &mut HashMap<String, Tensor>, names: &[String], max_norm: Option<f64>) -> Result<(f64, f64)> {
+pub fn clip_grad_norm(
+    grads: &mut HashMap<String, Tensor>,
+    names: &[String],
+    max_norm: Option<f64>,
+) -> Result<(f64, f64)> {
     // Per-tensor norms, then the norm of the norms, in f32 as torch does.
     let mut sq = 0f32;
     for n in names {
@@ -150,7 +158,11 @@ impl Schedule {
     }
 
     pub fn lr(&self, step: usize) -> f64 {
-        let (s, w, n) = (step as f64, self.warmup_steps as f64, self.total_steps as f64);
+        let (s, w, n) = (
+            step as f64,
+            self.warmup_steps as f64,
+            self.total_steps as f64,
+        );
         let factor = if step < self.warmup_steps {
             s / w.max(1.0)
         } else {
@@ -184,7 +196,10 @@ mod tests {
         for (a, b) in lrs.iter().zip(want) {
             assert!((a - b).abs() <= 1e-15, "{lrs:?}");
         }
-        assert_eq!(Schedule::new(Scheduler::Linear, 1.0, 0.1, 95).warmup_steps, 10);
+        assert_eq!(
+            Schedule::new(Scheduler::Linear, 1.0, 0.1, 95).warmup_steps,
+            10
+        );
         let c = Schedule::new(Scheduler::Cosine, 1.0, 0.0, 10);
         assert!((c.lr(5) - 0.5).abs() < 1e-12 && c.lr(0) == 1.0);
     }
@@ -210,7 +225,9 @@ mod tests {
         assert!(trainer_decays("model.decoder.layers.0.fc1.weight"));
         assert!(trainer_decays("model.decoder.embed_tokens.weight"));
         assert!(!trainer_decays("model.decoder.layers.0.fc1.bias"));
-        assert!(!trainer_decays("model.decoder.layers.0.self_attn_layer_norm.weight"));
+        assert!(!trainer_decays(
+            "model.decoder.layers.0.self_attn_layer_norm.weight"
+        ));
         assert!(!trainer_decays("model.decoder.final_layer_norm.weight"));
     }
 }

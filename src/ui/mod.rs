@@ -53,13 +53,19 @@ impl ProgressReporter {
 impl Reporter for ProgressReporter {
     fn event(&mut self, e: &Event) {
         match e {
-            Event::SweepStarted { sweep, total, to_run } => {
+            Event::SweepStarted {
+                sweep,
+                total,
+                to_run,
+            } => {
                 self.line(format!("sweep {sweep}: {total} runs, {to_run} to run"));
                 let pb = self.multi.add(ProgressBar::new(*to_run as u64));
                 pb.set_style(
-                    ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} runs {elapsed}")
-                        .expect("template")
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{prefix:>10} [{bar:30}] {pos}/{len} runs {elapsed}",
+                    )
+                    .expect("template")
+                    .progress_chars("=> "),
                 );
                 pb.set_prefix(sweep.clone());
                 self.sweep = Some(pb);
@@ -72,22 +78,32 @@ impl Reporter for ProgressReporter {
                 self.line(format!("  start {run_id} {label}"));
                 let pb = self.multi.add(ProgressBar::new(0));
                 pb.set_style(
-                    ProgressStyle::with_template("{prefix:>14} {spinner} {wide_msg} [{bar:20}] {pos}/{len}")
-                        .expect("template")
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{prefix:>14} {spinner} {wide_msg} [{bar:20}] {pos}/{len}",
+                    )
+                    .expect("template")
+                    .progress_chars("=> "),
                 );
                 pb.set_prefix(run_id.clone());
                 pb.enable_steady_tick(Duration::from_millis(200));
                 self.runs.insert(run_id.clone(), pb);
             }
-            Event::Phase { run_id, phase, total } => {
+            Event::Phase {
+                run_id,
+                phase,
+                total,
+            } => {
                 if let Some(pb) = self.runs.get(run_id) {
                     pb.set_length(*total);
                     pb.set_position(0);
                     pb.set_message(phase.to_string());
                 }
             }
-            Event::Progress { run_id, pos, message } => {
+            Event::Progress {
+                run_id,
+                pos,
+                message,
+            } => {
                 if let Some(pb) = self.runs.get(run_id) {
                     pb.set_position(*pos);
                     pb.set_message(message.clone());
@@ -139,7 +155,11 @@ pub struct JsonReporter;
 impl Reporter for JsonReporter {
     fn event(&mut self, e: &Event) {
         let v = match e {
-            Event::SweepStarted { sweep, total, to_run } => {
+            Event::SweepStarted {
+                sweep,
+                total,
+                to_run,
+            } => {
                 serde_json::json!({"event": "sweep_started", "sweep": sweep, "total": total, "to_run": to_run})
             }
             Event::RunSkipped { run_id, reason } => {

@@ -1,0 +1,289 @@
+//! End-to-end tests of the `ablate` binary: plan → run → report on micro sweeps, bad input,
+//! crash recovery, and read-only queries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+const MICRO: &str = r#"
+[experiment]
+name = "micro"
+description = "micro sweep for tests"
+baseline = { "train.epochs" = 1, "train.clip_norm" = 0.3 }
+
+[model]
+name = "tiny"
+
+[data]
+n_train = 48
+n_test = 6
+vocab_size = 320
+max_seq_len = 96
+
+[train]
+lr = 3e-3
+batch_size = 16
+
+[eval]
+max_new_tokens = 10
+
+[grid]
+"train.epochs" = [1, 2]
+"train.clip_norm" = [0.3, "none"]
+"#;
+
+fn ablate(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("ABLATE_DB")
+        .stdin(Stdio::null())
+        .output()
+        .expect("ablate runs")
+}
+
+fn setup(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("experiments")).unwrap();
+    let f = dir.path().join("experiments/micro.toml");
+    std::fs::write(&f, text).unwrap();
+    (dir, f)
+}
+
+fn count(db: &Path, sql: &str) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn plan_run_report_and_rerun_trains_nothing() {
+    let (dir, _) = setup(MICRO);
+    let d = dir.path();
+    let out = ablate(d, &["plan", "experiments/", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan[0]["runs"].as_array().unwrap().len(), 4);
+    assert!(
+        !d.join("results").exists(),
+        "plan must not create the database"
+    );
+
+    let out = ablate(d, &["run", "experiments/micro.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = d.join("results/ablate.db");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM runs WHERE status = 'done'"),
+        4
+    );
+    // 48 examples / batch 16 = 3 steps per epoch; epochs 1 and 2, twice: 18 steps, 6 metrics each.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM metrics WHERE split = 'train' AND step >= 1"
+        ),
+        18 * 6
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM eval_results"), 4 * 6);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM run_summary WHERE pass_rate IS NOT NULL"
+        ),
+        4
+    );
+    let clipped = count(
+        &db,
+        "SELECT count(*) FROM metrics WHERE name = 'clip_coef' AND value < 1.0",
+    );
+    assert!(clipped > 0, "clip norm 0.3 should clip");
+    let report = std::fs::read_to_string(d.join("results/reports/micro.md")).unwrap();
+    assert!(
+        report.contains("| train.clip_norm | train.epochs |"),
+        "{report}"
+    );
+    assert_eq!(report.matches("| done |").count(), 4, "{report}");
+    assert_eq!(report.matches("` ★ |").count(), 1, "{report}");
+    assert!(d.join("results/runs").read_dir().unwrap().count() == 4);
+
+    let t0 = Instant::now();
+    let out = ablate(d, &["run", "experiments/micro.toml"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("  skip  ").count(), 4, "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    assert_eq!(count(&db, "SELECT sum(attempts) FROM runs"), 4);
+
+    let out = ablate(d, &["plan", "experiments/micro.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches(" done").count(), 4, "{text}");
+    insta::assert_snapshot!("plan_after_run", text);
+}
+
+#[test]
+fn bad_experiments_fail_with_one_line_per_problem_and_touch_nothing() {
+    let (dir, f) = setup(
+        "[train]\nlrr = 1e-3\nbatch_size = \"big\"\n[grid]\n\"train.epochs\" = []\n\
+         [[grid.zip]]\n\"train.lr\" = [1e-3, 2e-3]\n\"train.seed\" = [1]\n",
+    );
+    let out = ablate(dir.path(), &["plan", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    for l in &lines {
+        assert!(
+            l.starts_with("error: ") && l.contains("micro.toml: "),
+            "{l}"
+        );
+    }
+    assert!(err.contains("train.batch_size: invalid type"), "{err}");
+    assert!(
+        err.contains("train.lrr: unknown key (did you mean `train.lr`?)"),
+        "{err}"
+    );
+    assert!(err.contains("grid.\"train.epochs\": empty axis"), "{err}");
+    assert!(
+        err.contains("grid.zip[0]: zipped axes must have equal lengths"),
+        "{err}"
+    );
+    let out = ablate(dir.path(), &["run", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        !dir.path().join("results").exists(),
+        "no database for a bad file"
+    );
+}
+
+#[test]
+fn query_is_read_only_and_prints_csv() {
+    let (dir, _) = setup(MICRO);
+    let d = dir.path();
+    let out = ablate(d, &["query", "SELECT 1"]);
+    assert_eq!(out.status.code(), Some(2), "no database yet");
+    let out = ablate(d, &["plan"]);
+    assert!(out.status.success());
+    // Create the database through a run of a one-run sweep.
+    let one = MICRO
+        .replace("\"train.epochs\" = [1, 2]", "\"train.epochs\" = [1]")
+        .replace(", \"none\"]", "]");
+    std::fs::write(d.join("experiments/micro.toml"), one).unwrap();
+    assert!(ablate(d, &["run", "experiments/micro.toml", "--no-report"])
+        .status
+        .success());
+    let out = ablate(d, &["query", "DELETE FROM runs"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"));
+    assert_eq!(
+        count(&d.join("results/ablate.db"), "SELECT count(*) FROM runs"),
+        1
+    );
+    let out = ablate(
+        d,
+        &[
+            "query",
+            "SELECT status, count(*) AS n FROM runs GROUP BY status",
+            "--csv",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "status,n\ndone,1\n");
+}
+
+#[test]
+fn sigkill_mid_sweep_then_rerun_completes_without_duplicates() {
+    let text = MICRO
+        .replace("n_train = 48", "n_train = 160")
+        .replace("\"train.epochs\" = [1, 2]", "\"train.epochs\" = [2, 3]");
+    let (dir, _) = setup(&text);
+    let d = dir.path();
+    let db = d.join("results/ablate.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .current_dir(d)
+        .args(["run", "experiments/micro.toml"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once one run is done and another has written rows.
+    let t0 = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if db.exists() {
+            let conn = Connection::open(&db).unwrap();
+            let q = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0);
+            if q("SELECT count(*) FROM runs WHERE status = 'done'") >= 1
+                && q("SELECT count(*) FROM metrics m JOIN runs r ON r.id = m.run_id WHERE r.status = 'running'") > 0
+            {
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "sweep never got going"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sweep ended before it could be killed"
+        );
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(count(&db, "SELECT count(*) FROM runs WHERE status != 'done'") >= 1);
+
+    let out = ablate(d, &["run", "experiments/micro.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM runs WHERE status = 'done'"),
+        4
+    );
+    let conn = Connection::open(&db).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    // 10 steps per epoch; epochs 2 and 3, twice: 100 steps, 6 train metrics each.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM metrics WHERE split = 'train' AND step >= 1"
+        ),
+        100 * 6
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM eval_results"), 4 * 6);
+
+    // The same sweep without interruption gives the same losses, bit for bit.
+    let (dir2, _) = setup(&text);
+    assert!(ablate(
+        dir2.path(),
+        &["run", "experiments/micro.toml", "--no-report"]
+    )
+    .status
+    .success());
+    let losses = |db: &Path| -> Vec<(String, i64, f64)> {
+        let c = Connection::open(db).unwrap();
+        let mut s = c
+            .prepare("SELECT run_id, step, value FROM metrics WHERE name = 'loss' ORDER BY run_id, split, step")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(losses(&db), losses(&dir2.path().join("results/ablate.db")));
+}

@@ -1,0 +1,5 @@
+//! The one integration-test binary: end-to-end CLI tests and numerical parity with
+//! transformers and torch.
+
+mod cli;
+mod parity;
