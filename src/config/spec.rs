@@ -222,7 +222,7 @@ impl RunConfig {
         }
         if t.grad_accum == 0 {
             bad("train.grad_accum", "must be at least 1".into());
-        } else if t.batch_size % t.grad_accum != 0 {
+        } else if !t.batch_size.is_multiple_of(t.grad_accum) {
             bad(
                 "train.grad_accum",
                 format!(
@@ -256,7 +256,7 @@ impl RunConfig {
                 bad(k, format!("must be in [0, 1), found {b}"));
             }
         }
-        if !(t.eps > 0.0) {
+        if t.eps.is_nan() || t.eps <= 0.0 {
             bad("train.eps", format!("must be positive, found {}", t.eps));
         }
         let d = &self.data;

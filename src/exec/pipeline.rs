@@ -199,7 +199,6 @@ pub fn run_one(
             &train_enc,
             &val_enc,
             &cfg.train,
-            &device,
             cancel,
             &mut on_event,
         ) {

@@ -363,7 +363,7 @@ impl Opt {
                 cfg.activation_function
             );
         }
-        if cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             candle_core::bail!("hidden_size must be a multiple of num_attention_heads");
         }
         let d = vb.pp("model").pp("decoder");

@@ -120,11 +120,10 @@ pub fn train(
     train: &[Encoded],
     val: &[Encoded],
     cfg: &TrainConfig,
-    device: &Device,
     cancel: &AtomicBool,
     emit: &mut dyn FnMut(TrainEvent),
 ) -> Result<(), TrainError> {
-    if cfg.precision != Precision::F32 && matches!(device, Device::Cpu) {
+    if cfg.precision != Precision::F32 && matches!(model.device(), Device::Cpu) {
         return Err(TrainError::Unsupported(format!(
             "train.precision = {:?} needs a CUDA device; CPU training is f32",
             cfg.precision
