@@ -116,6 +116,14 @@ fn plan_run_report_and_rerun_trains_nothing() {
     assert_eq!(report.matches("| done |").count(), 4, "{report}");
     assert_eq!(report.matches("` ★ |").count(), 1, "{report}");
     assert!(d.join("results/runs").read_dir().unwrap().count() == 4);
+    insta::with_settings!({filters => vec![
+        (r"-?\d+\.\d+%?", "[num]"),
+        (r"\(\d+/\d+\)", "([k]/[n])"),
+        (r"[+-]\[num\]", "[num]"),
+        (r"Highest pass rate: `\w+`", "Highest pass rate: [run]"),
+    ]}, {
+        insta::assert_snapshot!("micro_report", report);
+    });
 
     let t0 = Instant::now();
     let out = ablate(d, &["run", "experiments/micro.toml"]);
