@@ -47,6 +47,16 @@ pub struct StepRecord {
     pub step_time_s: f64,
 }
 
+/// Forward pass of one batch: the summed loss over its counted tokens, and their count.
+fn batch_loss_sum(model: &Opt, b: &Batch) -> candle_core::Result<(Tensor, usize)> {
+    let ids = Tensor::from_vec(b.ids.clone(), (b.rows, b.len), model.device())?;
+    let mask = PaddingMask {
+        rows: b.mask.clone(),
+    };
+    let logits = model.forward(&ids, &mask, None)?;
+    causal_lm_loss_sum(&logits, &b.labels)
+}
+
 /// Forward + backward of one accumulated step: returns the mean loss and the gradients
 /// by parameter name, summed over micro-batches with each loss divided by the step's
 /// total token count.
@@ -56,19 +66,10 @@ pub fn loss_and_grads(
     micro: &[Batch],
 ) -> candle_core::Result<(f64, HashMap<String, Tensor>)> {
     let total: usize = micro.iter().map(Batch::loss_tokens).sum::<usize>().max(1);
-    let dev = model.device();
     let mut grads: HashMap<String, Tensor> = HashMap::new();
     let mut loss_sum = 0f64;
     for b in micro {
-        let ids = Tensor::from_vec(b.ids.clone(), (b.rows, b.len), dev)?;
-        let logits = model.forward(
-            &ids,
-            &PaddingMask {
-                rows: b.mask.clone(),
-            },
-            None,
-        )?;
-        let (sum, _) = causal_lm_loss_sum(&logits, &b.labels)?;
+        let (sum, _) = batch_loss_sum(model, b)?;
         let loss = (sum / total as f64)?;
         loss_sum += loss.to_scalar::<f32>()? as f64;
         let g = loss.backward()?;
@@ -98,15 +99,7 @@ pub fn evaluate_loss(model: &Opt, data: &[Encoded], batch_size: usize) -> candle
     for chunk in data.chunks(batch_size.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let b = Batch::from_examples(&refs);
-        let ids = Tensor::from_vec(b.ids.clone(), (b.rows, b.len), model.device())?;
-        let logits = model.forward(
-            &ids,
-            &PaddingMask {
-                rows: b.mask.clone(),
-            },
-            None,
-        )?;
-        let (s, n) = causal_lm_loss_sum(&logits.detach(), &b.labels)?;
+        let (s, n) = batch_loss_sum(model, &b)?;
         sum += s.to_scalar::<f32>()? as f64;
         count += n;
     }
