@@ -88,6 +88,32 @@ pub struct ExperimentMeta {
     pub report: Option<String>,
 }
 
+/// How runs execute: validation interval and checkpoints. None of it changes what a run
+/// computes, so none of it is part of the run id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunOptions {
+    /// Validation loss every this many optimizer steps, besides each epoch end (0: epoch
+    /// ends only).
+    pub val_every: usize,
+    /// Checkpoint every this many optimizer steps, besides each epoch end (0: epoch ends
+    /// only).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept per run (older ones are deleted); 0 turns checkpoints off, and a
+    /// failed or killed run then starts over.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            val_every: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 1,
+        }
+    }
+}
+
 /// The sweep's grid, as written.
 #[derive(Debug, Clone, Default)]
 pub struct Grid {
@@ -105,6 +131,7 @@ pub struct Experiment {
     pub name: String,
     pub file: PathBuf,
     pub meta: ExperimentMeta,
+    pub run: RunOptions,
     /// The resolved base configuration (all layers applied), as JSON.
     pub base: Value,
     pub grid: Grid,
@@ -163,6 +190,7 @@ pub fn load_experiment_text(
     fig = fig.merge(Env::prefixed("ABLATE_").split("__").filter(|k| {
         SECTIONS
             .iter()
+            .chain(std::iter::once(&"run"))
             .any(|s| k.as_str().starts_with(&format!("{s}.")))
     }));
     for o in sets {
@@ -207,7 +235,7 @@ pub fn load_experiment_text(
     let mut base = defaults_json.clone();
     for (top, v) in &root {
         match top.as_str() {
-            "experiment" | "grid" => {}
+            "experiment" | "grid" | "run" => {}
             s if SECTIONS.contains(&s) => {
                 let FValue::Dict(_, d) = v else {
                     push(s, format!("expected a table, found {}", kind(v)));
@@ -230,20 +258,8 @@ pub fn load_experiment_text(
         }
     }
 
-    let meta: ExperimentMeta = match root.get("experiment") {
-        None => ExperimentMeta::default(),
-        Some(v) => match v.deserialize::<ExperimentMeta>() {
-            Ok(m) => m,
-            Err(e) => {
-                let key = std::iter::once("experiment".to_string())
-                    .chain(e.path.iter().cloned())
-                    .collect::<Vec<_>>()
-                    .join(".");
-                push(&key, one_line(&e.kind.to_string()));
-                ExperimentMeta::default()
-            }
-        },
-    };
+    let meta: ExperimentMeta = table_section(&root, "experiment", &mut push);
+    let run: RunOptions = table_section(&root, "run", &mut push);
 
     let grid = match root.get("grid") {
         None => Grid::default(),
@@ -289,8 +305,29 @@ pub fn load_experiment_text(
         name,
         file: path.to_path_buf(),
         meta,
+        run,
         base,
         grid,
+    })
+}
+
+/// Deserializes a top-level table that is not part of the run config (`[experiment]`,
+/// `[run]`), reporting a problem under its dotted key and falling back to the defaults.
+fn table_section<T: serde::de::DeserializeOwned + Default>(
+    root: &Dict,
+    name: &str,
+    push: &mut impl FnMut(&str, String),
+) -> T {
+    let Some(v) = root.get(name) else {
+        return T::default();
+    };
+    v.deserialize::<T>().unwrap_or_else(|e| {
+        let key = std::iter::once(name.to_string())
+            .chain(e.path.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(".");
+        push(&key, one_line(&e.kind.to_string()));
+        T::default()
     })
 }
 

@@ -31,6 +31,12 @@ pub enum Event {
         run_id: String,
         label: String,
     },
+    /// A run continues from a checkpoint of an earlier attempt.
+    RunResumed {
+        run_id: String,
+        step: u64,
+        checkpoint: String,
+    },
     Phase {
         run_id: String,
         phase: &'static str,
@@ -129,6 +135,7 @@ pub fn execute(
             let tx = ev_tx.clone();
             let cancel = Arc::clone(&opts.cancel);
             let results = opts.results.clone();
+            let run_opts = &plan.experiment.run;
             scope.spawn(move || loop {
                 let next = rx.lock().expect("work queue").recv();
                 let Ok(run) = next else { break };
@@ -139,6 +146,7 @@ pub fn execute(
                 let res = run_one(
                     &run.id,
                     &run.config,
+                    run_opts,
                     &run_dir(&results, &run.id),
                     &cancel,
                     &emit,

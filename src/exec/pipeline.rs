@@ -6,12 +6,13 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
 
-use crate::config::{ModelInit, RunConfig};
+use crate::config::{ModelInit, RunConfig, RunOptions};
 use crate::data::{self, synthetic, Encoded, Example};
 use crate::eval::{evaluate_example, Verdict};
 use crate::model::{self, generate_greedy, ModelSource, Opt};
 use crate::store::Record;
-use crate::train::{self, TrainError, TrainEvent};
+use crate::train::checkpoint::CheckpointPolicy;
+use crate::train::{self, TrainError, TrainEvent, TrainOptions};
 
 use super::Event;
 
@@ -70,11 +71,12 @@ fn metric(run: &str, name: &str, split: &str, step: i64, value: f64) -> Event {
     })
 }
 
-/// Runs everything for one run; `dir` receives the tokenizer, the final model (HF layout)
-/// and the resolved config.
+/// Runs everything for one run; `dir` receives the tokenizer, the training checkpoints,
+/// the final model (HF layout) and the resolved config.
 pub fn run_one(
     run_id: &str,
     cfg: &RunConfig,
+    run_opts: &RunOptions,
     dir: &Path,
     cancel: &AtomicBool,
     emit: &dyn Fn(Event),
@@ -192,6 +194,20 @@ pub fn run_one(
             TrainEvent::Validation { step, loss } => {
                 emit(metric(run_id, "loss", "val", step as i64, loss))
             }
+            TrainEvent::Resumed { step, checkpoint } => emit(Event::RunResumed {
+                run_id: run_id.to_string(),
+                step: step as u64,
+                checkpoint,
+            }),
+            TrainEvent::Checkpoint { .. } => {}
+        };
+        let train_opts = TrainOptions {
+            val_every: run_opts.val_every,
+            checkpoints: (run_opts.keep_checkpoints > 0).then(|| CheckpointPolicy {
+                dir: dir.join("checkpoints"),
+                every_steps: run_opts.checkpoint_every,
+                keep_last: run_opts.keep_checkpoints,
+            }),
         };
         if let Err(e) = train::train(
             &loaded.model,
@@ -199,6 +215,7 @@ pub fn run_one(
             &train_enc,
             &val_enc,
             &cfg.train,
+            &train_opts,
             cancel,
             &mut on_event,
         ) {

@@ -2,7 +2,7 @@
 //! by a seeded initializer. candle's own `VarMap` is a HashMap (iteration order varies
 //! between processes) and its CPU RNG cannot be seeded, so neither gives reproducible runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -96,13 +96,28 @@ impl Params {
         candle_core::safetensors::save(&tensors.into_iter().collect(), path)
     }
 
-    /// Overwrites parameter values from a safetensors file (names must match).
-    pub fn load_values(&self, path: &Path) -> Result<()> {
-        let map = candle_core::safetensors::load(path, &Device::Cpu)?;
+    /// Checks that `values` has a tensor of the right shape for every parameter.
+    pub fn check_values(&self, values: &HashMap<String, Tensor>) -> Result<()> {
         for (name, var) in self.all() {
-            let t = map.get(&name).ok_or_else(|| {
-                candle_core::Error::Msg(format!("{}: no tensor {name}", path.display()))
-            })?;
+            let t = values
+                .get(&name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?;
+            if t.shape() != var.shape() {
+                candle_core::bail!(
+                    "tensor {name} has shape {:?}, expected {:?}",
+                    t.shape(),
+                    var.shape()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Overwrites every parameter from `values`, after checking all of them.
+    pub fn set_values(&self, values: &HashMap<String, Tensor>) -> Result<()> {
+        self.check_values(values)?;
+        for (name, var) in self.all() {
+            let t = &values[&name];
             var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! counted token of the step (as HF with `num_items_in_batch`), torch's step order
 //! (backward → clip → AdamW → schedule), events instead of printing.
 
+pub mod checkpoint;
 pub mod optim;
 
 use std::collections::HashMap;
@@ -24,18 +25,44 @@ pub enum TrainError {
     #[error("{0}")]
     Unsupported(String),
     #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
-/// What the loop reports; the executor turns these into store rows and progress.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TrainEvent {
-    Started { total_steps: usize },
-    Step(StepRecord),
-    Validation { step: usize, loss: f64 },
+/// How a run trains beyond its config: none of this changes results, only what is logged
+/// and what survives a crash.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Validation loss every this many optimizer steps, besides each epoch end (0: epoch
+    /// ends only).
+    pub val_every: usize,
+    /// Checkpoints (and resume from the latest one); `None` trains from scratch every time.
+    pub checkpoints: Option<checkpoint::CheckpointPolicy>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// What the loop reports; the executor turns these into store rows and progress.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum TrainEvent {
+    Started {
+        total_steps: usize,
+    },
+    /// Continuing from a checkpoint; the events before `step` are replayed after this.
+    Resumed {
+        step: usize,
+        checkpoint: String,
+    },
+    Step(StepRecord),
+    Validation {
+        step: usize,
+        loss: f64,
+    },
+    Checkpoint {
+        step: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepRecord {
     /// 1-based optimizer step.
     pub step: usize,
@@ -106,13 +133,18 @@ pub fn evaluate_loss(model: &Opt, data: &[Encoded], batch_size: usize) -> candle
     Ok(sum / count.max(1) as f64)
 }
 
-/// Trains `model` in place on `train`, validating on `val` at each epoch end.
+/// Trains `model` in place on `train`, validating on `val` at each epoch end (and every
+/// `val_every` steps). With a checkpoint policy, it first resumes from the latest
+/// checkpoint, replaying the events logged before it, and checkpoints at epoch ends,
+/// every `every_steps` steps and when cancelled.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &Opt,
     params: &Params,
     train: &[Encoded],
     val: &[Encoded],
     cfg: &TrainConfig,
+    opts: &TrainOptions,
     cancel: &AtomicBool,
     emit: &mut dyn FnMut(TrainEvent),
 ) -> Result<(), TrainError> {
@@ -136,50 +168,92 @@ pub fn train(
     let total = steps_per_epoch * cfg.epochs;
     let schedule = Schedule::new(cfg.scheduler, cfg.lr, cfg.warmup_ratio, total);
     emit(TrainEvent::Started { total_steps: total });
-    let micro_size = cfg.batch_size / cfg.grad_accum;
+
+    // Everything emitted from here on is kept, so that a resumed run logs it again.
+    let mut history: Vec<TrainEvent> = Vec::new();
     let mut step = 0usize;
-    for epoch in 0..cfg.epochs {
-        let order = epoch_order(train.len(), cfg.seed, epoch);
-        for chunk in order.chunks(cfg.batch_size) {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(TrainError::Interrupted);
-            }
-            let t0 = Instant::now();
-            let micro: Vec<Batch> = chunk
-                .chunks(micro_size)
-                .map(|c| Batch::from_examples(&c.iter().map(|&i| &train[i]).collect::<Vec<_>>()))
-                .collect();
-            let tokens: usize = micro.iter().map(Batch::tokens).sum();
-            let (loss, mut grads) = loss_and_grads(model, &named, &micro)?;
-            let (norm, coef) = clip_grad_norm(&mut grads, &names, cfg.clip_norm)?;
-            if !loss.is_finite() || !norm.is_finite() {
-                let what = if !loss.is_finite() {
-                    format!("loss is {loss}")
-                } else {
-                    format!("gradient norm is {norm}")
-                };
-                return Err(TrainError::Diverged {
-                    step: step + 1,
-                    what,
-                });
-            }
-            let lr = schedule.lr(step);
-            opt.step(&grads, lr)?;
-            step += 1;
-            let dt = t0.elapsed().as_secs_f64();
-            emit(TrainEvent::Step(StepRecord {
+    if let Some(policy) = &opts.checkpoints {
+        if let Some(ck) = checkpoint::restore_latest(&policy.dir, params, &mut opt)? {
+            step = ck.state.step;
+            emit(TrainEvent::Resumed {
                 step,
-                loss,
-                grad_norm: norm,
-                clip_coef: coef,
-                lr,
-                tokens_per_s: tokens as f64 / dt.max(1e-9),
-                step_time_s: dt,
-            }));
+                checkpoint: ck.path.display().to_string(),
+            });
+            for ev in &ck.state.history {
+                emit(ev.clone());
+            }
+            history = ck.state.history;
         }
-        if !val.is_empty() {
+    }
+    let save = |step: usize, opt: &AdamW, history: &[TrainEvent]| -> Result<bool, TrainError> {
+        let Some(policy) = &opts.checkpoints else {
+            return Ok(false);
+        };
+        checkpoint::save(policy, step, params, opt, history)?;
+        Ok(true)
+    };
+
+    let micro_size = cfg.batch_size / cfg.grad_accum;
+    let mut last_saved = step;
+    while step < total {
+        let epoch = step / steps_per_epoch;
+        let order = epoch_order(train.len(), cfg.seed, epoch);
+        let start = (step % steps_per_epoch) * cfg.batch_size;
+        let chunk = &order[start..(start + cfg.batch_size).min(train.len())];
+        if cancel.load(Ordering::Relaxed) {
+            if step > last_saved {
+                save(step, &opt, &history)?;
+            }
+            return Err(TrainError::Interrupted);
+        }
+        let t0 = Instant::now();
+        let micro: Vec<Batch> = chunk
+            .chunks(micro_size)
+            .map(|c| Batch::from_examples(&c.iter().map(|&i| &train[i]).collect::<Vec<_>>()))
+            .collect();
+        let tokens: usize = micro.iter().map(Batch::tokens).sum();
+        let (loss, mut grads) = loss_and_grads(model, &named, &micro)?;
+        let (norm, coef) = clip_grad_norm(&mut grads, &names, cfg.clip_norm)?;
+        if !loss.is_finite() || !norm.is_finite() {
+            let what = if !loss.is_finite() {
+                format!("loss is {loss}")
+            } else {
+                format!("gradient norm is {norm}")
+            };
+            return Err(TrainError::Diverged {
+                step: step + 1,
+                what,
+            });
+        }
+        let lr = schedule.lr(step);
+        opt.step(&grads, lr)?;
+        step += 1;
+        let dt = t0.elapsed().as_secs_f64();
+        let ev = TrainEvent::Step(StepRecord {
+            step,
+            loss,
+            grad_norm: norm,
+            clip_coef: coef,
+            lr,
+            tokens_per_s: tokens as f64 / dt.max(1e-9),
+            step_time_s: dt,
+        });
+        history.push(ev.clone());
+        emit(ev);
+        let epoch_end = step.is_multiple_of(steps_per_epoch);
+        let val_due = opts.val_every > 0 && step.is_multiple_of(opts.val_every);
+        if (epoch_end || val_due) && !val.is_empty() {
             let loss = evaluate_loss(model, val, micro_size)?;
-            emit(TrainEvent::Validation { step, loss });
+            let ev = TrainEvent::Validation { step, loss };
+            history.push(ev.clone());
+            emit(ev);
+        }
+        let every = opts.checkpoints.as_ref().map_or(0, |p| p.every_steps);
+        if epoch_end || (every > 0 && step.is_multiple_of(every)) {
+            if save(step, &opt, &history)? {
+                emit(TrainEvent::Checkpoint { step });
+            }
+            last_saved = step;
         }
     }
     Ok(())

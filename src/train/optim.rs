@@ -70,6 +70,50 @@ impl AdamW {
         self.step
     }
 
+    /// The moment estimates by name (`exp_avg.<param>`, `exp_avg_sq.<param>`), for
+    /// checkpoints.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.slots
+            .iter()
+            .flat_map(|s| {
+                [
+                    (format!("exp_avg.{}", s.name), s.m.clone()),
+                    (format!("exp_avg_sq.{}", s.name), s.v.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Restores the moments and the step count saved by [`AdamW::state_tensors`].
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
+        // Validate every tensor first: a half-restored optimizer would be silently wrong.
+        let mut restored = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            let mut pair = Vec::with_capacity(2);
+            for (key, slot) in [("exp_avg", &s.m), ("exp_avg_sq", &s.v)] {
+                let name = format!("{key}.{}", s.name);
+                let t = tensors.get(&name).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("optimizer state has no tensor {name}"))
+                })?;
+                if t.shape() != slot.shape() {
+                    candle_core::bail!(
+                        "optimizer state {name} has shape {:?}, expected {:?}",
+                        t.shape(),
+                        slot.shape()
+                    );
+                }
+                pair.push(t.to_device(slot.device())?.to_dtype(slot.dtype())?);
+            }
+            restored.push(pair);
+        }
+        for (s, mut pair) in self.slots.iter_mut().zip(restored) {
+            s.v = pair.pop().expect("two moments");
+            s.m = pair.pop().expect("two moments");
+        }
+        self.step = step;
+        Ok(())
+    }
+
     /// Names of the parameters that decay.
     pub fn decayed(&self) -> Vec<&str> {
         self.slots

@@ -88,6 +88,9 @@ impl Reporter for ProgressReporter {
                 pb.enable_steady_tick(Duration::from_millis(200));
                 self.runs.insert(run_id.clone(), pb);
             }
+            Event::RunResumed { run_id, step, .. } => {
+                self.line(format!("  resume {run_id} from step {step}"));
+            }
             Event::Phase {
                 run_id,
                 phase,
@@ -168,6 +171,12 @@ impl Reporter for JsonReporter {
             Event::RunStarted { run_id, label } => {
                 serde_json::json!({"event": "run_started", "run_id": run_id, "label": label})
             }
+            Event::RunResumed {
+                run_id,
+                step,
+                checkpoint,
+            } => serde_json::json!({"event": "run_resumed", "run_id": run_id, "step": step,
+                "checkpoint": checkpoint}),
             Event::RunFinished {
                 run_id,
                 status,

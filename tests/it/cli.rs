@@ -295,3 +295,177 @@ fn sigkill_mid_sweep_then_rerun_completes_without_duplicates() {
     };
     assert_eq!(losses(&db), losses(&dir2.path().join("results/ablate.db")));
 }
+
+/// Every metric of a database except the timings, in a stable order.
+fn metrics_without_timings(db: &Path) -> Vec<(String, String, i64, f64)> {
+    let c = Connection::open(db).unwrap();
+    let mut s = c
+        .prepare(
+            "SELECT name, split, step, value FROM metrics
+             WHERE name NOT IN ('tokens_per_s', 'step_time_s') ORDER BY name, split, step",
+        )
+        .unwrap();
+    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn sigkill_then_resume_from_checkpoint_is_bit_identical() {
+    // One run: 3 epochs of 10 steps, checkpoints every 4 steps, validation every 5.
+    let text = MICRO
+        .replace("n_train = 48", "n_train = 160")
+        .replace("\"train.epochs\" = [1, 2]", "\"train.seed\" = [7]")
+        .replace("\"train.clip_norm\" = [0.3, \"none\"]", "")
+        .replace(
+            "baseline = { \"train.epochs\" = 1, \"train.clip_norm\" = 0.3 }",
+            "",
+        )
+        .replace("batch_size = 16", "batch_size = 16\nepochs = 3")
+        + "\n[run]\ncheckpoint_every = 4\nval_every = 5\nkeep_checkpoints = 2\n";
+    let (dir, _) = setup(&text);
+    let d = dir.path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .current_dir(d)
+        .args(["run", "experiments/micro.toml", "--no-report"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let runs = d.join("results/runs");
+    let checkpoints = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&runs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|r| std::fs::read_dir(r.path().join("checkpoints")).into_iter())
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("step-")
+                    && p.join("state.json").is_file()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let t0 = Instant::now();
+    while checkpoints().is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it could be killed"
+        );
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let db = d.join("results/ablate.db");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM runs WHERE status = 'done'"),
+        0
+    );
+
+    let out = ablate(
+        d,
+        &["run", "experiments/micro.toml", "--no-report", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let resumed = events
+        .iter()
+        .find(|e| e["event"] == "run_resumed")
+        .unwrap_or_else(|| panic!("no run_resumed event in {events:?}"));
+    let from = resumed["step"].as_u64().unwrap();
+    assert!((4..30).contains(&from), "resumed from step {from}");
+    // Checkpoints at 4, 8, 10 (epoch end), 12, ...: at most two are kept.
+    assert!(checkpoints().len() <= 2, "{:?}", checkpoints());
+
+    // An uninterrupted run of the same file: same parameters, bit for bit, and the same
+    // logged metrics (timings aside) and verdicts.
+    let (dir2, _) = setup(&text);
+    assert!(ablate(
+        dir2.path(),
+        &["run", "experiments/micro.toml", "--no-report"]
+    )
+    .status
+    .success());
+    let db2 = dir2.path().join("results/ablate.db");
+    let model = |root: &Path| -> Vec<u8> {
+        let run = std::fs::read_dir(root.join("results/runs"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::read(run.join("model/model.safetensors")).unwrap()
+    };
+    assert!(model(d) == model(dir2.path()), "final parameters differ");
+    let (m1, m2) = (metrics_without_timings(&db), metrics_without_timings(&db2));
+    assert_eq!(m1, m2);
+    // 30 train steps with 4 metrics each, validation at 5, 10, 15, 20, 25, 30.
+    assert_eq!(m1.iter().filter(|m| m.1 == "train").count(), 30 * 4);
+    assert_eq!(m1.iter().filter(|m| m.1 == "val").count(), 6);
+    let verdicts = |db: &Path| -> Vec<(String, String)> {
+        let c = Connection::open(db).unwrap();
+        let mut s = c
+            .prepare("SELECT example_id, prediction FROM eval_results ORDER BY example_id")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(verdicts(&db), verdicts(&db2));
+}
+
+#[test]
+fn a_diverging_run_is_marked_diverged_and_the_sweep_goes_on() {
+    let text = MICRO
+        .replace(
+            "baseline = { \"train.epochs\" = 1, \"train.clip_norm\" = 0.3 }",
+            "",
+        )
+        .replace(
+            "\"train.epochs\" = [1, 2]",
+            "\"train.lr\" = [3e-3, 1e12, 1e-3]",
+        )
+        .replace("\"train.clip_norm\" = [0.3, \"none\"]", "")
+        .replace("lr = 3e-3", "clip_norm = \"none\"");
+    let (dir, _) = setup(&text);
+    let d = dir.path();
+    let out = ablate(d, &["run", "experiments/micro.toml"]);
+    assert_eq!(out.status.code(), Some(1), "a diverged run exits 1");
+    let db = d.join("results/ablate.db");
+    let status = |lr: f64| -> (String, Option<String>) {
+        Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT status, error FROM runs WHERE json_extract(config_json, '$.train.lr') = ?1",
+                [lr],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    let (s, err) = status(1e12);
+    assert_eq!(s, "diverged");
+    assert!(err.unwrap().starts_with("diverged at step"));
+    // The run after it in plan order still ran.
+    assert_eq!(status(3e-3).0, "done");
+    assert_eq!(status(1e-3).0, "done");
+    let report = std::fs::read_to_string(d.join("results/reports/micro.md")).unwrap();
+    assert!(report.contains("1 diverged, 2 done"), "{report}");
+}
