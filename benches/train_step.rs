@@ -78,6 +78,22 @@ fn main() {
             "tokens_per_s": (batch * seq) as f64 / median,
             // 6 N flops per token (forward + backward), as the PyTorch script's MFU.
             "model_tflops": 6.0 * params as f64 * (batch * seq) as f64 / median / 1e12,
+            "peak_rss_mb": peak_rss_mb(),
         })
     );
+}
+
+/// The process's peak resident set size (VmHWM), comparable to the PyTorch script's
+/// ru_maxrss.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }

@@ -24,7 +24,7 @@ pub struct ModelConfig {
     pub device: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelInit {
     Auto,
@@ -156,6 +156,14 @@ pub struct EvalConfig {
     pub batch_size: usize,
     /// Evaluate at most this many test examples (0 = all).
     pub limit: usize,
+    /// 0: greedy decoding; above 0, sampling at this temperature (seeded by train.seed).
+    pub temperature: f64,
+    /// Sampling: keep the k most likely tokens (0: all).
+    pub top_k: usize,
+    /// Sampling: nucleus cut (1.0: none).
+    pub top_p: f64,
+    /// Decoding of a row stops once its text contains one of these.
+    pub stop: Vec<String>,
 }
 
 impl Default for RunConfig {
@@ -197,6 +205,10 @@ impl Default for RunConfig {
                 max_new_tokens: 64,
                 batch_size: 16,
                 limit: 0,
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                stop: vec![],
             },
         }
     }
@@ -324,6 +336,21 @@ impl RunConfig {
         }
         if e.batch_size == 0 {
             bad("eval.batch_size", "must be at least 1".into());
+        }
+        if !(e.temperature.is_finite() && e.temperature >= 0.0) {
+            bad(
+                "eval.temperature",
+                format!("must be >= 0 (0 = greedy), found {}", e.temperature),
+            );
+        }
+        if !(e.top_p > 0.0 && e.top_p <= 1.0) {
+            bad(
+                "eval.top_p",
+                format!("must be in (0, 1], found {}", e.top_p),
+            );
+        }
+        if e.stop.iter().any(String::is_empty) {
+            bad("eval.stop", "stop strings must not be empty".into());
         }
         out
     }

@@ -9,7 +9,7 @@ use candle_core::Device;
 use crate::config::{ModelInit, RunConfig, RunOptions};
 use crate::data::{self, synthetic, Encoded, Example};
 use crate::eval::{evaluate_example, Verdict};
-use crate::model::{self, generate_greedy, ModelSource, Opt};
+use crate::model::{self, Decoding, GenerateOptions, ModelSource, Opt};
 use crate::store::Record;
 use crate::train::checkpoint::CheckpointPolicy;
 use crate::train::{self, TrainError, TrainEvent, TrainOptions};
@@ -266,7 +266,28 @@ fn evaluate(
 ) -> Result<usize, RunError> {
     let mut passed = 0;
     let mut done = 0u64;
+    let e = &cfg.eval;
+    let mut opts = GenerateOptions {
+        max_new_tokens: e.max_new_tokens,
+        eos: data::EOS_ID,
+        decoding: Decoding::Greedy,
+    };
+    // Stop strings are matched on the decoded text of the new tokens.
+    let stop = |ids: &[u32]| -> bool {
+        !e.stop.is_empty()
+            && data::decode(tok, ids).is_ok_and(|t| e.stop.iter().any(|s| t.contains(s.as_str())))
+    };
     for chunk in examples.chunks(cfg.eval.batch_size) {
+        if e.temperature > 0.0 {
+            // Seeded per example position, so a result does not depend on eval.batch_size
+            // beyond the batch's own composition.
+            opts.decoding = Decoding::Sample {
+                temperature: e.temperature,
+                top_k: e.top_k,
+                top_p: e.top_p,
+                seed: cfg.train.seed.wrapping_add(done),
+            };
+        }
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(TrainError::Interrupted.into());
         }
@@ -274,7 +295,7 @@ fn evaluate(
             .iter()
             .map(|e| data::encode_prompt(tok, e))
             .collect::<Result<Vec<_>, _>>()?;
-        let outs = generate_greedy(model, &prompts, cfg.eval.max_new_tokens, data::EOS_ID)?;
+        let outs = model::generate(model, &prompts, &opts, &stop)?;
         for (e, out) in chunk.iter().zip(outs) {
             let text = data::decode(tok, &out)?;
             for (i, ev) in cfg.eval.evaluators.iter().enumerate() {

@@ -1,15 +1,18 @@
 //! OPT in candle: construction from presets or Hugging Face checkpoints, saving in HF
 //! layout, and greedy generation with a KV cache.
 
+mod generate;
+pub mod ops;
 mod opt;
 mod params;
 
+pub use generate::{generate, generate_greedy, Decoding, GenerateOptions};
 pub use opt::*;
 pub use params::Params;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -117,32 +120,29 @@ impl ModelSource {
     }
 }
 
+/// The snapshot folder of `repo` in the local Hugging Face cache (`$HF_HUB_CACHE`, else
+/// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`), as hf-hub lays it out.
 fn hf_cache_snapshot(repo: &str) -> Result<PathBuf, ModelError> {
-    let hub = if let Ok(c) = std::env::var("HF_HUB_CACHE") {
-        PathBuf::from(c)
-    } else if let Ok(h) = std::env::var("HF_HOME") {
-        PathBuf::from(h).join("hub")
-    } else {
-        let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-        PathBuf::from(home).join(".cache/huggingface/hub")
+    let cache = match std::env::var_os("HF_HUB_CACHE") {
+        Some(p) => hf_hub::Cache::new(p.into()),
+        None => hf_hub::Cache::from_env(),
     };
-    let dir = hub.join(format!("models--{}", repo.replace('/', "--")));
-    let missing = || ModelError::NotFound {
+    let found = cache
+        .model(repo.to_string())
+        .get("config.json")
+        .and_then(|c| c.parent().map(Path::to_path_buf));
+    found.ok_or_else(|| ModelError::NotFound {
         name: repo.into(),
         message: format!(
             "weights are not in the local Hugging Face cache ({}) and ablate does not download; \
              fetch them with `huggingface-cli download {repo}` on a machine with network, \
              or set model.name to a local directory",
-            dir.display()
+            cache
+                .path()
+                .join(format!("models--{}", repo.replace('/', "--")))
+                .display()
         ),
-    };
-    let rev = std::fs::read_to_string(dir.join("refs/main")).map_err(|_| missing())?;
-    let snap = dir.join("snapshots").join(rev.trim());
-    if snap.join("config.json").is_file() {
-        Ok(snap)
-    } else {
-        Err(missing())
-    }
+    })
 }
 
 /// A model with its trainable parameters.
@@ -204,65 +204,4 @@ pub fn save_pretrained(dir: &Path, cfg: &OptConfig, params: &Params) -> Result<(
     })?;
     params.save(&dir.join("model.safetensors"))?;
     Ok(())
-}
-
-/// Greedy decoding of a batch of prompts (left-padded together) with a KV cache. Each
-/// row stops at `eos`; returns only the new tokens, without the eos.
-pub fn generate_greedy(
-    model: &Opt,
-    prompts: &[Vec<u32>],
-    max_new_tokens: usize,
-    eos: u32,
-) -> candle_core::Result<Vec<Vec<u32>>> {
-    let b = prompts.len();
-    if b == 0 {
-        return Ok(vec![]);
-    }
-    let pad = model.config().pad_token_id;
-    let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(b * len);
-    let mut mask = PaddingMask {
-        rows: Vec::with_capacity(b),
-    };
-    for p in prompts {
-        let n = len - p.len();
-        ids.extend(std::iter::repeat_n(pad, n).chain(p.iter().copied()));
-        mask.rows.push(
-            std::iter::repeat_n(0u8, n)
-                .chain(std::iter::repeat_n(1u8, p.len()))
-                .collect(),
-        );
-    }
-    let dev = model.device();
-    let mut cache = model.empty_cache();
-    let mut input = Tensor::from_vec(ids, (b, len), dev)?;
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut done = vec![false; b];
-    for _ in 0..max_new_tokens {
-        let logits = model.forward(&input, &mask, Some(&mut cache))?;
-        let t = logits.dim(1)?;
-        let next: Vec<u32> = logits
-            .narrow(1, t - 1, 1)?
-            .squeeze(1)?
-            .argmax(D::Minus1)?
-            .to_vec1()?;
-        for (i, &tok) in next.iter().enumerate() {
-            if done[i] {
-                continue;
-            }
-            if tok == eos {
-                done[i] = true;
-            } else {
-                out[i].push(tok);
-            }
-        }
-        if done.iter().all(|d| *d) {
-            break;
-        }
-        for row in &mut mask.rows {
-            row.push(1);
-        }
-        input = Tensor::from_vec(next, (b, 1), dev)?;
-    }
-    Ok(out)
 }

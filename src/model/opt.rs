@@ -3,7 +3,7 @@
 //! Every op here records a gradient: candle's fused `softmax_last_dim` and `layer_norm`
 //! do not, so softmax and LayerNorm are written from differentiable primitives.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -89,7 +89,7 @@ impl OptConfig {
         };
         Some(match name {
             "tiny" => mk(512, 128, 128, 2, 4, 512, 256, true),
-            "small" => mk(8192, 256, 256, 4, 4, 1024, 2048, true),
+            "small" => mk(8192, 256, 256, 4, 4, 1024, 512, true),
             "opt-125m" => mk(50272, 768, 768, 12, 12, 3072, 2048, true),
             "opt-350m" => mk(50272, 1024, 512, 24, 16, 4096, 2048, false),
             "opt-1.3b" => mk(50272, 2048, 2048, 24, 32, 8192, 2048, true),
@@ -226,7 +226,7 @@ impl Attention {
             *cache = Some((k.clone(), v.clone()));
         }
         let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = super::ops::softmax_last_dim(&scores)?;
         let y = probs.matmul(&v)?;
         let y = y
             .transpose(1, 2)?
@@ -520,26 +520,19 @@ pub fn causal_lm_loss_sum(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tenso
     if labels.len() != b || labels.iter().any(|r| r.len() != t) {
         candle_core::bail!("labels do not match logits {b}x{t}");
     }
-    let n = b * (t - 1);
-    let mut targets = Vec::with_capacity(n);
-    let mut weights = Vec::with_capacity(n);
+    // Every position gets a row (the last one of each sequence with weight 0), so the
+    // logits are used in place instead of copied into a shifted tensor.
+    let mut targets = Vec::with_capacity(b * t);
+    let mut weights = Vec::with_capacity(b * t);
     for row in labels {
-        for &l in &row[1..] {
+        for &l in row[1..].iter().chain(std::iter::once(&-100)) {
             let keep = l != -100 && l >= 0 && (l as usize) < v;
             targets.push(if keep { l as u32 } else { 0 });
             weights.push(if keep { 1f32 } else { 0f32 });
         }
     }
     let count = weights.iter().filter(|w| **w > 0.0).count();
-    let dev = logits.device();
-    let shifted = logits
-        .narrow(1, 0, t - 1)?
-        .reshape((n, v))?
-        .to_dtype(DType::F32)?;
-    let logp = candle_nn::ops::log_softmax(&shifted, D::Minus1)?;
-    let targets = Tensor::from_vec(targets, (n, 1), dev)?;
-    let picked = logp.gather(&targets, 1)?.squeeze(1)?;
-    let weights = Tensor::from_vec(weights, n, dev)?;
-    let sum = (picked * weights)?.sum_all()?.neg()?;
+    let rows = logits.reshape((b * t, v))?;
+    let sum = super::ops::cross_entropy_rows(&rows, &targets, &weights)?.sum_all()?;
     Ok((sum, count))
 }

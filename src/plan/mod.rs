@@ -7,7 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{set_path, ConfigError, ConfigProblem, Experiment, RunConfig};
+use crate::config::{set_path, ConfigError, ConfigProblem, Experiment, ModelInit, RunConfig};
+use crate::model::ModelSource;
 
 /// Bumped when a code change makes old results incomparable (it is hashed into every id).
 pub const RUN_ID_VERSION: &str = "ablate-run-v1";
@@ -49,13 +50,60 @@ pub fn canonical_json(cfg: &RunConfig) -> String {
         .to_string()
 }
 
+/// Keys added to the config after run ids were first issued, with their defaults. A key
+/// at its default is left out of the hashed JSON, so adding an option never changes the
+/// id (and so never reruns) of the runs that do not use it. Append only.
+const ADDED_KEYS: &[(&str, &str, &str)] = &[
+    ("eval", "temperature", "0.0"),
+    ("eval", "top_k", "0"),
+    ("eval", "top_p", "1.0"),
+    ("eval", "stop", "[]"),
+];
+
+/// The JSON that the run id hashes: the canonical config less [`ADDED_KEYS`] at their
+/// defaults.
+fn hashed_json(cfg: &RunConfig) -> String {
+    let mut v = serde_json::to_value(cfg).expect("config serializes");
+    for (section, key, default) in ADDED_KEYS {
+        let default: Value = serde_json::from_str(default).expect("default is JSON");
+        if let Some(Value::Object(sec)) = v.get_mut(*section) {
+            if sec.get(*key) == Some(&default) {
+                sec.remove(*key);
+            }
+        }
+    }
+    v.to_string()
+}
+
 pub fn run_id(cfg: &RunConfig) -> String {
     let mut h = Sha256::new();
     h.update(RUN_ID_VERSION.as_bytes());
     h.update(b"\n");
-    h.update(canonical_json(cfg).as_bytes());
+    h.update(hashed_json(cfg).as_bytes());
     let digest = h.finalize();
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `model.name` can be loaded as `init` asks, checked at plan time so that a
+/// sweep does not fail run after run on a missing checkpoint.
+fn model_problem(name: &str, init: ModelInit) -> Option<(String, String)> {
+    let problem = |m: String| Some(("model.name".to_string(), m));
+    match ModelSource::resolve(name) {
+        Err(e) => problem(e.to_string()),
+        Ok(ModelSource::Preset(p)) if init == ModelInit::Pretrained => problem(format!(
+            "\"{p}\" is a preset: it has no pretrained weights (use model.init = \"random\", or a checkpoint)"
+        )),
+        Ok(src @ ModelSource::Dir(_)) => {
+            if let Err(e) = src.config() {
+                return problem(e.to_string());
+            }
+            match init {
+                ModelInit::Random => None,
+                _ => src.weight_files().err().and_then(|e| problem(e.to_string())),
+            }
+        }
+        Ok(_) => None,
+    }
 }
 
 /// Expands an experiment's grid: crossed axes and zip groups form a cartesian product, in
@@ -84,6 +132,7 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
     let total: usize = factors.iter().map(Vec::len).product();
     let mut runs = Vec::with_capacity(total);
     let mut seen = BTreeSet::new();
+    let mut models = BTreeMap::new();
     let mut problems = Vec::new();
     let mut idx = vec![0usize; factors.len()];
     for _ in 0..total {
@@ -122,7 +171,11 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
                 continue;
             }
         };
-        for (k, m) in config.problems() {
+        let model_problem = models
+            .entry((config.model.name.clone(), config.model.init))
+            .or_insert_with(|| model_problem(&config.model.name, config.model.init))
+            .clone();
+        for (k, m) in config.problems().into_iter().chain(model_problem) {
             let p = ConfigProblem {
                 origin: exp.file.display().to_string(),
                 key: if axes.contains_key(&k) {
@@ -191,6 +244,17 @@ mod tests {
         // Pinned: a change here invalidates every stored result. Bump RUN_ID_VERSION
         // deliberately instead of updating this value.
         assert_eq!(run_id(&RunConfig::default()), "e541f2ffeb2c");
+    }
+
+    #[test]
+    fn keys_added_later_change_the_id_only_when_set() {
+        let base = plan("[train]\nepochs = 2\n");
+        let same = plan("[train]\nepochs = 2\n[eval]\ntemperature = 0\nstop = []\n");
+        assert_eq!(base.runs[0].id, same.runs[0].id);
+        let sampled = plan("[train]\nepochs = 2\n[eval]\ntemperature = 0.7\n");
+        assert_ne!(base.runs[0].id, sampled.runs[0].id);
+        let stopped = plan("[train]\nepochs = 2\n[eval]\nstop = [\"Observation:\"]\n");
+        assert_ne!(base.runs[0].id, stopped.runs[0].id);
     }
 
     #[test]

@@ -2,4 +2,5 @@
 //! transformers and torch.
 
 mod cli;
+mod model;
 mod parity;

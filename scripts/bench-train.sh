@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Training-step throughput of ablate against PyTorch on this machine, same configs, one run:
+# ../shared/bench/torch_train_bench.py beside `cargo bench --bench train_step`.
+#
+#   scripts/bench-train.sh                 # CPU: small 8x256 and opt-125m-shape 4x256
+#   BENCH_THREADS=2 scripts/bench-train.sh
+#
+# PyTorch and transformers go into a virtual environment outside the project
+# ($ABLATE_BENCH_VENV, default ~/.cache/ablate/torch-venv), installed on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${ABLATE_BENCH_VENV:-$HOME/.cache/ablate/torch-venv}"
+threads="${BENCH_THREADS:-$(nproc)}"
+torch_script="${ABLATE_TORCH_BENCH:-../shared/bench/torch_train_bench.py}"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, transformers" 2>/dev/null; then
+  echo "installing torch and transformers into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q torch transformers
+fi
+cargo bench --no-run --bench train_step >/dev/null 2>&1
+out="${BENCH_OUT:-results/bench}"
+mkdir -p "$out"
+run() { # name, batch, torch config, ablate config, steps, warmup
+  local name=$1 batch=$2 tcfg=$3 acfg=$4 steps=$5 warm=$6
+  RAYON_NUM_THREADS="$threads" cargo bench -q --bench train_step -- --config "$acfg" \
+    --batch "$batch" --seq 256 --steps "$steps" --warmup "$warm" 2>/dev/null | tail -1 >"$out/$name-ablate.json"
+  # dropout 0: ablate trains without dropout, so both do the same work.
+  "$venv/bin/python" "$torch_script" --config "$tcfg" --batch "$batch" --seq 256 \
+    --steps "$steps" --warmup "$warm" --threads "$threads" --dropout 0.0 2>/dev/null >"$out/$name-torch.json"
+  python3 - "$name" "$out/$name-ablate.json" "$out/$name-torch.json" <<'PY'
+import json, sys
+name, a, t = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+print(f"{name:>16}: ablate {a['tokens_per_s']:8.1f} tok/s, {a['peak_rss_mb']:7.0f} MB | "
+      f"torch {t['tokens_per_s']:8.1f} tok/s, {t['peak_rss_mb']:7.0f} MB | "
+      f"speed ratio {a['tokens_per_s'] / t['tokens_per_s']:.2f}, memory ratio {a['peak_rss_mb'] / t['peak_rss_mb']:.2f}")
+PY
+}
+run small-8x256 8 small small 10 2
+run opt-125m-4x256 4 opt-125m-shape opt-125m 5 1
