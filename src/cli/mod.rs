@@ -41,7 +41,8 @@ Examples:
   ablate plan experiments/                # every experiment, with run status
   ablate run experiments/smoke.toml --jobs 2 --set train.lr=1e-3
   ablate report experiments/smoke.toml    # results/reports/smoke.md
-  ablate query \"SELECT * FROM run_summary\" --csv";
+  ablate query \"SELECT * FROM run_summary\" --csv
+  ablate score bfcl --questions Q.json --answers A.json --predictions P.jsonl";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,6 +109,9 @@ pub enum Command {
         #[arg(long)]
         template: Option<PathBuf>,
     },
+    /// Score a model's predictions with an evaluator, outside any sweep.
+    #[command(subcommand)]
+    Score(ScoreCommand),
     /// Run one read-only SQL statement against the results database.
     Query {
         /// The statement, e.g. "SELECT * FROM run_summary".
@@ -116,6 +120,35 @@ pub enum Command {
         #[arg(long, conflicts_with = "json")]
         csv: bool,
         /// Print a JSON array of objects.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScoreCommand {
+    /// BFCL's AST checker (Python categories): accuracy per category and overall.
+    ///
+    /// Predictions are JSON Lines of {"id": ..., "calls": [{"name": ..., "arguments":
+    /// {...}}]}, `[]` for no call; a question without a prediction fails. Questions and
+    /// possible answers are BFCL's files, paired line by line as BFCL pairs them; the
+    /// category comes from each id (irrelevance needs no answers file).
+    #[command(
+        after_help = "Example:\n  ablate score bfcl --questions BFCL_v4_simple_python.json \\\n    \
+        --answers possible_answer/BFCL_v4_simple_python.json --predictions preds.jsonl"
+    )]
+    Bfcl {
+        /// BFCL question file (JSON Lines: id, question, function).
+        #[arg(long)]
+        questions: PathBuf,
+        /// BFCL possible-answer file (JSON Lines: id, ground_truth).
+        #[arg(long)]
+        answers: Option<PathBuf>,
+        /// The model's calls per id (JSON Lines).
+        #[arg(long)]
+        predictions: PathBuf,
+        /// Print one JSON object: accuracy (0 to 1), total, passed, per-category scores
+        /// and every verdict with its reason.
         #[arg(long)]
         json: bool,
     },
@@ -182,7 +215,77 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
         } => cmd_run(&cli.db, &inputs, jobs, json, no_report),
         Command::Report { inputs, template } => cmd_report(&cli.db, &inputs, template.as_deref()),
         Command::Query { sql, csv, json } => cmd_query(&cli.db, &sql, csv, json),
+        Command::Score(ScoreCommand::Bfcl {
+            questions,
+            answers,
+            predictions,
+            json,
+        }) => cmd_score_bfcl(&questions, answers.as_deref(), &predictions, json),
     }
+}
+
+fn cmd_score_bfcl(
+    questions: &Path,
+    answers: Option<&Path>,
+    predictions: &Path,
+    json: bool,
+) -> Result<u8, Failure> {
+    use crate::eval::bfcl;
+    let qs: Vec<bfcl::Question> = bfcl::load_jsonl(questions).map_err(user)?;
+    let ans: Vec<bfcl::Answer> = match answers {
+        Some(a) => bfcl::load_jsonl(a).map_err(user)?,
+        None if qs
+            .iter()
+            .all(|q| bfcl::category_of(&q.id).contains("irrelevance")) =>
+        {
+            vec![]
+        }
+        None => {
+            return Err(user(anyhow::anyhow!(
+                "--answers is required: {} holds categories other than irrelevance",
+                questions.display()
+            )))
+        }
+    };
+    let preds: Vec<bfcl::Prediction> = bfcl::load_jsonl(predictions).map_err(user)?;
+    let score = bfcl::score(&qs, &ans, &preds).map_err(user)?;
+    if json {
+        println!("{}", serde_json::to_string(&score).map_err(internal)?);
+        return Ok(exit::OK);
+    }
+    let mut rows: Vec<Vec<String>> = score
+        .categories
+        .iter()
+        .map(|(c, s)| {
+            vec![
+                c.clone(),
+                s.passed.to_string(),
+                s.total.to_string(),
+                format!("{:.2}%", 100.0 * s.accuracy),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "overall".into(),
+        score.passed.to_string(),
+        score.total.to_string(),
+        format!("{:.2}%", 100.0 * score.accuracy),
+    ]);
+    let headers = ["category", "passed", "total", "accuracy"].map(String::from);
+    print!("{}", ui::table(&headers, &rows));
+    let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
+    for v in score.verdicts.iter().filter(|v| !v.verdict.valid) {
+        *reasons.entry(v.verdict.error_type.as_str()).or_default() += 1;
+    }
+    if !reasons.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = reasons
+            .iter()
+            .map(|(r, n)| vec![r.to_string(), n.to_string()])
+            .collect();
+        print!("{}", ui::table(&["failure".into(), "count".into()], &rows));
+    }
+    Ok(exit::OK)
 }
 
 /// Loads and expands every experiment; all problems of all files are reported together.

@@ -1,6 +1,8 @@
 //! Evaluation: the ReAct parser and the rule-based evaluator. Each evaluator gives one
 //! verdict per example; the pass rate is derived from the stored verdicts.
 
+pub mod bfcl;
+
 use serde::Serialize;
 use serde_json::Value;
 

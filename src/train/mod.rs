@@ -148,11 +148,21 @@ pub fn train(
     cancel: &AtomicBool,
     emit: &mut dyn FnMut(TrainEvent),
 ) -> Result<(), TrainError> {
-    if cfg.precision != Precision::F32 && matches!(model.device(), Device::Cpu) {
-        return Err(TrainError::Unsupported(format!(
-            "train.precision = {:?} needs a CUDA device; CPU training is f32",
-            cfg.precision
-        )));
+    if cfg.precision != Precision::F32 {
+        // Refused rather than silently trained in f32: a run must be what its config says.
+        return Err(TrainError::Unsupported(
+            if matches!(model.device(), Device::Cpu) {
+                format!(
+                    "train.precision = {:?} needs a CUDA device; CPU training is f32",
+                    cfg.precision
+                )
+            } else {
+                format!(
+                "train.precision = {:?}: mixed-precision training is not implemented yet; use f32",
+                cfg.precision
+            )
+            },
+        ));
     }
     let named = params.all();
     let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();

@@ -469,3 +469,80 @@ fn a_diverging_run_is_marked_diverged_and_the_sweep_goes_on() {
     let report = std::fs::read_to_string(d.join("results/reports/micro.md")).unwrap();
     assert!(report.contains("1 diverged, 2 done"), "{report}");
 }
+
+#[test]
+fn score_bfcl_prints_accuracy_and_reasons() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    let q = data.join("bfcl/BFCL_v4_simple_python.json");
+    let a = data.join("bfcl/possible_answer/BFCL_v4_simple_python.json");
+    let p = data.join("bfcl-verdicts/simple_python.predictions.jsonl");
+    let dir = tempfile::tempdir().unwrap();
+    let args = |json: bool| {
+        let mut v = vec![
+            "score".to_string(),
+            "bfcl".into(),
+            "--questions".into(),
+            q.display().to_string(),
+            "--answers".into(),
+            a.display().to_string(),
+            "--predictions".into(),
+            p.display().to_string(),
+        ];
+        if json {
+            v.push("--json".into());
+        }
+        v
+    };
+    let out = ablate(
+        dir.path(),
+        &args(true).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["total"].as_u64(), v["passed"].as_u64()),
+        (Some(400), Some(171))
+    );
+    assert!((v["accuracy"].as_f64().unwrap() - 171.0 / 400.0).abs() < 1e-12);
+    assert_eq!(v["verdicts"][0]["id"], "simple_python_0");
+    assert_eq!(
+        v["verdicts"][0]["error_type"],
+        "simple_function_checker:unexpected_param"
+    );
+
+    let out = ablate(
+        dir.path(),
+        &args(false).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    insta::assert_snapshot!(
+        "score_bfcl_simple_python",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A malformed predictions file names its line; exit 2.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"id\": \"simple_python_0\", \"calls\": []}\nnot json\n",
+    )
+    .unwrap();
+    let out = ablate(
+        dir.path(),
+        &[
+            "score",
+            "bfcl",
+            "--questions",
+            q.to_str().unwrap(),
+            "--answers",
+            a.to_str().unwrap(),
+            "--predictions",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.jsonl:2:"));
+}
