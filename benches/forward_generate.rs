@@ -6,17 +6,13 @@
 
 use std::time::Instant;
 
+mod common;
+
 use ablate::exec::device_for;
 use ablate::model::{self, generate, Decoding, GenerateOptions, OptConfig, PaddingMask};
 use candle_core::Tensor;
+use common::arg;
 use rand::{Rng, SeedableRng};
-
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -8,20 +8,16 @@
 
 use std::time::Instant;
 
+mod common;
+
 use ablate::config::DecayGroups;
 use ablate::data::Batch;
 use ablate::exec::device_for;
 use ablate::model::{self, OptConfig};
 use ablate::train::loss_and_grads;
 use ablate::train::optim::{clip_grad_norm, AdamW};
+use common::arg;
 use rand::{Rng, SeedableRng};
-
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

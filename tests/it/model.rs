@@ -52,22 +52,15 @@ fn saved_model_loads_back_identical_and_generates_the_same() {
         .unsqueeze(0)
         .unwrap();
     let mask = PaddingMask::ones(1, ps[0].len());
-    let a: Vec<f32> = orig
-        .model
-        .forward(&ids, &mask, None)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f32> = back
-        .model
-        .forward(&ids, &mask, None)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let logits = |m: &model::Opt| -> Vec<f32> {
+        m.forward(&ids, &mask, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (a, b) = (logits(&orig.model), logits(&back.model));
     assert!(a == b, "logits differ after the round trip");
 
     let greedy = |m: &model::Opt| model::generate_greedy(m, &ps, 12, data::EOS_ID).unwrap();
