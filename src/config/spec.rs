@@ -215,7 +215,7 @@ impl Default for RunConfig {
 }
 
 /// Known evaluator names.
-pub const EVALUATORS: &[&str] = &["rules"];
+pub const EVALUATORS: &[&str] = &["rules", "bfcl"];
 
 impl RunConfig {
     /// Semantic checks that serde cannot express: each problem as (dotted key, message).
@@ -293,13 +293,14 @@ impl RunConfig {
                 format!("must be at least 8, found {}", d.max_seq_len),
             );
         }
-        for (k, p) in [("data.train", &d.train), ("data.eval", &d.eval)] {
-            if p != "synthetic" {
-                bad(
-                    k,
-                    format!("unsupported dataset \"{p}\": only \"synthetic\" is built in so far"),
-                );
-            }
+        if d.train != "synthetic" {
+            bad(
+                "data.train",
+                format!(
+                    "unsupported dataset \"{}\": only \"synthetic\" trains so far",
+                    d.train
+                ),
+            );
         }
         if self.model.name.trim().is_empty() {
             bad("model.name", "must not be empty".into());
@@ -320,7 +321,19 @@ impl RunConfig {
         if e.evaluators.is_empty() {
             bad("eval.evaluators", "must name at least one evaluator".into());
         }
+        let synthetic = d.eval == "synthetic";
         for ev in &e.evaluators {
+            match ev.as_str() {
+                "rules" if !synthetic => bad(
+                    "eval.evaluators",
+                    "\"rules\" judges the synthetic task; use \"bfcl\" for a BFCL file".into(),
+                ),
+                "bfcl" if synthetic => bad(
+                    "eval.evaluators",
+                    "\"bfcl\" needs data.eval to name a BFCL question file".into(),
+                ),
+                _ => {}
+            }
             if !EVALUATORS.contains(&ev.as_str()) {
                 bad(
                     "eval.evaluators",

@@ -1,6 +1,7 @@
 //! Tool-calling data: examples, the chat template shared by training and inference,
 //! tokenization (a BPE trained on the corpus, or a checkpoint's own), and batching.
 
+pub mod bfcl;
 pub mod synthetic;
 
 use std::path::Path;
@@ -60,6 +61,16 @@ pub struct Example {
     pub query: String,
     pub thought: String,
     pub gold: GoldCall,
+    /// BFCL's function documents and possible answers, for the `bfcl` evaluator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfcl: Option<BfclTruth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BfclTruth {
+    pub functions: Vec<Value>,
+    /// `[{function_name: {param: [allowed values]}}]`; empty for irrelevance.
+    pub ground_truth: Vec<serde_json::Map<String, Value>>,
 }
 
 pub const BOS: &str = "</s>";

@@ -221,6 +221,7 @@ pub fn generate(n: usize, seed: u64, split: &str) -> Vec<Example> {
                     name,
                     arguments: Value::Object(args),
                 },
+                bfcl: None,
             }
         })
         .collect()

@@ -147,10 +147,80 @@ fn json_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// The verdict of a named evaluator (validation has already rejected unknown names;
-/// `rules` is the only offline evaluator so far).
-pub fn evaluate_example(_evaluator: &str, prediction: &str, e: &Example) -> Verdict {
-    rules_verdict(prediction, &e.tools, &e.gold.name, &e.gold.arguments)
+/// One evaluator's decision on one example: passed or not, and the verdict stored with
+/// it (`pass`, or the first failed check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgment {
+    pub passed: bool,
+    pub verdict: String,
+}
+
+/// The verdict of a named evaluator. Validation has already checked that the evaluator
+/// fits the dataset (`rules`: the synthetic task; `bfcl`: a BFCL file).
+pub fn judge(evaluator: &str, prediction: &str, e: &Example) -> Judgment {
+    match (evaluator, &e.bfcl) {
+        ("bfcl", Some(truth)) => {
+            let v = match parse_calls(prediction) {
+                Ok(calls) => {
+                    bfcl::check(&e.category, &truth.functions, &calls, &truth.ground_truth)
+                }
+                // As BFCL: output that does not decode is no call for the relevance
+                // runner, and a failure for the AST categories.
+                Err(_) if e.category.contains("irrelevance") => {
+                    bfcl::check(&e.category, &[], &[], &[])
+                }
+                Err(why) => bfcl::Verdict {
+                    valid: false,
+                    error_type: "ast_decoder:decoder_failed".into(),
+                    error: why,
+                },
+            };
+            Judgment {
+                passed: v.valid,
+                verdict: if v.valid { "pass".into() } else { v.error_type },
+            }
+        }
+        _ => {
+            let v = rules_verdict(prediction, &e.tools, &e.gold.name, &e.gold.arguments);
+            Judgment {
+                passed: v == Verdict::Pass,
+                verdict: v.as_str().into(),
+            }
+        }
+    }
+}
+
+/// Every `Action:` / `Action Input:` pair of a turn as a BFCL call, in order (several for
+/// parallel calls). No `Action:` (or `Action: Finish`) is no call; an action input that is
+/// not a JSON object does not decode.
+pub fn parse_calls(text: &str) -> Result<Vec<bfcl::Call>, String> {
+    let mut calls = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("Action:") {
+        let block = &rest[i..];
+        let next = block["Action:".len()..]
+            .find("\nAction:")
+            .map(|j| j + "Action:".len() + 1)
+            .unwrap_or(block.len());
+        let step = parse_react(&block[..next]).map_err(|e| e.to_string())?;
+        rest = &block[next..];
+        if step.action == "Finish" {
+            continue;
+        }
+        match serde_json::from_str::<Value>(&step.action_input) {
+            Ok(args @ Value::Object(_)) => calls.push(bfcl::Call {
+                name: step.action,
+                arguments: args,
+            }),
+            _ => {
+                return Err(format!(
+                    "Action Input of {} is not a JSON object",
+                    step.action
+                ))
+            }
+        }
+    }
+    Ok(calls)
 }
 
 /// Wilson score interval for a binomial proportion (95% by default with z = 1.96).

@@ -8,7 +8,7 @@ use candle_core::Device;
 
 use crate::config::{ModelInit, RunConfig, RunOptions};
 use crate::data::{self, synthetic, Encoded, Example};
-use crate::eval::{evaluate_example, Verdict};
+use crate::eval::judge;
 use crate::model::{self, Decoding, GenerateOptions, ModelSource, Opt};
 use crate::store::Record;
 use crate::train::checkpoint::CheckpointPolicy;
@@ -89,6 +89,18 @@ pub fn run_one(
 
     let train_ex = synthetic::generate(cfg.data.n_train, cfg.data.seed, "train");
     let test_ex = synthetic::generate(cfg.data.n_test, cfg.data.seed ^ 0x5eed_7e57, "test");
+    // Generation is evaluated on the synthetic test split or a BFCL file; validation loss
+    // always on the synthetic test split (BFCL has no gold completions).
+    let (dataset, eval_pool) = if cfg.data.eval == "synthetic" {
+        ("synthetic", test_ex.clone())
+    } else {
+        ("bfcl", data::bfcl::load(Path::new(&cfg.data.eval))?)
+    };
+    let eval_ex: Vec<&Example> = if cfg.eval.limit > 0 {
+        eval_pool.iter().take(cfg.eval.limit).collect()
+    } else {
+        eval_pool.iter().collect()
+    };
 
     let source = ModelSource::resolve(&cfg.model.name)?;
     let tokenizer = match source.tokenizer_file() {
@@ -122,9 +134,15 @@ pub fn run_one(
     };
     if matches!(source, ModelSource::Preset(_)) {
         mcfg.vocab_size = tokenizer.get_vocab_size(true);
+        // A preset's positions cover the longest training sequence and the longest
+        // evaluation prompt plus its decoding budget.
+        let longest_prompt = eval_ex
+            .iter()
+            .map(|e| data::encode_prompt(&tokenizer, e).map(|p| p.len()))
+            .try_fold(0, |m, n| n.map(|n| m.max(n)))?;
         mcfg.max_position_embeddings = mcfg
             .max_position_embeddings
-            .max(cfg.data.max_seq_len + cfg.eval.max_new_tokens);
+            .max(cfg.data.max_seq_len.max(longest_prompt) + cfg.eval.max_new_tokens);
     } else if tokenizer.get_vocab_size(true) > mcfg.vocab_size {
         return Err(RunError::Model(model::ModelError::BadCheckpoint {
             path: tok_path.display().to_string(),
@@ -158,12 +176,6 @@ pub fn run_one(
     };
     let train_enc = encode(&train_ex)?;
     let val_enc = encode(&test_ex)?;
-
-    let eval_ex: Vec<&Example> = if cfg.eval.limit > 0 {
-        test_ex.iter().take(cfg.eval.limit).collect()
-    } else {
-        test_ex.iter().collect()
-    };
 
     let mut train_err = None;
     {
@@ -238,6 +250,7 @@ pub fn run_one(
         &loaded.model,
         &tokenizer,
         &eval_ex,
+        dataset,
         cfg,
         cancel,
         emit,
@@ -260,6 +273,7 @@ fn evaluate(
     model: &Opt,
     tok: &tokenizers::Tokenizer,
     examples: &[&Example],
+    dataset: &str,
     cfg: &RunConfig,
     cancel: &AtomicBool,
     emit: &dyn Fn(Event),
@@ -299,18 +313,18 @@ fn evaluate(
         for (e, out) in chunk.iter().zip(outs) {
             let text = data::decode(tok, &out)?;
             for (i, ev) in cfg.eval.evaluators.iter().enumerate() {
-                let v = evaluate_example(ev, &text, e);
-                if i == 0 && v == Verdict::Pass {
+                let v = judge(ev, &text, e);
+                if i == 0 && v.passed {
                     passed += 1;
                 }
                 emit(Event::Record(Record::Verdict {
                     run_id: run_id.to_string(),
-                    dataset: "synthetic".into(),
+                    dataset: dataset.into(),
                     example_id: e.id.clone(),
                     category: e.category.clone(),
                     evaluator: ev.clone(),
-                    verdict: v.as_str().into(),
-                    passed: v == Verdict::Pass,
+                    verdict: v.verdict,
+                    passed: v.passed,
                     prediction: text.clone(),
                     gold: data::render_completion(e),
                 }));

@@ -106,6 +106,22 @@ fn model_problem(name: &str, init: ModelInit) -> Option<(String, String)> {
     }
 }
 
+/// Whether `data.eval` loads: `synthetic`, or a BFCL question file (with its possible
+/// answers beside it), read now so that a bad file fails the plan, not every run.
+fn eval_data_problem(eval: &str) -> Option<(String, String)> {
+    if eval == "synthetic" {
+        return None;
+    }
+    match crate::data::bfcl::load(std::path::Path::new(eval)) {
+        Ok(ex) if ex.is_empty() => Some(("data.eval".into(), format!("{eval}: no questions"))),
+        Ok(_) => None,
+        Err(e) => Some((
+            "data.eval".into(),
+            format!("\"synthetic\" or a BFCL question file: {e}"),
+        )),
+    }
+}
+
 /// Expands an experiment's grid: crossed axes and zip groups form a cartesian product, in
 /// the order of their keys; exclusions are dropped; duplicate configurations collapse.
 pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
@@ -133,6 +149,7 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
     let mut runs = Vec::with_capacity(total);
     let mut seen = BTreeSet::new();
     let mut models = BTreeMap::new();
+    let mut datasets = BTreeMap::new();
     let mut problems = Vec::new();
     let mut idx = vec![0usize; factors.len()];
     for _ in 0..total {
@@ -171,11 +188,20 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
                 continue;
             }
         };
+        let data_problem = datasets
+            .entry(config.data.eval.clone())
+            .or_insert_with(|| eval_data_problem(&config.data.eval))
+            .clone();
         let model_problem = models
             .entry((config.model.name.clone(), config.model.init))
             .or_insert_with(|| model_problem(&config.model.name, config.model.init))
             .clone();
-        for (k, m) in config.problems().into_iter().chain(model_problem) {
+        for (k, m) in config
+            .problems()
+            .into_iter()
+            .chain(model_problem)
+            .chain(data_problem)
+        {
             let p = ConfigProblem {
                 origin: exp.file.display().to_string(),
                 key: if axes.contains_key(&k) {

@@ -269,3 +269,44 @@ fn possible_answers_score_full_marks_and_perturbations_fail_for_their_reason() {
         qs.len() - 1
     );
 }
+
+#[test]
+fn bfcl_files_load_as_examples_and_model_text_is_judged_as_bfcl_would() {
+    use ablate::data::bfcl as data_bfcl;
+    use ablate::eval::{judge, parse_calls};
+    for cat in CATEGORIES {
+        let ex = data_bfcl::load(&data().join(format!("bfcl/BFCL_v4_{cat}.json"))).unwrap();
+        assert_eq!(ex.len(), questions(cat).len(), "{cat}");
+        for e in &ex {
+            assert_eq!(e.category, *cat);
+            assert!(!e.query.is_empty() && !e.tools.is_empty(), "{}", e.id);
+            let prompt = ablate::data::render_prompt(e);
+            assert!(e.tools.iter().all(|t| prompt.contains(&t.name)));
+        }
+    }
+    let ex = data_bfcl::load(&data().join("bfcl/BFCL_v4_simple_python.json")).unwrap();
+    let e = &ex[0]; // calculate_triangle_area(base=10, height=5)
+    let right = "Thought: area.\nAction: calculate_triangle_area\nAction Input: {\"base\": 10, \"height\": 5}";
+    assert_eq!(judge("bfcl", right, e).verdict, "pass");
+    let float = right.replace("10,", "10.0,");
+    assert_eq!(judge("bfcl", &float, e).verdict, "type_error:simple");
+    assert_eq!(
+        judge("bfcl", "I cannot help.", e).verdict,
+        "simple_function_checker:wrong_count"
+    );
+    let broken = "Action: calculate_triangle_area\nAction Input: {base: 10}";
+    assert_eq!(
+        judge("bfcl", broken, e).verdict,
+        "ast_decoder:decoder_failed"
+    );
+    // Two actions are two calls (parallel); Finish is not a call.
+    let two = format!("{right}\nAction: calculate_triangle_area\nAction Input: {{\"base\": 1, \"height\": 2}}\nAction: Finish\nAction Input: {{}}");
+    let calls = parse_calls(&two).unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].arguments["height"], 2);
+    // Irrelevance: no call, or text that does not decode, passes; a call fails.
+    let irr = data_bfcl::load(&data().join("bfcl/BFCL_v4_irrelevance.json")).unwrap();
+    assert!(judge("bfcl", "Thought: none of these fit.", &irr[0]).passed);
+    assert!(judge("bfcl", broken, &irr[0]).passed);
+    assert!(!judge("bfcl", right, &irr[0]).passed);
+}

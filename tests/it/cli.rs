@@ -546,3 +546,50 @@ fn score_bfcl_prints_accuracy_and_reasons() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.jsonl:2:"));
 }
+
+#[test]
+fn a_sweep_evaluates_on_a_bfcl_file_and_stores_bfcl_verdicts() {
+    let bfcl = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/bfcl/BFCL_v4_simple_python.json");
+    let text = format!(
+        "[model]\nname = \"tiny\"\n[data]\nn_train = 16\nn_test = 4\nvocab_size = 320\neval = \"{}\"\n\
+         [train]\nepochs = 0\n[eval]\nevaluators = [\"bfcl\"]\nlimit = 5\nmax_new_tokens = 6\n",
+        bfcl.display()
+    );
+    let (dir, _) = setup(&text);
+    let d = dir.path();
+    let out = ablate(d, &["run", "experiments/micro.toml", "--no-report"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = d.join("results/ablate.db");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM eval_results WHERE evaluator = 'bfcl' AND dataset = 'bfcl' AND category = 'simple_python'"),
+        5
+    );
+    // An untrained model makes no well-formed call: every verdict is a BFCL failure type.
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM eval_results WHERE passed = 0 AND (verdict LIKE 'simple_function_checker:%' OR verdict LIKE 'ast_decoder:%')"),
+        5
+    );
+
+    // The rules evaluator does not fit BFCL data, and a missing file is named: exit 2.
+    let plan_err = |text: &str| -> String {
+        let (dir, _) = setup(text);
+        let out = ablate(dir.path(), &["plan", "experiments/micro.toml"]);
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = plan_err(&text.replace("[\"bfcl\"]", "[\"rules\"]"));
+    assert!(
+        err.contains("eval.evaluators") && err.contains("\"rules\""),
+        "{err}"
+    );
+    let err = plan_err(&text.replace("BFCL_v4_simple_python", "BFCL_v4_nope"));
+    assert!(
+        err.contains("data.eval") && err.contains("BFCL_v4_nope"),
+        "{err}"
+    );
+}
