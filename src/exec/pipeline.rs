@@ -91,10 +91,10 @@ pub fn run_one(
     let test_ex = synthetic::generate(cfg.data.n_test, cfg.data.seed ^ 0x5eed_7e57, "test");
     // Generation is evaluated on the synthetic test split or a BFCL file; validation loss
     // always on the synthetic test split (BFCL has no gold completions).
-    let (dataset, eval_pool) = if cfg.data.eval == "synthetic" {
-        ("synthetic", test_ex.clone())
+    let eval_pool = if cfg.data.eval == "synthetic" {
+        test_ex.clone()
     } else {
-        ("bfcl", data::bfcl::load(Path::new(&cfg.data.eval))?)
+        data::bfcl::load(Path::new(&cfg.data.eval))?
     };
     let eval_ex: Vec<&Example> = if cfg.eval.limit > 0 {
         eval_pool.iter().take(cfg.eval.limit).collect()
@@ -250,7 +250,6 @@ pub fn run_one(
         &loaded.model,
         &tokenizer,
         &eval_ex,
-        dataset,
         cfg,
         cancel,
         emit,
@@ -273,7 +272,6 @@ fn evaluate(
     model: &Opt,
     tok: &tokenizers::Tokenizer,
     examples: &[&Example],
-    dataset: &str,
     cfg: &RunConfig,
     cancel: &AtomicBool,
     emit: &dyn Fn(Event),
@@ -319,7 +317,12 @@ fn evaluate(
                 }
                 emit(Event::Record(Record::Verdict {
                     run_id: run_id.to_string(),
-                    dataset: dataset.into(),
+                    dataset: if e.bfcl.is_some() {
+                        "bfcl"
+                    } else {
+                        "synthetic"
+                    }
+                    .into(),
                     example_id: e.id.clone(),
                     category: e.category.clone(),
                     evaluator: ev.clone(),
