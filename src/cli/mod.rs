@@ -109,6 +109,9 @@ pub enum Command {
         #[arg(long)]
         template: Option<PathBuf>,
     },
+    /// Look at data as the model sees it.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Score a model's predictions with an evaluator, outside any sweep.
     #[command(subcommand)]
     Score(ScoreCommand),
@@ -120,6 +123,36 @@ pub enum Command {
         #[arg(long, conflicts_with = "json")]
         csv: bool,
         /// Print a JSON array of objects.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Show how one example is rendered with the chat template and tokenized, with the
+    /// loss mask (which tokens train).
+    #[command(
+        after_help = "Examples:\n  ablate data inspect synthetic --index 3\n  \
+        ablate data inspect ../shared/data/toolbench/ToolBench/data_example/answer --index 2\n  \
+        ablate data inspect ../shared/data/bfcl/BFCL_v4_multiple.json --tokenizer results/runs/<id>/tokenizer.json"
+    )]
+    Inspect {
+        /// `synthetic`, a BFCL question file, or a directory of ToolBench answer files.
+        source: String,
+        /// Which example (0-based).
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// A tokenizer.json to use; default: a BPE trained on the source's own texts.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Vocabulary size of the trained BPE (without --tokenizer).
+        #[arg(long, default_value_t = 768)]
+        vocab_size: usize,
+        /// Loss on the completion only, or on every token.
+        #[arg(long, default_value = "completion", value_parser = ["completion", "all"])]
+        loss_on: String,
+        /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -215,6 +248,21 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
         } => cmd_run(&cli.db, &inputs, jobs, json, no_report),
         Command::Report { inputs, template } => cmd_report(&cli.db, &inputs, template.as_deref()),
         Command::Query { sql, csv, json } => cmd_query(&cli.db, &sql, csv, json),
+        Command::Data(DataCommand::Inspect {
+            source,
+            index,
+            tokenizer,
+            vocab_size,
+            loss_on,
+            json,
+        }) => cmd_data_inspect(
+            &source,
+            index,
+            tokenizer.as_deref(),
+            vocab_size,
+            &loss_on,
+            json,
+        ),
         Command::Score(ScoreCommand::Bfcl {
             questions,
             answers,
@@ -222,6 +270,93 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
             json,
         }) => cmd_score_bfcl(&questions, answers.as_deref(), &predictions, json),
     }
+}
+
+fn cmd_data_inspect(
+    source: &str,
+    index: usize,
+    tokenizer: Option<&Path>,
+    vocab_size: usize,
+    loss_on: &str,
+    json: bool,
+) -> Result<u8, Failure> {
+    use crate::data::{self, Source};
+    let src = Source::parse(source);
+    let examples = match src.load().map_err(user)? {
+        Some(ex) => ex,
+        None => {
+            // The synthetic training split with the default seed and size.
+            let d = config::RunConfig::default().data;
+            data::synthetic::generate(d.n_train.max(index + 1), d.seed, "train")
+        }
+    };
+    let e = examples.get(index).ok_or_else(|| {
+        user(anyhow::anyhow!(
+            "{source}: --index {index} is out of range ({} examples)",
+            examples.len()
+        ))
+    })?;
+    let tok = match tokenizer {
+        Some(p) => data::load_tokenizer(p).map_err(user)?,
+        None => {
+            let texts: Vec<String> = examples
+                .iter()
+                .map(|e| format!("{}{}", data::render_prompt(e), data::render_completion(e)))
+                .collect();
+            data::train_tokenizer(&texts, vocab_size).map_err(user)?
+        }
+    };
+    let loss = if loss_on == "all" {
+        config::LossOn::All
+    } else {
+        config::LossOn::Completion
+    };
+    let enc = data::encode_example(&tok, e, loss, usize::MAX).map_err(internal)?;
+    let tokens: Vec<String> = enc
+        .ids
+        .iter()
+        .map(|&i| tok.id_to_token(i).unwrap_or_else(|| format!("<{i}>")))
+        .collect();
+    let (prompt, completion) = (data::render_prompt(e), data::render_completion(e));
+    if json {
+        let v = serde_json::json!({
+            "id": e.id, "dataset": src.name(), "category": e.category,
+            "prompt": prompt, "completion": completion,
+            "ids": enc.ids, "tokens": tokens, "labels": enc.labels,
+            "loss_tokens": enc.labels.iter().filter(|l| **l >= 0).count(),
+        });
+        println!("{v}");
+        return Ok(exit::OK);
+    }
+    let trained = enc.labels.iter().filter(|l| **l >= 0).count();
+    println!(
+        "example {} ({}, category {}): {} tokens, {trained} in the loss",
+        e.id,
+        src.name(),
+        e.category,
+        enc.ids.len()
+    );
+    println!("--- prompt ---\n{prompt}\n--- completion ---\n{completion}\n--- tokens (* = in the loss) ---");
+    let rows: Vec<Vec<String>> = enc
+        .ids
+        .iter()
+        .zip(&tokens)
+        .zip(&enc.labels)
+        .enumerate()
+        .map(|(pos, ((id, t), l))| {
+            vec![
+                pos.to_string(),
+                id.to_string(),
+                format!("{t:?}"),
+                if *l >= 0 { "*".into() } else { String::new() },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        ui::table(&["pos", "id", "token", "loss"].map(String::from), &rows)
+    );
+    Ok(exit::OK)
 }
 
 fn cmd_score_bfcl(

@@ -293,11 +293,11 @@ impl RunConfig {
                 format!("must be at least 8, found {}", d.max_seq_len),
             );
         }
-        if d.train != "synthetic" {
+        if d.train != "synthetic" && !std::path::Path::new(&d.train).is_dir() {
             bad(
                 "data.train",
                 format!(
-                    "unsupported dataset \"{}\": only \"synthetic\" trains so far",
+                    "\"synthetic\" or a directory of ToolBench answer files, found \"{}\"",
                     d.train
                 ),
             );
@@ -321,14 +321,15 @@ impl RunConfig {
         if e.evaluators.is_empty() {
             bad("eval.evaluators", "must name at least one evaluator".into());
         }
-        let synthetic = d.eval == "synthetic";
+        // A file is BFCL; "synthetic" and ToolBench directories have single gold calls.
+        let bfcl = d.eval != "synthetic" && !std::path::Path::new(&d.eval).is_dir();
         for ev in &e.evaluators {
             match ev.as_str() {
-                "rules" if !synthetic => bad(
+                "rules" if bfcl => bad(
                     "eval.evaluators",
-                    "\"rules\" judges the synthetic task; use \"bfcl\" for a BFCL file".into(),
+                    "\"rules\" needs single gold calls (synthetic, ToolBench); use \"bfcl\" for a BFCL file".into(),
                 ),
-                "bfcl" if synthetic => bad(
+                "bfcl" if !bfcl => bad(
                     "eval.evaluators",
                     "\"bfcl\" needs data.eval to name a BFCL question file".into(),
                 ),

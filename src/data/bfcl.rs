@@ -118,5 +118,6 @@ fn example(q: Question, ground_truth: Vec<Map<String, Value>>) -> Example {
             functions: q.function,
             ground_truth,
         }),
+        history: vec![],
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod bfcl;
 pub mod synthetic;
+pub mod toolbench;
 
 use std::path::Path;
 
@@ -64,6 +65,16 @@ pub struct Example {
     /// BFCL's function documents and possible answers, for the `bfcl` evaluator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfcl: Option<BfclTruth>,
+    /// Earlier steps of a multi-step episode (ToolBench), with their observations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Turn>,
+}
+
+/// One earlier assistant turn (ReAct text) and the function's answer to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    pub assistant: String,
+    pub observation: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +82,54 @@ pub struct BfclTruth {
     pub functions: Vec<Value>,
     /// `[{function_name: {param: [allowed values]}}]`; empty for irrelevance.
     pub ground_truth: Vec<serde_json::Map<String, Value>>,
+}
+
+/// Where a split's examples come from, by `data.train` / `data.eval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The built-in synthetic task.
+    Synthetic,
+    /// A BFCL question file (evaluation only).
+    Bfcl(std::path::PathBuf),
+    /// A directory of ToolBench DFS answer files: one example per assistant step.
+    ToolBench(std::path::PathBuf),
+}
+
+impl Source {
+    pub fn parse(spec: &str) -> Source {
+        let p = Path::new(spec);
+        if spec == "synthetic" {
+            Source::Synthetic
+        } else if p.is_dir() {
+            Source::ToolBench(p.to_path_buf())
+        } else {
+            Source::Bfcl(p.to_path_buf())
+        }
+    }
+
+    /// The `dataset` column of the verdicts it produces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Source::Synthetic => "synthetic",
+            Source::Bfcl(_) => "bfcl",
+            Source::ToolBench(_) => "toolbench",
+        }
+    }
+
+    /// The examples of a file source (`None` for the synthetic task, which is generated
+    /// with a size and seed).
+    pub fn load(&self) -> Result<Option<Vec<Example>>, DataError> {
+        Ok(match self {
+            Source::Synthetic => None,
+            Source::Bfcl(p) => Some(bfcl::load(p)?),
+            Source::ToolBench(d) => Some(
+                toolbench::load_answers(d)?
+                    .iter()
+                    .flat_map(toolbench::Trajectory::step_examples)
+                    .collect(),
+            ),
+        })
+    }
 }
 
 pub const BOS: &str = "</s>";
@@ -85,11 +144,19 @@ pub fn render_prompt(e: &Example) -> String {
         .iter()
         .map(|t| format!("{}({})", t.name, t.properties().join(", ")))
         .collect();
-    format!(
-        "<|system|>\nTools: {}\n<|user|>\n{}\n<|assistant|>\n",
+    let mut text = format!(
+        "<|system|>\nTools: {}\n<|user|>\n{}\n",
         tools.join("; "),
         e.query
-    )
+    );
+    for t in &e.history {
+        text.push_str(&format!(
+            "<|assistant|>\n{}\n<|function|>\n{}\n",
+            t.assistant, t.observation
+        ));
+    }
+    text.push_str("<|assistant|>\n");
+    text
 }
 
 /// The gold assistant turn in ReAct form.

@@ -222,6 +222,7 @@ pub fn generate(n: usize, seed: u64, split: &str) -> Vec<Example> {
                     arguments: Value::Object(args),
                 },
                 bfcl: None,
+                history: vec![],
             }
         })
         .collect()

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::Device;
 
 use crate::config::{ModelInit, RunConfig, RunOptions};
-use crate::data::{self, synthetic, Encoded, Example};
+use crate::data::{self, synthetic, Encoded, Example, Source};
 use crate::eval::judge;
 use crate::model::{self, Decoding, GenerateOptions, ModelSource, Opt};
 use crate::store::Record;
@@ -87,14 +87,19 @@ pub fn run_one(
         .map_err(io(&cfg_path))?;
     let device = device_for(&cfg.model.device)?;
 
-    let train_ex = synthetic::generate(cfg.data.n_train, cfg.data.seed, "train");
-    let test_ex = synthetic::generate(cfg.data.n_test, cfg.data.seed ^ 0x5eed_7e57, "test");
-    // Generation is evaluated on the synthetic test split or a BFCL file; validation loss
-    // always on the synthetic test split (BFCL has no gold completions).
-    let eval_pool = if cfg.data.eval == "synthetic" {
-        test_ex.clone()
-    } else {
-        data::bfcl::load(Path::new(&cfg.data.eval))?
+    let train_ex = match Source::parse(&cfg.data.train).load()? {
+        Some(ex) => ex,
+        None => synthetic::generate(cfg.data.n_train, cfg.data.seed, "train"),
+    };
+    let synthetic_test =
+        || synthetic::generate(cfg.data.n_test, cfg.data.seed ^ 0x5eed_7e57, "test");
+    let eval_source = Source::parse(&cfg.data.eval);
+    let eval_pool = eval_source.load()?.unwrap_or_else(synthetic_test);
+    // Validation loss needs gold completions: BFCL has none, so a BFCL evaluation keeps
+    // the synthetic test split for it.
+    let test_ex = match eval_source {
+        Source::Bfcl(_) => synthetic_test(),
+        _ => eval_pool.clone(),
     };
     let eval_ex: Vec<&Example> = if cfg.eval.limit > 0 {
         eval_pool.iter().take(cfg.eval.limit).collect()
@@ -278,6 +283,7 @@ fn evaluate(
 ) -> Result<usize, RunError> {
     let mut passed = 0;
     let mut done = 0u64;
+    let dataset = Source::parse(&cfg.data.eval).name();
     let e = &cfg.eval;
     let mut opts = GenerateOptions {
         max_new_tokens: e.max_new_tokens,
@@ -317,12 +323,7 @@ fn evaluate(
                 }
                 emit(Event::Record(Record::Verdict {
                     run_id: run_id.to_string(),
-                    dataset: if e.bfcl.is_some() {
-                        "bfcl"
-                    } else {
-                        "synthetic"
-                    }
-                    .into(),
+                    dataset: dataset.into(),
                     example_id: e.id.clone(),
                     category: e.category.clone(),
                     evaluator: ev.clone(),

@@ -174,6 +174,156 @@ impl CustomOp1 for CrossEntropyGrad {
     }
 }
 
+/// LayerNorm over the last dimension (biased variance) with an affine weight and bias: a
+/// fused CPU kernel forward and backward; elsewhere `None`, and the caller composes it.
+pub fn layer_norm_cpu(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Option<Tensor>> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let d = x.dim(D::Minus1)?;
+    let shape = x.shape().clone();
+    let x2 = x.contiguous()?.reshape(((), d))?;
+    let y = x2.apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormOp { eps })?;
+    Ok(Some(y.reshape(shape)?))
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// `(mean, 1 / sqrt(var + eps))` of one row.
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl candle_core::CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            contiguous_f32(sx, lx)?,
+            contiguous_f32(sw, lw)?,
+            contiguous_f32(sb, lb)?,
+        );
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(o, row)| {
+                let (mean, rstd) = row_stats(row, self.eps);
+                for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
+                    *o = (v - mean) * rstd * w + b;
+                }
+            });
+        Ok((CpuStorage::F32(out), lx.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.dim(0)?;
+        let n = x.dim(0)?;
+        // One kernel gives dx (n rows) and, below it, the weight and bias gradients.
+        let all = x.apply_op3_no_bwd(
+            &w.contiguous()?,
+            &grad.contiguous()?,
+            &LayerNormGrad { eps: self.eps },
+        )?;
+        let dx = all.narrow(0, 0, n)?;
+        let dw = all.get(n)?;
+        let db = all.get(n + 1)?;
+        debug_assert_eq!(dw.dim(0)?, d);
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂))`, `dw = Σ g·x̂`, `db = Σ g`, in one
+/// pass over the rows; the output stacks dx, dw and db as `[n + 2, d]`.
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl candle_core::CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, g) = (
+            contiguous_f32(sx, lx)?,
+            contiguous_f32(sw, lw)?,
+            contiguous_f32(sg, lg)?,
+        );
+        let d = w.len();
+        let n = x.len() / d;
+        let mut out = vec![0f32; (n + 2) * d];
+        let (dx, sums) = out.split_at_mut(n * d);
+        // Rows in parallel; each chunk of rows also sums its share of dw and db.
+        let partial = dx
+            .par_chunks_mut(d)
+            .zip(x.par_chunks(d).zip(g.par_chunks(d)))
+            .fold(
+                || vec![0f32; 2 * d],
+                |mut acc, (dxr, (xr, gr))| {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let mut m1 = 0f32;
+                    let mut m2 = 0f32;
+                    for i in 0..d {
+                        let xhat = (xr[i] - mean) * rstd;
+                        let gw = gr[i] * w[i];
+                        m1 += gw;
+                        m2 += gw * xhat;
+                        acc[i] += gr[i] * xhat;
+                        acc[d + i] += gr[i];
+                    }
+                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                    for i in 0..d {
+                        let xhat = (xr[i] - mean) * rstd;
+                        dxr[i] = rstd * (gr[i] * w[i] - m1 - xhat * m2);
+                    }
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0f32; 2 * d],
+                |mut a, b| {
+                    for (a, b) in a.iter_mut().zip(b) {
+                        *a += b;
+                    }
+                    a
+                },
+            );
+        sums.copy_from_slice(&partial);
+        Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +364,61 @@ mod tests {
                 .unwrap()
                 > 1e-3
         );
+    }
+
+    #[test]
+    fn layer_norm_matches_the_composite_forward_and_backward() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0.5f32, 2.0, (3, 4, 16), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 16, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 16, &dev).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (3, 4, 16), &dev).unwrap();
+        let composite = || -> Tensor {
+            let x = x.as_tensor();
+            let mean = x.mean_keepdim(D::Minus1).unwrap();
+            let xc = x.broadcast_sub(&mean).unwrap();
+            let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let y = xc
+                .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+                .unwrap();
+            y.broadcast_mul(w.as_tensor())
+                .unwrap()
+                .broadcast_add(b.as_tensor())
+                .unwrap()
+        };
+        let fused = layer_norm_cpu(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)
+            .unwrap()
+            .unwrap();
+        let plain = composite();
+        let maxdiff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(maxdiff(&fused, &plain) < 1e-5);
+        let g1 = (fused * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (plain * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w, &b] {
+            let (a, c) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(maxdiff(a, c) < 1e-4, "{a} vs {c}");
+        }
     }
 
     #[test]

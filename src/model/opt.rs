@@ -1,7 +1,8 @@
 //! OPT (`OPTForCausalLM`) in candle, numerically equal to Hugging Face transformers.
 //!
 //! Every op here records a gradient: candle's fused `softmax_last_dim` and `layer_norm`
-//! do not, so softmax and LayerNorm are written from differentiable primitives.
+//! do not, so softmax, LayerNorm and the loss use the kernels of `ops` (fused, with a
+//! backward pass of their own) or, off the CPU, differentiable primitives.
 
 use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
@@ -118,7 +119,8 @@ impl OptConfig {
     }
 }
 
-/// LayerNorm over the last dim (biased variance, eps 1e-5), from differentiable ops.
+/// LayerNorm over the last dim (biased variance, eps 1e-5): the fused kernel on CPU,
+/// differentiable primitives elsewhere or without an affine transform.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Option<Tensor>,
@@ -146,6 +148,11 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
+            if let Some(y) = super::ops::layer_norm_cpu(x, w, b, self.eps as f32)? {
+                return Ok(y);
+            }
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;

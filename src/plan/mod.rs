@@ -106,19 +106,13 @@ fn model_problem(name: &str, init: ModelInit) -> Option<(String, String)> {
     }
 }
 
-/// Whether `data.eval` loads: `synthetic`, or a BFCL question file (with its possible
-/// answers beside it), read now so that a bad file fails the plan, not every run.
-fn eval_data_problem(eval: &str) -> Option<(String, String)> {
-    if eval == "synthetic" {
-        return None;
-    }
-    match crate::data::bfcl::load(std::path::Path::new(eval)) {
-        Ok(ex) if ex.is_empty() => Some(("data.eval".into(), format!("{eval}: no questions"))),
+/// Whether a data source loads (`synthetic`, a BFCL question file, a directory of
+/// ToolBench answer files), read now so that a bad file fails the plan, not every run.
+fn data_problem(key: &str, spec: &str) -> Option<(String, String)> {
+    match crate::data::Source::parse(spec).load() {
+        Ok(Some(ex)) if ex.is_empty() => Some((key.into(), format!("{spec}: no examples"))),
         Ok(_) => None,
-        Err(e) => Some((
-            "data.eval".into(),
-            format!("\"synthetic\" or a BFCL question file: {e}"),
-        )),
+        Err(e) => Some((key.into(), e.to_string())),
     }
 }
 
@@ -188,10 +182,18 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
                 continue;
             }
         };
-        let data_problem = datasets
-            .entry(config.data.eval.clone())
-            .or_insert_with(|| eval_data_problem(&config.data.eval))
-            .clone();
+        let data_problems: Vec<(String, String)> = [
+            ("data.train", &config.data.train),
+            ("data.eval", &config.data.eval),
+        ]
+        .into_iter()
+        .filter_map(|(k, spec)| {
+            datasets
+                .entry((k, spec.clone()))
+                .or_insert_with(|| data_problem(k, spec))
+                .clone()
+        })
+        .collect();
         let model_problem = models
             .entry((config.model.name.clone(), config.model.init))
             .or_insert_with(|| model_problem(&config.model.name, config.model.init))
@@ -200,7 +202,7 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
             .problems()
             .into_iter()
             .chain(model_problem)
-            .chain(data_problem)
+            .chain(data_problems)
         {
             let p = ConfigProblem {
                 origin: exp.file.display().to_string(),

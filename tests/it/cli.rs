@@ -593,3 +593,89 @@ fn a_sweep_evaluates_on_a_bfcl_file_and_stores_bfcl_verdicts() {
         "{err}"
     );
 }
+
+#[test]
+fn a_sweep_trains_and_evaluates_step_wise_on_toolbench_trajectories() {
+    let answers = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/toolbench/ToolBench/data_example/answer");
+    let text = format!(
+        "[model]\nname = \"tiny\"\n[data]\ntrain = \"{0}\"\neval = \"{0}\"\nvocab_size = 400\nmax_seq_len = 256\n\
+         [train]\nepochs = 1\nbatch_size = 8\nlr = 3e-3\n[eval]\nlimit = 3\nbatch_size = 1\nmax_new_tokens = 6\n",
+        answers.display()
+    );
+    let (dir, _) = setup(&text);
+    let d = dir.path();
+    let out = ablate(d, &["run", "experiments/micro.toml", "--no-report"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = d.join("results/ablate.db");
+    // 41 assistant steps in the 11 valid trajectories: 6 optimizer steps of 8.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM metrics WHERE name = 'loss' AND split = 'train'"
+        ),
+        6
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM eval_results WHERE dataset = 'toolbench' AND evaluator = 'rules' AND example_id LIKE 'G1-10-step%'"),
+        3
+    );
+}
+
+#[test]
+fn data_inspect_shows_the_rendering_and_the_loss_mask() {
+    let dir = tempfile::tempdir().unwrap();
+    let bfcl =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/bfcl/BFCL_v4_multiple.json");
+    for (src, loss_on) in [("synthetic", "completion"), (bfcl.to_str().unwrap(), "all")] {
+        let out = ablate(
+            dir.path(),
+            &[
+                "data",
+                "inspect",
+                src,
+                "--index",
+                "2",
+                "--vocab-size",
+                "400",
+                "--loss-on",
+                loss_on,
+                "--json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let labels: Vec<i64> = serde_json::from_value(v["labels"].clone()).unwrap();
+        let ids = v["ids"].as_array().unwrap();
+        assert_eq!(labels.len(), ids.len());
+        assert_eq!(v["tokens"].as_array().unwrap().len(), ids.len());
+        assert!(v["prompt"]
+            .as_str()
+            .unwrap()
+            .starts_with("<|system|>\nTools: "));
+        assert!(v["prompt"].as_str().unwrap().ends_with("<|assistant|>\n"));
+        let in_loss = labels.iter().filter(|l| **l >= 0).count();
+        assert_eq!(v["loss_tokens"].as_u64().unwrap() as usize, in_loss);
+        if loss_on == "all" {
+            assert_eq!(in_loss, ids.len());
+        } else {
+            // The prompt is masked, the completion (and its EOS) trains.
+            assert!(labels[0] == -100 && *labels.last().unwrap() == 2);
+            assert!(in_loss > 0 && in_loss < ids.len());
+        }
+    }
+    let out = ablate(
+        dir.path(),
+        &["data", "inspect", bfcl.to_str().unwrap(), "--index", "999"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range (200 examples)"));
+}

@@ -5,3 +5,4 @@ mod bfcl;
 mod cli;
 mod model;
 mod parity;
+mod toolbench;

@@ -1,0 +1,269 @@
+//! ToolBench: DFS answer files (`answer_generation.train_messages`) as trajectories and
+//! step-wise examples, and the ToolBench / StableToolBench test query sets.
+//!
+//! A trajectory is the last (complete) transcript of `train_messages`: the system prompt
+//! with the API list, the user query, then assistant turns (`function_call` with an
+//! optional thought) each followed by the function's observation, ending with `Finish`
+//! (`give_answer` or `give_up_and_restart`). This is what ToolBench's preprocessing turns
+//! into its `conversations` SFT format; here each assistant step becomes one example whose
+//! prompt holds the gold history with its real observations, which is both the SFT data
+//! and the input of the step-wise evaluation. Later user turns (DFS's "this is not the
+//! first time you try" prompts) are dropped, and assistant text without a call becomes the
+//! thought of the next call.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{DataError, Example, GoldCall, ToolSpec, Turn};
+
+/// One assistant step and what the function returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub thought: String,
+    pub action: String,
+    /// The arguments as the model wrote them (a JSON object, as text).
+    pub action_input: String,
+    /// The function's response; `None` after `Finish`.
+    pub observation: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trajectory {
+    /// `G1_answer/10_ChatGPT_DFS_woFilter_w2` → `G1-10`.
+    pub id: String,
+    /// `G1`, `G2` or `G3`.
+    pub group: String,
+    pub query: String,
+    /// The functions offered (OpenAI style), `Finish` included.
+    pub functions: Vec<ToolSpec>,
+    pub steps: Vec<Step>,
+    /// `give_answer` or `give_up`.
+    pub finish_type: String,
+}
+
+fn err(path: &Path, message: impl Into<String>) -> DataError {
+    DataError::File {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| err(path, e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| err(path, format!("not JSON: {e}")))
+}
+
+/// Reads one DFS answer file; `None` when ToolBench marked it `valid_data: false` (it
+/// then has no `train_messages`).
+pub fn load_answer(path: &Path) -> Result<Option<Trajectory>, DataError> {
+    let v = read_json(path)?;
+    let ag = &v["answer_generation"];
+    if ag.is_null() {
+        return Err(err(
+            path,
+            "no answer_generation: not a ToolBench answer file",
+        ));
+    }
+    if ag["valid_data"] == false {
+        return Ok(None);
+    }
+    let transcript = ag["train_messages"]
+        .as_array()
+        .and_then(|t| t.last())
+        .and_then(Value::as_array)
+        .ok_or_else(|| err(path, "answer_generation.train_messages is empty"))?;
+    let functions = ag["function"]
+        .as_array()
+        .map(|fs| {
+            fs.iter()
+                .map(|f| ToolSpec {
+                    name: f["name"].as_str().unwrap_or_default().to_string(),
+                    description: f["description"].as_str().unwrap_or_default().to_string(),
+                    parameters: f["parameters"].clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut query: Option<String> = None;
+    let mut steps: Vec<Step> = Vec::new();
+    // Text an assistant wrote without calling anything: the thought of its next call.
+    let mut pending = String::new();
+    for (i, m) in transcript.iter().enumerate() {
+        let content = m["content"].as_str().unwrap_or_default().trim();
+        match m["role"].as_str() {
+            // The first user turn is the query; later ones are DFS's retry prompts,
+            // which are not part of the solution path.
+            Some("user") if query.is_none() => {
+                query = Some(content.trim_end_matches("Begin!").trim().to_string());
+            }
+            Some("assistant") => match m["function_call"]["name"].as_str() {
+                Some(action) => {
+                    let thought = [pending.as_str(), content]
+                        .iter()
+                        .filter(|t| !t.is_empty())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    pending.clear();
+                    steps.push(Step {
+                        thought,
+                        action: action.to_string(),
+                        action_input: m["function_call"]["arguments"]
+                            .as_str()
+                            .unwrap_or("{}")
+                            .to_string(),
+                        observation: None,
+                    });
+                }
+                None => {
+                    if !pending.is_empty() {
+                        pending.push('\n');
+                    }
+                    pending.push_str(content);
+                }
+            },
+            Some("function") => {
+                let last = steps.last_mut().ok_or_else(|| {
+                    err(path, format!("message {i}: observation before any call"))
+                })?;
+                last.observation = Some(m["content"].as_str().unwrap_or_default().to_string());
+            }
+            _ => {}
+        }
+    }
+    let query = query.ok_or_else(|| err(path, "the transcript has no user query"))?;
+    if steps.is_empty() {
+        return Err(err(path, "the trajectory has no assistant step"));
+    }
+    let group = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .map(|n| n.trim_end_matches("_answer").to_string())
+        .unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let number = stem.split('_').next().unwrap_or(stem);
+    Ok(Some(Trajectory {
+        id: format!("{group}-{number}"),
+        group,
+        query,
+        functions,
+        steps,
+        finish_type: ag["finish_type"].as_str().unwrap_or_default().to_string(),
+    }))
+}
+
+/// Every `*.json` answer file under `dir` (recursively), in path order; invalid ones are
+/// skipped as ToolBench skips them.
+pub fn load_answers(dir: &Path) -> Result<Vec<Trajectory>, DataError> {
+    let mut files = Vec::new();
+    collect_json(dir, &mut files).map_err(|e| err(dir, e.to_string()))?;
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        if let Some(t) = load_answer(&f)? {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+fn collect_json(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            collect_json(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "json") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+impl Trajectory {
+    /// One example per assistant step: the gold history (earlier steps with their real
+    /// observations) in the prompt, the step itself as the completion.
+    pub fn step_examples(&self) -> Vec<Example> {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(k, s)| Example {
+                id: format!("{}-step{k}", self.id),
+                category: self.group.clone(),
+                tools: self.functions.clone(),
+                query: self.query.clone(),
+                thought: s.thought.clone(),
+                gold: GoldCall {
+                    name: s.action.clone(),
+                    arguments: serde_json::from_str(&s.action_input)
+                        .unwrap_or(Value::String(s.action_input.clone())),
+                },
+                bfcl: None,
+                history: self.steps[..k]
+                    .iter()
+                    .map(|p| Turn {
+                        assistant: react(p),
+                        observation: truncate_chars(
+                            p.observation.as_deref().unwrap_or_default(),
+                            MAX_OBSERVATION_CHARS,
+                        ),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// Observations are cut to this many characters, as ToolBench's inference does
+/// (`--max_observation_length 1024`).
+pub const MAX_OBSERVATION_CHARS: usize = 1024;
+
+fn truncate_chars(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+/// A step in ReAct form, as the assistant turns of the chat template write it.
+fn react(s: &Step) -> String {
+    let input = serde_json::from_str::<Value>(&s.action_input)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| s.action_input.clone());
+    format!(
+        "Thought: {}\nAction: {}\nAction Input: {input}",
+        s.thought, s.action
+    )
+}
+
+/// A test query: ToolBench's `instruction/*.json` and StableToolBench's
+/// `solvable_queries/test_instruction/*.json` share this shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestQuery {
+    pub query_id: Value,
+    pub query: String,
+    #[serde(default)]
+    pub api_list: Vec<Value>,
+    #[serde(default, rename = "relevant APIs")]
+    pub relevant_apis: Vec<Value>,
+}
+
+/// Reads a query set (a JSON array of queries).
+pub fn load_queries(path: &Path) -> Result<Vec<TestQuery>, DataError> {
+    let v = read_json(path)?;
+    serde_json::from_value(v).map_err(|e| err(path, format!("not a ToolBench query list: {e}")))
+}
+
+/// Reads StableToolBench's `test_query_ids/<group>.json`: the ids the evaluator iterates.
+pub fn load_query_ids(path: &Path) -> Result<Vec<String>, DataError> {
+    let v = read_json(path)?;
+    let ids = v
+        .as_object()
+        .ok_or_else(|| err(path, "expected an object of query ids"))?;
+    Ok(ids.keys().cloned().collect())
+}
