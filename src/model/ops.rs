@@ -284,13 +284,16 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         let n = x.len() / d;
         let mut out = vec![0f32; (n + 2) * d];
         let (dx, sums) = out.split_at_mut(n * d);
-        // Rows in parallel; each chunk of rows also sums its share of dw and db.
-        let partial = dx
-            .par_chunks_mut(d)
-            .zip(x.par_chunks(d).zip(g.par_chunks(d)))
-            .fold(
-                || vec![0f32; 2 * d],
-                |mut acc, (dxr, (xr, gr))| {
+        // Blocks of rows in parallel, each summing its share of dw and db; the partial
+        // sums are then added in block order, so the result does not depend on how rayon
+        // split the work (exact resume needs bit-identical steps).
+        const ROWS: usize = 32;
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(ROWS * d)
+            .zip(x.par_chunks(ROWS * d).zip(g.par_chunks(ROWS * d)))
+            .map(|(dxb, (xb, gb))| {
+                let mut acc = vec![0f32; 2 * d];
+                for ((dxr, xr), gr) in dxb.chunks_mut(d).zip(xb.chunks(d)).zip(gb.chunks(d)) {
                     let (mean, rstd) = row_stats(xr, self.eps);
                     let mut m1 = 0f32;
                     let mut m2 = 0f32;
@@ -307,18 +310,16 @@ impl candle_core::CustomOp3 for LayerNormGrad {
                         let xhat = (xr[i] - mean) * rstd;
                         dxr[i] = rstd * (gr[i] * w[i] - m1 - xhat * m2);
                     }
-                    acc
-                },
-            )
-            .reduce(
-                || vec![0f32; 2 * d],
-                |mut a, b| {
-                    for (a, b) in a.iter_mut().zip(b) {
-                        *a += b;
-                    }
-                    a
-                },
-            );
+                }
+                acc
+            })
+            .collect();
+        let mut partial = vec![0f32; 2 * d];
+        for p in &partials {
+            for (a, b) in partial.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
         sums.copy_from_slice(&partial);
         Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
     }
