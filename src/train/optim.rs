@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::config::{DecayGroups, Scheduler};
 
@@ -43,15 +44,15 @@ impl AdamW {
         let slots = params
             .into_iter()
             .map(|(name, var)| {
-                let zeros = var.as_tensor().zeros_like()?;
+                // Two buffers, not two handles on one: the CPU step updates them in place.
                 Ok(Slot {
                     decay: match groups {
                         DecayGroups::All => true,
                         DecayGroups::Trainer => trainer_decays(&name),
                     },
                     name,
-                    m: zeros.clone(),
-                    v: zeros,
+                    m: var.as_tensor().zeros_like()?,
+                    v: var.as_tensor().zeros_like()?,
                     var,
                 })
             })
@@ -136,7 +137,36 @@ impl AdamW {
             let g = grads
                 .get(&s.name)
                 .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for {}", s.name)))?;
-            let mut p = s.var.as_tensor().clone();
+            let p = s.var.as_tensor();
+            if p.device().is_cpu() && p.dtype() == candle_core::DType::F32 {
+                // One pass per buffer, in place: the same f32 operations as the tensor
+                // code below, without its temporaries (for 125M parameters, gigabytes of
+                // fresh pages a step).
+                let g = g.contiguous()?;
+                let (m, v) = (&s.m, &s.v);
+                m.inplace_op2(&g, &Lerp((1.0 - self.beta1) as f32))?;
+                v.inplace_op2(
+                    &g,
+                    &SquareAverage(self.beta2 as f32, (1.0 - self.beta2) as f32),
+                )?;
+                let decay = if s.decay && self.weight_decay != 0.0 {
+                    Some((1.0 - lr * self.weight_decay) as f32)
+                } else {
+                    None
+                };
+                p.inplace_op3(
+                    m,
+                    v,
+                    &AdamUpdate {
+                        decay,
+                        inv_bc2_sqrt: (1.0 / bc2_sqrt) as f32,
+                        eps: self.eps as f32,
+                        neg_step_size: (-step_size) as f32,
+                    },
+                )?;
+                continue;
+            }
+            let mut p = p.clone();
             if s.decay && self.weight_decay != 0.0 {
                 p = (p * (1.0 - lr * self.weight_decay))?;
             }
@@ -148,6 +178,103 @@ impl AdamW {
             let upd = ((&s.m / denom)? * (-step_size))?;
             s.var.set(&(p + upd)?)?;
         }
+        Ok(())
+    }
+}
+
+fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&mut d[a..b]),
+        _ => candle_core::bail!("in-place AdamW needs contiguous f32 tensors"),
+    }
+}
+
+fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => candle_core::bail!("in-place AdamW needs contiguous f32 tensors"),
+    }
+}
+
+/// `exp_avg.lerp_(grad, w)`, as `(g - m) * w + m`.
+struct Lerp(f32);
+
+impl InplaceOp2 for Lerp {
+    fn name(&self) -> &'static str {
+        "adamw-lerp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        let (m, g) = (f32_mut(dst, dl)?, f32_ref(g, gl)?);
+        m.par_iter_mut()
+            .zip(g.par_iter())
+            .for_each(|(m, &g)| *m += (g - *m) * self.0);
+        Ok(())
+    }
+}
+
+/// `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)`.
+struct SquareAverage(f32, f32);
+
+impl InplaceOp2 for SquareAverage {
+    fn name(&self) -> &'static str {
+        "adamw-square-average"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        let (v, g) = (f32_mut(dst, dl)?, f32_ref(g, gl)?);
+        v.par_iter_mut()
+            .zip(g.par_iter())
+            .for_each(|(v, &g)| *v = *v * self.0 + (g * g) * self.1);
+        Ok(())
+    }
+}
+
+/// `p = p·(1 − lr·wd) − step_size · m / (sqrt(v) / sqrt(bc2) + eps)`.
+struct AdamUpdate {
+    decay: Option<f32>,
+    inv_bc2_sqrt: f32,
+    eps: f32,
+    neg_step_size: f32,
+}
+
+impl InplaceOp3 for AdamUpdate {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<()> {
+        let (p, m, v) = (f32_mut(dst, dl)?, f32_ref(m, ml)?, f32_ref(v, vl)?);
+        p.par_iter_mut()
+            .zip(m.par_iter().zip(v.par_iter()))
+            .for_each(|(p, (&m, &v))| {
+                let decayed = match self.decay {
+                    Some(f) => *p * f,
+                    None => *p,
+                };
+                let denom = v.sqrt() * self.inv_bc2_sqrt + self.eps;
+                *p = decayed + (m / denom) * self.neg_step_size;
+            });
         Ok(())
     }
 }
