@@ -164,6 +164,8 @@ pub struct EvalConfig {
     pub top_p: f64,
     /// Decoding of a row stops once its text contains one of these.
     pub stop: Vec<String>,
+    /// ToolBench episodes (`episode` evaluator): assistant turns before giving up.
+    pub max_turns: usize,
 }
 
 impl Default for RunConfig {
@@ -209,13 +211,14 @@ impl Default for RunConfig {
                 top_k: 0,
                 top_p: 1.0,
                 stop: vec![],
+                max_turns: 8,
             },
         }
     }
 }
 
 /// Known evaluator names.
-pub const EVALUATORS: &[&str] = &["rules", "bfcl"];
+pub const EVALUATORS: &[&str] = &["rules", "bfcl", "episode"];
 
 impl RunConfig {
     /// Semantic checks that serde cannot express: each problem as (dotted key, message).
@@ -329,6 +332,10 @@ impl RunConfig {
                     "eval.evaluators",
                     "\"rules\" needs single gold calls (synthetic, ToolBench); use \"bfcl\" for a BFCL file".into(),
                 ),
+                "episode" if !std::path::Path::new(&d.eval).is_dir() => bad(
+                    "eval.evaluators",
+                    "\"episode\" needs data.eval to name a directory of ToolBench answer files".into(),
+                ),
                 "bfcl" if !bfcl => bad(
                     "eval.evaluators",
                     "\"bfcl\" needs data.eval to name a BFCL question file".into(),
@@ -362,6 +369,9 @@ impl RunConfig {
                 "eval.top_p",
                 format!("must be in (0, 1], found {}", e.top_p),
             );
+        }
+        if e.max_turns == 0 {
+            bad("eval.max_turns", "must be at least 1".into());
         }
         if e.stop.iter().any(String::is_empty) {
             bad("eval.stop", "stop strings must not be empty".into());

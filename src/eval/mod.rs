@@ -2,6 +2,7 @@
 //! verdict per example; the pass rate is derived from the stored verdicts.
 
 pub mod bfcl;
+pub mod toolbench;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -30,16 +31,17 @@ pub enum ParseError {
 /// (ToolBench sometimes omits it); the action input runs to the end of its JSON value or,
 /// failing that, to the end of the line block.
 pub fn parse_react(text: &str) -> Result<ReactStep, ParseError> {
-    let thought = text.find("Thought:").map(|i| {
-        let rest = &text[i + "Thought:".len()..];
-        let end = rest
-            .find("\nAction:")
-            .or_else(|| rest.find("Action:"))
-            .unwrap_or(rest.len());
-        rest[..end].trim().to_string()
-    });
-    // "Action Input:" does not contain "Action:", so the first match is the action line.
-    let a_start = text.find("Action:").ok_or(ParseError::NoAction)?;
+    // The action is the last `Action:` before the first `Action Input:`: real thoughts
+    // (ToolBench's among them) sometimes say "Action: call the ... function" in prose.
+    // ("Action Input:" does not contain "Action:".)
+    let a_start = match text.find("Action Input:") {
+        Some(ai) => text[..ai].rfind("Action:"),
+        None => text.find("Action:"),
+    }
+    .ok_or(ParseError::NoAction)?;
+    let thought = text[..a_start]
+        .find("Thought:")
+        .map(|i| text[i + "Thought:".len()..a_start].trim().to_string());
     let after_action = &text[a_start + "Action:".len()..];
     let ai = after_action
         .find("Action Input:")

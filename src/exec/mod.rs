@@ -2,6 +2,7 @@
 //! funnels every event through one thread that owns the store (the only writer) and
 //! hands the same events to the reporter (the only printer).
 
+mod episode;
 mod pipeline;
 
 pub use pipeline::{device_for, run_dir, run_one, RunError};

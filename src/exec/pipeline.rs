@@ -1,6 +1,7 @@
 //! One run, start to end: data → tokenizer → model → train → save → evaluate. It emits
 //! events and returns; the executor decides what they mean for the store and the screen.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -250,7 +251,7 @@ pub fn run_one(
         phase: "eval",
         total: eval_ex.len() as u64,
     });
-    let passed = evaluate(
+    let mut scores = evaluate(
         run_id,
         &loaded.model,
         &tokenizer,
@@ -259,19 +260,40 @@ pub fn run_one(
         cancel,
         emit,
     )?;
-    emit(metric(
-        run_id,
-        "pass_rate",
-        "test",
-        -1,
-        passed as f64 / eval_ex.len().max(1) as f64,
-    ));
-    emit(metric(run_id, "n_eval", "test", -1, eval_ex.len() as f64));
+    if cfg.eval.evaluators.iter().any(|e| e == "episode") {
+        if let Source::ToolBench(dir) = &eval_source {
+            let mut trajectories = data::toolbench::load_answers(dir)?;
+            if cfg.eval.limit > 0 {
+                trajectories.truncate(cfg.eval.limit);
+            }
+            let passed = super::episode::run_episodes(
+                run_id,
+                &loaded.model,
+                &tokenizer,
+                &trajectories,
+                cfg,
+                cancel,
+                emit,
+            )?;
+            scores.insert("episode".into(), (passed, trajectories.len()));
+        }
+    }
+    // The first evaluator's rate is `pass_rate` (what reports compare); each evaluator's
+    // is also kept as `pass_rate_<name>`.
+    for (i, ev) in cfg.eval.evaluators.iter().enumerate() {
+        let (passed, total) = scores.get(ev).copied().unwrap_or((0, 0));
+        let rate = passed as f64 / total.max(1) as f64;
+        if i == 0 {
+            emit(metric(run_id, "pass_rate", "test", -1, rate));
+            emit(metric(run_id, "n_eval", "test", -1, total as f64));
+        }
+        emit(metric(run_id, &format!("pass_rate_{ev}"), "test", -1, rate));
+    }
     Ok(())
 }
 
-/// Greedy decoding of the test prompts and a verdict per example and evaluator. Returns
-/// the number that passed the first evaluator.
+/// Decoding of the test prompts and a verdict per example from each step-wise evaluator
+/// (all but `episode`). Returns (passed, judged) by evaluator.
 fn evaluate(
     run_id: &str,
     model: &Opt,
@@ -280,7 +302,17 @@ fn evaluate(
     cfg: &RunConfig,
     cancel: &AtomicBool,
     emit: &dyn Fn(Event),
-) -> Result<usize, RunError> {
+) -> Result<BTreeMap<String, (usize, usize)>, RunError> {
+    let step_wise: Vec<&String> = cfg
+        .eval
+        .evaluators
+        .iter()
+        .filter(|e| *e != "episode")
+        .collect();
+    let mut scores: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    if step_wise.is_empty() {
+        return Ok(scores);
+    }
     let mut passed = 0;
     let mut done = 0u64;
     let dataset = Source::parse(&cfg.data.eval).name();
@@ -316,17 +348,20 @@ fn evaluate(
         let outs = model::generate(model, &prompts, &opts, &stop)?;
         for (e, out) in chunk.iter().zip(outs) {
             let text = data::decode(tok, &out)?;
-            for (i, ev) in cfg.eval.evaluators.iter().enumerate() {
+            for (i, ev) in step_wise.iter().enumerate() {
                 let v = judge(ev, &text, e);
                 if i == 0 && v.passed {
                     passed += 1;
                 }
+                let score = scores.entry(ev.to_string()).or_default();
+                score.0 += v.passed as usize;
+                score.1 += 1;
                 emit(Event::Record(Record::Verdict {
                     run_id: run_id.to_string(),
                     dataset: dataset.into(),
                     example_id: e.id.clone(),
                     category: e.category.clone(),
-                    evaluator: ev.clone(),
+                    evaluator: ev.to_string(),
                     verdict: v.verdict,
                     passed: v.passed,
                     prediction: text.clone(),
@@ -341,7 +376,7 @@ fn evaluate(
             message: format!("pass {passed}/{done}"),
         });
     }
-    Ok(passed)
+    Ok(scores)
 }
 
 /// Where a run's files live, beside the database.

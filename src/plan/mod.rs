@@ -58,6 +58,7 @@ const ADDED_KEYS: &[(&str, &str, &str)] = &[
     ("eval", "top_k", "0"),
     ("eval", "top_p", "1.0"),
     ("eval", "stop", "[]"),
+    ("eval", "max_turns", "8"),
 ];
 
 /// The JSON that the run id hashes: the canonical config less [`ADDED_KEYS`] at their

@@ -679,3 +679,51 @@ fn data_inspect_shows_the_rendering_and_the_loss_mask() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("out of range (200 examples)"));
 }
+
+#[test]
+fn toolbench_episodes_store_one_verdict_per_trajectory() {
+    let answers = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/toolbench/ToolBench/data_example/answer");
+    let text = format!(
+        "[model]\nname = \"tiny\"\n[data]\ntrain = \"{0}\"\neval = \"{0}\"\nvocab_size = 400\n\
+         [train]\nepochs = 0\n[eval]\nevaluators = [\"episode\", \"rules\"]\nlimit = 2\nmax_turns = 2\nmax_new_tokens = 6\nbatch_size = 1\n",
+        answers.display()
+    );
+    let (dir, _) = setup(&text);
+    let d = dir.path();
+    let out = ablate(d, &["run", "experiments/micro.toml", "--no-report"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = d.join("results/ablate.db");
+    assert_eq!(count(&db, "SELECT count(*) FROM eval_results WHERE evaluator = 'episode' AND dataset = 'toolbench'"), 2);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM eval_results WHERE evaluator = 'rules'"
+        ),
+        2
+    );
+    // An untrained model writes no ReAct turn: every episode ends on a ToolEval rule.
+    assert_eq!(count(&db, "SELECT count(*) FROM eval_results WHERE evaluator = 'episode' AND passed = 0 AND verdict IN ('bad_format', 'hallucinated_name', 'invalid_arguments', 'no_finish', 'context_overflow')"), 2);
+    for m in ["pass_rate", "pass_rate_episode", "pass_rate_rules"] {
+        assert_eq!(
+            count(
+                &db,
+                &format!("SELECT count(*) FROM metrics WHERE name = '{m}'")
+            ),
+            1,
+            "{m}"
+        );
+    }
+    // Episodes need ToolBench trajectories.
+    let (dir, _) = setup(&text.replace(
+        &format!("eval = \"{}\"", answers.display()),
+        "eval = \"synthetic\"",
+    ));
+    let out = ablate(dir.path(), &["plan", "experiments/micro.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"episode\" needs data.eval"));
+}

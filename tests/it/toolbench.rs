@@ -129,3 +129,87 @@ fn every_query_set_loads_with_its_ids() {
     .unwrap_err();
     assert!(e.to_string().contains("10_ChatGPT_DFS_woFilter_w2.json"));
 }
+
+/// The recorded trajectory played back as the model's turns: every call must get its
+/// recorded observation, and the episode ends as the trajectory did.
+#[test]
+fn replaying_a_gold_trajectory_passes_toolevals_rules() {
+    use ablate::eval::toolbench::{judge_turn, replay_observation, TurnOutcome};
+    let answers = toolbench::load_answers(&root().join("ToolBench/data_example/answer")).unwrap();
+    assert_eq!(answers.len(), 11);
+    for t in &answers {
+        let mut used = vec![false; t.steps.len()];
+        let mut end = None;
+        for s in &t.steps {
+            let text = format!(
+                "Thought: {}\nAction: {}\nAction Input: {}",
+                s.thought, s.action, s.action_input
+            );
+            match judge_turn(&text, t) {
+                TurnOutcome::Call {
+                    name, arguments, ..
+                } => {
+                    let obs = replay_observation(t, &mut used, &name, &arguments);
+                    assert_eq!(Some(&obs), s.observation.as_ref(), "{}: {name}", t.id);
+                }
+                TurnOutcome::End(v) => {
+                    end = Some(v);
+                    break;
+                }
+            }
+        }
+        // ToolBench's own paths are not all clean: G3-21 calls `dota_2_steam_web`, which is
+        // not among its functions, and the rules say so.
+        let hallucinates = t
+            .steps
+            .iter()
+            .any(|s| !t.functions.iter().any(|f| f.name == s.action));
+        let want = match (hallucinates, t.finish_type.as_str()) {
+            (true, _) => "hallucinated_name",
+            (false, "give_answer") => "pass",
+            _ => "gave_up",
+        };
+        assert_eq!(end, Some(want), "{}", t.id);
+    }
+    let t = &answers[0];
+    // Rules that end an episode, each for its reason.
+    let call = |a: &str, i: &str| format!("Thought: x\nAction: {a}\nAction Input: {i}");
+    assert_eq!(
+        judge_turn("I think the answer is 4.", t),
+        TurnOutcome::End("bad_format")
+    );
+    assert_eq!(
+        judge_turn(&call("made_up_api", "{}"), t),
+        TurnOutcome::End("hallucinated_name")
+    );
+    assert_eq!(
+        judge_turn(
+            &call(
+                "Finish",
+                "{\"return_type\": \"give_answer\", \"final_answer\": \" \"}"
+            ),
+            t
+        ),
+        TurnOutcome::End("empty_answer")
+    );
+    assert_eq!(
+        judge_turn(
+            &call("Finish", "{\"return_type\": \"give_up_and_restart\"}"),
+            t
+        ),
+        TurnOutcome::End("gave_up")
+    );
+    // A call nobody recorded gets a structured error observation.
+    let mut used = vec![false; t.steps.len()];
+    let obs = replay_observation(
+        t,
+        &mut used,
+        &t.steps[0].action,
+        &serde_json::json!({"unrecorded": 1}),
+    );
+    let v: Value = serde_json::from_str(&obs).unwrap();
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("no recorded response"));
+}
