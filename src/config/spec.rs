@@ -328,13 +328,10 @@ impl RunConfig {
         let bfcl = d.eval != "synthetic" && !std::path::Path::new(&d.eval).is_dir();
         for ev in &e.evaluators {
             match ev.as_str() {
-                "rules" if bfcl => bad(
-                    "eval.evaluators",
-                    "\"rules\" needs single gold calls (synthetic, ToolBench); use \"bfcl\" for a BFCL file".into(),
-                ),
                 "episode" if !std::path::Path::new(&d.eval).is_dir() => bad(
                     "eval.evaluators",
-                    "\"episode\" needs data.eval to name a directory of ToolBench answer files".into(),
+                    "\"episode\" needs data.eval to name a directory of ToolBench answer files"
+                        .into(),
                 ),
                 "bfcl" if !bfcl => bad(
                     "eval.evaluators",

@@ -158,7 +158,9 @@ pub struct Judgment {
 }
 
 /// The verdict of a named evaluator. Validation has already checked that the evaluator
-/// fits the dataset (`rules`: the synthetic task; `bfcl`: a BFCL file).
+/// fits the dataset (`bfcl`: a BFCL file). `rules` is exact match against one gold call:
+/// the synthetic task's, a ToolBench step's, or BFCL's first allowed values (so it is
+/// stricter than BFCL's checker, which is what comparing the two measures).
 pub fn judge(evaluator: &str, prediction: &str, e: &Example) -> Judgment {
     match (evaluator, &e.bfcl) {
         ("bfcl", Some(truth)) => {
@@ -180,6 +182,14 @@ pub fn judge(evaluator: &str, prediction: &str, e: &Example) -> Judgment {
             Judgment {
                 passed: v.valid,
                 verdict: if v.valid { "pass".into() } else { v.error_type },
+            }
+        }
+        // Rules on a BFCL irrelevance question: the one right answer is no call.
+        ("rules", Some(truth)) if truth.ground_truth.is_empty() => {
+            let called = !matches!(parse_react(prediction), Err(ParseError::NoAction));
+            Judgment {
+                passed: !called,
+                verdict: if called { "unexpected_call" } else { "pass" }.into(),
             }
         }
         _ => {

@@ -58,6 +58,19 @@ pub struct ReportData {
     pub baseline: Option<String>,
     pub best: Option<String>,
     pub counts: BTreeMap<String, usize>,
+    /// Pairs of evaluators that judged the same predictions of a run.
+    pub agreement: Vec<AgreementRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgreementRow {
+    pub run_id: String,
+    pub dataset: String,
+    pub evaluator_a: String,
+    pub evaluator_b: String,
+    pub n: i64,
+    pub agreement: Option<f64>,
+    pub kappa: Option<f64>,
 }
 
 fn f(v: &Value) -> Option<f64> {
@@ -77,7 +90,7 @@ pub fn collect(store: &Store, sweep: &str) -> Result<ReportData, ReportError> {
     let (_, rows) = store.query(&format!(
         "SELECT s.run_id, r.status, s.is_baseline, s.axes_json, v.final_train_loss, v.final_val_loss,
                 v.pass_rate,
-                (SELECT COUNT(*) FROM eval_results e WHERE e.run_id = s.run_id AND e.evaluator = 'rules' AND e.passed = 1),
+                CAST(ROUND(v.pass_rate * v.n_eval) AS INTEGER),
                 v.n_eval,
                 (SELECT COUNT(*) FROM metrics m WHERE m.run_id = s.run_id AND m.name = 'loss' AND m.split = 'train'),
                 r.duration_s
@@ -134,7 +147,26 @@ pub fn collect(store: &Store, sweep: &str) -> Result<ReportData, ReportError> {
                 .unwrap_or(std::cmp::Ordering::Equal)
         })
         .map(|r| r.run_id.clone());
+    let (_, pairs) = store.query(&format!(
+        "SELECT a.run_id, a.dataset, a.evaluator_a, a.evaluator_b, a.n, a.agreement, a.kappa
+         FROM evaluator_agreement a JOIN sweep_runs s ON s.run_id = a.run_id
+         WHERE s.sweep = {} ORDER BY s.position, a.dataset, a.evaluator_a, a.evaluator_b",
+        sql_str(sweep)
+    ))?;
+    let agreement = pairs
+        .iter()
+        .map(|r| AgreementRow {
+            run_id: r[0].as_str().unwrap_or_default().to_string(),
+            dataset: r[1].as_str().unwrap_or_default().to_string(),
+            evaluator_a: r[2].as_str().unwrap_or_default().to_string(),
+            evaluator_b: r[3].as_str().unwrap_or_default().to_string(),
+            n: r[4].as_i64().unwrap_or(0),
+            agreement: f(&r[5]),
+            kappa: f(&r[6]),
+        })
+        .collect();
     Ok(ReportData {
+        agreement,
         sweep: sweep.to_string(),
         description: m[1].as_str().unwrap_or_default().to_string(),
         file: m[2].as_str().unwrap_or_default().to_string(),

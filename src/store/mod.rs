@@ -11,8 +11,13 @@ use serde::Serialize;
 use crate::plan::{canonical_json, Plan};
 
 /// Numbered migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../migrations/0001_init.sql")),
+    (
+        "0002_evaluator_agreement",
+        include_str!("../../migrations/0002_evaluator_agreement.sql"),
+    ),
+];
 
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
 
@@ -447,6 +452,68 @@ mod tests {
     use super::*;
 
     #[test]
+    fn evaluator_agreement_gives_cohens_kappa() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("a.db")).unwrap();
+        s.conn()
+            .execute(
+                "INSERT INTO runs (id, config_json, status, created_at) VALUES ('r', '{}', 'done', 'now')",
+                [],
+            )
+            .unwrap();
+        // 10 examples: both pass 4, only a 1, only b 2, both fail 3.
+        let pairs = [(1, 1); 4]
+            .into_iter()
+            .chain([(1, 0)])
+            .chain([(0, 1); 2])
+            .chain([(0, 0); 3]);
+        for (i, (a, b)) in pairs.enumerate() {
+            for (ev, p) in [("a", a), ("b", b)] {
+                s.conn()
+                    .execute(
+                        "INSERT INTO eval_results (run_id, dataset, example_id, evaluator, verdict, passed, prediction)
+                         VALUES ('r', 'd', ?1, ?2, 'v', ?3, '')",
+                        rusqlite::params![i.to_string(), ev, p],
+                    )
+                    .unwrap();
+            }
+        }
+        let (n, agreement, kappa): (i64, f64, f64) = s
+            .conn()
+            .query_row(
+                "SELECT n, agreement, kappa FROM evaluator_agreement WHERE evaluator_a = 'a'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        // p_o = 0.7; p_e = 0.5 * 0.6 + 0.5 * 0.4 = 0.5; kappa = 0.2 / 0.5.
+        assert_eq!(n, 10);
+        assert!((agreement - 0.7).abs() < 1e-12);
+        assert!((kappa - 0.4).abs() < 1e-12, "{kappa}");
+    }
+
+    #[test]
+    fn a_version_1_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(MIGRATIONS[0].1).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO runs (id, config_json, status, created_at) VALUES ('r', '{}', 'done', 'now')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let (_, rows) = s.query("SELECT count(*) FROM runs").unwrap();
+        assert_eq!(rows[0][0], 1);
+        assert!(s.query("SELECT * FROM evaluator_agreement").is_ok());
+    }
+
+    #[test]
     fn migrations_apply_once_and_set_the_version() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.db");
@@ -465,6 +532,7 @@ mod tests {
             names,
             [
                 "eval_results",
+                "evaluator_agreement",
                 "metrics",
                 "run_summary",
                 "runs",

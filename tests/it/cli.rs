@@ -553,7 +553,7 @@ fn a_sweep_evaluates_on_a_bfcl_file_and_stores_bfcl_verdicts() {
         .join("../shared/data/bfcl/BFCL_v4_simple_python.json");
     let text = format!(
         "[model]\nname = \"tiny\"\n[data]\nn_train = 16\nn_test = 4\nvocab_size = 320\neval = \"{}\"\n\
-         [train]\nepochs = 0\n[eval]\nevaluators = [\"bfcl\"]\nlimit = 5\nmax_new_tokens = 6\n",
+         [train]\nepochs = 0\n[eval]\nevaluators = [\"bfcl\", \"rules\"]\nlimit = 5\nmax_new_tokens = 6\n",
         bfcl.display()
     );
     let (dir, _) = setup(&text);
@@ -575,16 +575,45 @@ fn a_sweep_evaluates_on_a_bfcl_file_and_stores_bfcl_verdicts() {
         5
     );
 
-    // The rules evaluator does not fit BFCL data, and a missing file is named: exit 2.
+    // Both evaluators judged the same 5 predictions: their agreement is in the view.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT n FROM evaluator_agreement WHERE evaluator_a = 'bfcl' AND evaluator_b = 'rules'"
+        ),
+        5
+    );
+
+    let out = ablate(d, &["report", "experiments/micro.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(d.join("results/reports/micro.md")).unwrap();
+    assert!(
+        report.contains("## Evaluator agreement") && report.contains("| bfcl | bfcl / rules | 5 |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("(0/5)"),
+        "the pass rate counts the first evaluator's 5 verdicts: {report}"
+    );
+
+    // The bfcl evaluator needs BFCL data, and a missing file is named: exit 2.
     let plan_err = |text: &str| -> String {
         let (dir, _) = setup(text);
         let out = ablate(dir.path(), &["plan", "experiments/micro.toml"]);
         assert_eq!(out.status.code(), Some(2));
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let err = plan_err(&text.replace("[\"bfcl\"]", "[\"rules\"]"));
+    let synthetic = text.replace(
+        &format!("eval = \"{}\"", bfcl.display()),
+        "eval = \"synthetic\"",
+    );
+    let err = plan_err(&synthetic);
     assert!(
-        err.contains("eval.evaluators") && err.contains("\"rules\""),
+        err.contains("eval.evaluators") && err.contains("\"bfcl\" needs"),
         "{err}"
     );
     let err = plan_err(&text.replace("BFCL_v4_simple_python", "BFCL_v4_nope"));
