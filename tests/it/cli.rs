@@ -52,6 +52,23 @@ fn setup(text: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, f)
 }
 
+/// Runs the experiment `text` (without a report), asserting success; returns the
+/// directory and its database.
+fn run_ok(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let (dir, _) = setup(text);
+    let out = ablate(
+        dir.path(),
+        &["run", "experiments/micro.toml", "--no-report"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = dir.path().join("results/ablate.db");
+    (dir, db)
+}
+
 fn count(db: &Path, sql: &str) -> i64 {
     Connection::open(db)
         .unwrap()
@@ -556,15 +573,8 @@ fn a_sweep_evaluates_on_a_bfcl_file_and_stores_bfcl_verdicts() {
          [train]\nepochs = 0\n[eval]\nevaluators = [\"bfcl\", \"rules\"]\nlimit = 5\nmax_new_tokens = 6\n",
         bfcl.display()
     );
-    let (dir, _) = setup(&text);
+    let (dir, db) = run_ok(&text);
     let d = dir.path();
-    let out = ablate(d, &["run", "experiments/micro.toml", "--no-report"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let db = d.join("results/ablate.db");
     assert_eq!(
         count(&db, "SELECT count(*) FROM eval_results WHERE evaluator = 'bfcl' AND dataset = 'bfcl' AND category = 'simple_python'"),
         5
@@ -632,15 +642,7 @@ fn a_sweep_trains_and_evaluates_step_wise_on_toolbench_trajectories() {
          [train]\nepochs = 1\nbatch_size = 8\nlr = 3e-3\n[eval]\nlimit = 3\nbatch_size = 1\nmax_new_tokens = 6\n",
         answers.display()
     );
-    let (dir, _) = setup(&text);
-    let d = dir.path();
-    let out = ablate(d, &["run", "experiments/micro.toml", "--no-report"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let db = d.join("results/ablate.db");
+    let (_dir, db) = run_ok(&text);
     // 41 assistant steps in the 11 valid trajectories: 6 optimizer steps of 8.
     assert_eq!(
         count(
@@ -718,15 +720,7 @@ fn toolbench_episodes_store_one_verdict_per_trajectory() {
          [train]\nepochs = 0\n[eval]\nevaluators = [\"episode\", \"rules\"]\nlimit = 2\nmax_turns = 2\nmax_new_tokens = 6\nbatch_size = 1\n",
         answers.display()
     );
-    let (dir, _) = setup(&text);
-    let d = dir.path();
-    let out = ablate(d, &["run", "experiments/micro.toml", "--no-report"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let db = d.join("results/ablate.db");
+    let (_dir, db) = run_ok(&text);
     assert_eq!(count(&db, "SELECT count(*) FROM eval_results WHERE evaluator = 'episode' AND dataset = 'toolbench'"), 2);
     assert_eq!(
         count(
