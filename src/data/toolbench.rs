@@ -267,3 +267,95 @@ pub fn load_query_ids(path: &Path) -> Result<Vec<String>, DataError> {
         .ok_or_else(|| err(path, "expected an object of query ids"))?;
     Ok(ids.keys().cloned().collect())
 }
+
+/// A system's answer in ToolEval's input format (StableToolBench's
+/// `model_predictions_converted/<system>/<group>.json`, keyed by query id).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConvertedPrediction {
+    pub query: String,
+    #[serde(default)]
+    pub available_tools: Vec<Value>,
+    pub answer: ConvertedAnswer,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConvertedAnswer {
+    pub method: String,
+    pub total_steps: i64,
+    /// The `Finish` arguments as text (`{"return_type": ..., "final_answer": ...}`), or "".
+    pub final_answer: String,
+    /// A linked list of `{role, message, next: [...]}` nodes.
+    pub answer_details: Value,
+}
+
+impl ConvertedPrediction {
+    /// The tool calls along the answer's path (first child at each node):
+    /// (name, arguments text, response).
+    pub fn tool_calls(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let mut node = self.answer.answer_details.get(0);
+        while let Some(n) = node {
+            if n["role"] == "tool" {
+                let m = &n["message"];
+                out.push((
+                    m["name"].as_str().unwrap_or_default().to_string(),
+                    m["arguments"].as_str().unwrap_or_default().to_string(),
+                    m["response"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+            node = n["next"].get(0);
+        }
+        out
+    }
+}
+
+pub fn load_converted(
+    path: &Path,
+) -> Result<std::collections::BTreeMap<String, ConvertedPrediction>, DataError> {
+    serde_json::from_value(read_json(path)?)
+        .map_err(|e| err(path, format!("not ToolEval's converted format: {e}")))
+}
+
+/// One query's ToolEval pass-rate judgments (`pass_rate_results/<system>/*.json`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PassRateJudgment {
+    pub query: String,
+    /// Judge run → `AnswerStatus.Solved` / `Unsolved` / `Unsure`.
+    pub is_solved: std::collections::BTreeMap<String, String>,
+}
+
+impl PassRateJudgment {
+    /// The majority over the judge runs (`Solved`, `Unsolved` or `Unsure`; a tie is
+    /// `Unsure`).
+    pub fn majority(&self) -> &'static str {
+        let count = |s: &str| self.is_solved.values().filter(|v| v.ends_with(s)).count();
+        let (solved, unsolved) = (count(".Solved"), count(".Unsolved"));
+        let half = self.is_solved.len() / 2;
+        if solved > half {
+            "Solved"
+        } else if unsolved > half {
+            "Unsolved"
+        } else {
+            "Unsure"
+        }
+    }
+}
+
+pub fn load_pass_rate(
+    path: &Path,
+) -> Result<std::collections::BTreeMap<String, PassRateJudgment>, DataError> {
+    serde_json::from_value(read_json(path)?)
+        .map_err(|e| err(path, format!("not a ToolEval pass-rate file: {e}")))
+}
+
+/// A tab-separated table with a header row (ToolEval's `.csv` outputs), as rows of
+/// column → value.
+pub fn load_tsv(path: &Path) -> Result<Vec<std::collections::BTreeMap<String, String>>, DataError> {
+    let mut r = csv::ReaderBuilder::new()
+        .delimiter(b'\t')
+        .from_path(path)
+        .map_err(|e| err(path, e.to_string()))?;
+    r.deserialize()
+        .map(|row| row.map_err(|e| err(path, e.to_string())))
+        .collect()
+}

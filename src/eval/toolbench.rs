@@ -35,20 +35,7 @@ pub fn judge_turn(text: &str, traj: &Trajectory) -> TurnOutcome {
         return TurnOutcome::End("invalid_arguments");
     };
     if step.action == "Finish" {
-        return TurnOutcome::End(match args["return_type"].as_str() {
-            Some("give_answer") => {
-                if args["final_answer"]
-                    .as_str()
-                    .is_some_and(|a| !a.trim().is_empty())
-                {
-                    "pass"
-                } else {
-                    "empty_answer"
-                }
-            }
-            Some("give_up_and_restart") => "gave_up",
-            _ => "invalid_finish",
-        });
+        return TurnOutcome::End(finish_verdict(&args));
     }
     TurnOutcome::Call {
         text: format!(
@@ -58,6 +45,25 @@ pub fn judge_turn(text: &str, traj: &Trajectory) -> TurnOutcome {
         ),
         name: step.action,
         arguments: args,
+    }
+}
+
+/// ToolEval's rules on the arguments of a `Finish` call: `pass` for `give_answer` with a
+/// non-empty answer, else why not.
+pub fn finish_verdict(args: &Value) -> &'static str {
+    match args["return_type"].as_str() {
+        Some("give_answer") => {
+            if args["final_answer"]
+                .as_str()
+                .is_some_and(|a| !a.trim().is_empty())
+            {
+                "pass"
+            } else {
+                "empty_answer"
+            }
+        }
+        Some("give_up_and_restart") => "gave_up",
+        _ => "invalid_finish",
     }
 }
 

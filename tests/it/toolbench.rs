@@ -213,3 +213,64 @@ fn replaying_a_gold_trajectory_passes_toolevals_rules() {
         .unwrap()
         .contains("no recorded response"));
 }
+
+/// StableToolBench's worked example: raw answers, converted predictions, the judge's
+/// pass-rate and preference results all load, and ToolEval's rules are a necessary
+/// condition of the recorded LLM verdicts (a rule failure is never judged Solved).
+#[test]
+fn stabletoolbench_example_files_load_and_rules_agree_with_the_judge() {
+    use ablate::eval::toolbench::finish_verdict;
+    let ex = root().join("StableToolBench/data_example");
+    for system in ["virtual_chatgpt_cot", "virtual_chatgpt_dfs"] {
+        for f in json_files(&ex.join(format!("answer/{system}/G1_instruction"))) {
+            // Either a trajectory or ToolBench's `valid_data: false`; never an error.
+            toolbench::load_answer(&f).unwrap();
+        }
+        let preds = toolbench::load_converted(&ex.join(format!(
+            "model_predictions_converted/{system}/G1_instruction.json"
+        )))
+        .unwrap();
+        let judged = toolbench::load_pass_rate(&ex.join(format!(
+            "pass_rate_results/{system}/G1_instruction_{system}.json"
+        )))
+        .unwrap();
+        let table = toolbench::load_tsv(&ex.join(format!(
+            "pass_rate_results/{system}/G1_instruction_{system}.csv"
+        )))
+        .unwrap();
+        assert_eq!(preds.len(), 3);
+        assert_eq!(judged.len(), 3);
+        assert_eq!(table.len(), 3);
+        assert!(table
+            .iter()
+            .all(|r| r.contains_key("is_solved") && r.contains_key("query_id")));
+        for (id, p) in &preds {
+            let j = &judged[id];
+            assert_eq!(j.is_solved.len(), 3);
+            assert_eq!(p.query.trim(), j.query.trim());
+            let calls = p.tool_calls();
+            assert!(
+                calls.iter().all(|(name, _, _)| !name.is_empty()),
+                "{system} {id}"
+            );
+            let finish: Value = serde_json::from_str(&p.answer.final_answer).unwrap_or(Value::Null);
+            let rules = finish_verdict(&finish);
+            if rules != "pass" {
+                assert_ne!(j.majority(), "Solved", "{system} {id}: rules say {rules}");
+            }
+        }
+    }
+    let pref: Value = serde_json::from_str(
+        &std::fs::read_to_string(ex.join(
+            "preference_results/G1_instruction_virtual_chatgpt_cot_virtual_chatgpt_dfs.json",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pref.as_object().unwrap().len(), 3);
+    let rows = toolbench::load_tsv(
+        &ex.join("preference_results/G1_instruction_virtual_chatgpt_cot_virtual_chatgpt_dfs.csv"),
+    )
+    .unwrap();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r.contains_key("preference_label")));
+}
