@@ -504,10 +504,7 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
                 .map(|r| {
                     let mut row =
                         vec![format!("{}{}", r.id, if r.is_baseline { " *" } else { "" })];
-                    row.extend(
-                        axes.iter()
-                            .map(|a| r.axes.get(a).map_or("-".into(), |v| v.to_string())),
-                    );
+                    row.extend(axes.iter().map(|a| plan::display_value(r.axes.get(a))));
                     row.push(status(&r.id).as_str().to_string());
                     row
                 })

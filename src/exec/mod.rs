@@ -275,7 +275,10 @@ pub fn execute(
 pub fn label(r: &PlannedRun) -> String {
     r.axes
         .iter()
-        .map(|(k, v)| format!("{}={}", k.rsplit('.').next().unwrap_or(k), v))
+        .map(|(k, v)| {
+            let name = k.rsplit('.').next().unwrap_or(k);
+            format!("{name}={}", crate::plan::display_value(Some(v)))
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }

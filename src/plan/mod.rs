@@ -85,6 +85,15 @@ pub fn run_id(cfg: &RunConfig) -> String {
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An axis value for display: strings without their JSON quotes, `-` when absent.
+pub fn display_value(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "-".into(),
+    }
+}
+
 /// Whether `model.name` can be loaded as `init` asks, checked at plan time so that a
 /// sweep does not fail run after run on a missing checkpoint.
 fn model_problem(name: &str, init: ModelInit) -> Option<(String, String)> {

@@ -114,7 +114,10 @@ pub fn collect(store: &Store, sweep: &str) -> Result<ReportData, ReportError> {
             run_id: r[0].as_str().unwrap_or_default().to_string(),
             status: r[1].as_str().unwrap_or_default().to_string(),
             is_baseline: r[2].as_i64() == Some(1),
-            axis_values: axes.iter().map(|a| display(axes_map.get(a))).collect(),
+            axis_values: axes
+                .iter()
+                .map(|a| crate::plan::display_value(axes_map.get(a)))
+                .collect(),
             axes: axes_map,
             final_train_loss: f(&r[4]),
             final_val_loss: f(&r[5]),
@@ -180,14 +183,6 @@ pub fn collect(store: &Store, sweep: &str) -> Result<ReportData, ReportError> {
 
 fn sql_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
-}
-
-fn display(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-        None => "-".into(),
-    }
 }
 
 /// Renders `data` with a template (a path, or the built-in one).
