@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::data::Source;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
@@ -296,7 +298,7 @@ impl RunConfig {
                 format!("must be at least 8, found {}", d.max_seq_len),
             );
         }
-        if d.train != "synthetic" && !std::path::Path::new(&d.train).is_dir() {
+        if matches!(Source::parse(&d.train), Source::Bfcl(_)) {
             bad(
                 "data.train",
                 format!(
@@ -324,16 +326,15 @@ impl RunConfig {
         if e.evaluators.is_empty() {
             bad("eval.evaluators", "must name at least one evaluator".into());
         }
-        // A file is BFCL; "synthetic" and ToolBench directories have single gold calls.
-        let bfcl = d.eval != "synthetic" && !std::path::Path::new(&d.eval).is_dir();
+        let eval_source = Source::parse(&d.eval);
         for ev in &e.evaluators {
             match ev.as_str() {
-                "episode" if !std::path::Path::new(&d.eval).is_dir() => bad(
+                "episode" if !matches!(eval_source, Source::ToolBench(_)) => bad(
                     "eval.evaluators",
                     "\"episode\" needs data.eval to name a directory of ToolBench answer files"
                         .into(),
                 ),
-                "bfcl" if !bfcl => bad(
+                "bfcl" if !matches!(eval_source, Source::Bfcl(_)) => bad(
                     "eval.evaluators",
                     "\"bfcl\" needs data.eval to name a BFCL question file".into(),
                 ),

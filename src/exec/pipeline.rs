@@ -313,7 +313,6 @@ fn evaluate(
     if step_wise.is_empty() {
         return Ok(scores);
     }
-    let mut passed = 0;
     let mut done = 0u64;
     let dataset = Source::parse(&cfg.data.eval).name();
     let e = &cfg.eval;
@@ -348,11 +347,8 @@ fn evaluate(
         let outs = model::generate(model, &prompts, &opts, &stop)?;
         for (e, out) in chunk.iter().zip(outs) {
             let text = data::decode(tok, &out)?;
-            for (i, ev) in step_wise.iter().enumerate() {
+            for ev in &step_wise {
                 let v = judge(ev, &text, e);
-                if i == 0 && v.passed {
-                    passed += 1;
-                }
                 let score = scores.entry(ev.to_string()).or_default();
                 score.0 += v.passed as usize;
                 score.1 += 1;
@@ -370,6 +366,7 @@ fn evaluate(
             }
         }
         done += chunk.len() as u64;
+        let passed = scores[step_wise[0].as_str()].0;
         emit(Event::Progress {
             run_id: run_id.to_string(),
             pos: done,

@@ -93,12 +93,24 @@ struct CrossEntropy {
     weights: Vec<f32>,
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+/// The f32 data of a contiguous CPU tensor (for CPU kernels).
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("expected f32 storage");
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("expected a contiguous tensor"),
+    }
+}
+
+/// The f32 data of a contiguous CPU tensor, writable (for in-place kernels).
+pub(crate) fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("expected f32 storage");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut data[a..b]),
         None => candle_core::bail!("expected a contiguous tensor"),
     }
 }

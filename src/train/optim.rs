@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Va
 use rayon::prelude::*;
 
 use crate::config::{DecayGroups, Scheduler};
+use crate::model::ops::{contiguous_f32, contiguous_f32_mut};
 
 /// HF `Trainer.get_decay_parameter_names`: everything but LayerNorm parameters and biases.
 pub fn trainer_decays(name: &str) -> bool {
@@ -182,20 +183,6 @@ impl AdamW {
     }
 }
 
-fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(d), Some((a, b))) => Ok(&mut d[a..b]),
-        _ => candle_core::bail!("in-place AdamW needs contiguous f32 tensors"),
-    }
-}
-
-fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-        _ => candle_core::bail!("in-place AdamW needs contiguous f32 tensors"),
-    }
-}
-
 /// `exp_avg.lerp_(grad, w)`, as `(g - m) * w + m`.
 struct Lerp(f32);
 
@@ -211,7 +198,7 @@ impl InplaceOp2 for Lerp {
         g: &CpuStorage,
         gl: &Layout,
     ) -> Result<()> {
-        let (m, g) = (f32_mut(dst, dl)?, f32_ref(g, gl)?);
+        let (m, g) = (contiguous_f32_mut(dst, dl)?, contiguous_f32(g, gl)?);
         m.par_iter_mut()
             .zip(g.par_iter())
             .for_each(|(m, &g)| *m += (g - *m) * self.0);
@@ -234,7 +221,7 @@ impl InplaceOp2 for SquareAverage {
         g: &CpuStorage,
         gl: &Layout,
     ) -> Result<()> {
-        let (v, g) = (f32_mut(dst, dl)?, f32_ref(g, gl)?);
+        let (v, g) = (contiguous_f32_mut(dst, dl)?, contiguous_f32(g, gl)?);
         v.par_iter_mut()
             .zip(g.par_iter())
             .for_each(|(v, &g)| *v = *v * self.0 + (g * g) * self.1);
@@ -264,7 +251,11 @@ impl InplaceOp3 for AdamUpdate {
         v: &CpuStorage,
         vl: &Layout,
     ) -> Result<()> {
-        let (p, m, v) = (f32_mut(dst, dl)?, f32_ref(m, ml)?, f32_ref(v, vl)?);
+        let (p, m, v) = (
+            contiguous_f32_mut(dst, dl)?,
+            contiguous_f32(m, ml)?,
+            contiguous_f32(v, vl)?,
+        );
         p.par_iter_mut()
             .zip(m.par_iter().zip(v.par_iter()))
             .for_each(|(p, (&m, &v))| {
