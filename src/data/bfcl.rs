@@ -9,12 +9,21 @@ use serde_json::{Map, Value};
 use super::{BfclTruth, DataError, Example, GoldCall, ToolSpec};
 use crate::eval::bfcl::{category_of, load_jsonl, Answer, BfclError, Question};
 
+/// Keeps the file (and line) in front, where `DataError` prints its path.
 fn file_err(e: BfclError) -> DataError {
     match e {
         BfclError::Io { path, message } => DataError::File { path, message },
-        other => DataError::File {
-            path: String::new(),
-            message: other.to_string(),
+        BfclError::Line {
+            path,
+            line,
+            message,
+        } => DataError::File {
+            path: format!("{path}:{line}"),
+            message,
+        },
+        BfclError::Unsupported(message) => DataError::File {
+            path: "BFCL".into(),
+            message,
         },
     }
 }
