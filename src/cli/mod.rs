@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, ConfigError, Override};
 use crate::exec::{self, ExecOptions, Reporter};
 use crate::plan::{self, Plan};
-use crate::report;
+use crate::report::{self, TemplateSource};
 use crate::store::{RunStatus, Store, StoreError};
 use crate::ui;
 
@@ -105,9 +105,38 @@ pub enum Command {
     Report {
         #[command(flatten)]
         inputs: Inputs,
-        /// A minijinja template to use instead of the experiment's or the built-in one.
+        /// A template to use instead of the experiment's: a path, or a built-in name
+        /// (sweep, epochs, stability, scaling, evaluators, generalization).
         #[arg(long)]
         template: Option<PathBuf>,
+    },
+    /// Write a sweep's runs with their axes and summary metrics as CSV (default) or JSON.
+    #[command(
+        after_help = "Examples:\n  ablate export smoke > smoke.csv\n  ablate export smoke --json | jq '.runs[] | {run_id, pass_rate}'"
+    )]
+    Export {
+        /// The sweep (experiment name).
+        sweep: String,
+        /// CSV, one row per run, one column per axis (the default).
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// A JSON object with the sweep's axes and its runs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare runs side by side: the config keys that differ, pass rates with intervals,
+    /// and each run against the first on their shared test examples (paired bootstrap,
+    /// exact McNemar, Holm-corrected).
+    #[command(
+        after_help = "Run ids may be abbreviated to any unique prefix.\n\nExample:\n  ablate compare 3a1a0859 b0388b55 b7ed434d"
+    )]
+    Compare {
+        /// Two or more run ids (or unique prefixes); the first is the reference.
+        #[arg(num_args = 2.., required = true)]
+        runs: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Look at data as the model sees it.
     #[command(subcommand)]
@@ -248,6 +277,8 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
         } => cmd_run(&cli.db, &inputs, jobs, json, no_report),
         Command::Report { inputs, template } => cmd_report(&cli.db, &inputs, template.as_deref()),
         Command::Query { sql, csv, json } => cmd_query(&cli.db, &sql, csv, json),
+        Command::Export { sweep, json, .. } => cmd_export(&cli.db, &sweep, json),
+        Command::Compare { runs, json } => cmd_compare(&cli.db, &runs, json),
         Command::Data(DataCommand::Inspect {
             source,
             index,
@@ -557,6 +588,11 @@ fn cmd_run(
     no_report: bool,
 ) -> Result<u8, Failure> {
     let plans = load_plans(inputs)?;
+    // A template typo fails now, not after the sweep has trained.
+    let templates = plans
+        .iter()
+        .map(|p| template_of(p, None))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut store = Store::open(db).map_err(store_failure)?;
     let opts = ExecOptions {
         jobs,
@@ -570,17 +606,18 @@ fn cmd_run(
         Box::new(ui::ProgressReporter::new())
     };
     let mut code = exit::OK;
-    for p in &plans {
+    for (p, template) in plans.iter().zip(&templates) {
         let outcome =
             exec::execute(p, &mut store, &opts, reporter.as_mut()).map_err(store_failure)?;
         if !no_report {
             let path = report::write_report(
                 &store,
                 &p.experiment.name,
-                template_of(p).as_deref(),
+                template,
                 &results_dir(db).join("reports"),
+                &report_options(p),
             )
-            .map_err(user)?;
+            .map_err(report_failure)?;
             if !json {
                 eprintln!("report: {}", path.display());
             }
@@ -595,32 +632,85 @@ fn cmd_run(
     Ok(code)
 }
 
-/// The experiment's own template: `[experiment] report`, looked up beside the file, in
-/// report-templates/, or as a path.
-fn template_of(p: &Plan) -> Option<PathBuf> {
-    let name = p.experiment.meta.report.as_ref()?;
-    let beside = p.experiment.file.parent().map(|d| d.join(name));
-    let candidates = [
-        beside,
-        Some(Path::new("report-templates").join(name)),
-        Some(PathBuf::from(name)),
-    ];
-    candidates.into_iter().flatten().find(|c| c.is_file())
+/// The report template: `--template`, else the experiment's `[experiment] report` (beside
+/// the file, in ./report-templates/, a path, or a built-in name), else the general one.
+fn template_of(p: &Plan, flag: Option<&Path>) -> Result<TemplateSource, Failure> {
+    if let Some(f) = flag {
+        return TemplateSource::resolve(Some(&f.display().to_string()), None)
+            .map_err(|m| user(anyhow::anyhow!("--template: {m}")));
+    }
+    let file = &p.experiment.file;
+    TemplateSource::resolve(p.experiment.meta.report.as_deref(), file.parent()).map_err(|m| {
+        user(anyhow::anyhow!(
+            "{}: experiment.report: {m}",
+            file.display()
+        ))
+    })
+}
+
+fn report_options(p: &Plan) -> report::ReportOptions {
+    report::ReportOptions {
+        hybrid: p.experiment.meta.hybrid.clone(),
+        ..Default::default()
+    }
+}
+
+fn report_failure(e: report::ReportError) -> Failure {
+    use report::ReportError as E;
+    match e {
+        E::Store(s) => store_failure(s),
+        E::Io { .. } | E::Plot { .. } => internal(e),
+        _ => user(e),
+    }
 }
 
 fn cmd_report(db: &Path, inputs: &Inputs, template: Option<&Path>) -> Result<u8, Failure> {
     let plans = load_plans(inputs)?;
+    let templates = plans
+        .iter()
+        .map(|p| template_of(p, template))
+        .collect::<Result<Vec<_>, _>>()?;
     let store = Store::open_read_only(db).map_err(store_failure)?;
-    for p in &plans {
-        let t = template.map(Path::to_path_buf).or_else(|| template_of(p));
+    for (p, t) in plans.iter().zip(&templates) {
         let path = report::write_report(
             &store,
             &p.experiment.name,
-            t.as_deref(),
+            t,
             &results_dir(db).join("reports"),
+            &report_options(p),
         )
-        .map_err(user)?;
+        .map_err(report_failure)?;
         println!("{}", path.display());
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_export(db: &Path, sweep: &str, json: bool) -> Result<u8, Failure> {
+    let store = Store::open_read_only(db).map_err(store_failure)?;
+    let opts = report::ReportOptions {
+        bootstrap_iters: 0,
+        ..Default::default()
+    };
+    let data = report::collect(&store, sweep, &opts).map_err(report_failure)?;
+    if json {
+        let v = report::export::to_json(&data);
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        report::export::write_csv(&data, std::io::stdout())
+            .context("writing CSV")
+            .map_err(internal)?;
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_compare(db: &Path, runs: &[String], json: bool) -> Result<u8, Failure> {
+    let store = Store::open_read_only(db).map_err(store_failure)?;
+    let c = report::compare_runs(&store, runs, &report::ReportOptions::default())
+        .map_err(report_failure)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c).expect("json"));
+    } else {
+        print!("{}", ui::comparison(&c));
     }
     Ok(exit::OK)
 }

@@ -86,6 +86,36 @@ pub struct ExperimentMeta {
     /// Report template: a file name in report-templates/ or a path.
     #[serde(default)]
     pub report: Option<String>,
+    /// The report's hybrid what-if: a small model that hands what it fails to a large one.
+    #[serde(default)]
+    pub hybrid: Option<HybridSpec>,
+}
+
+/// `[experiment.hybrid]`: where the large model's results come from, and what a query costs.
+/// Without `large_run` or `large_pass_rate`, the sweep's largest model (by `params`) with the
+/// same other axis values is the large model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HybridSpec {
+    /// A stored run (id or unique prefix) whose per-example verdicts stand for the large model.
+    pub large_run: Option<String>,
+    /// Or the large model's pass rate on what the small one fails (0 to 1).
+    pub large_pass_rate: Option<f64>,
+    /// Cost of one query to the small model (any unit, e.g. dollars or GPU-seconds).
+    pub small_cost: f64,
+    /// Cost of one query to the large model, in the same unit.
+    pub large_cost: f64,
+}
+
+impl Default for HybridSpec {
+    fn default() -> Self {
+        HybridSpec {
+            large_run: None,
+            large_pass_rate: None,
+            small_cost: 1.0,
+            large_cost: 10.0,
+        }
+    }
 }
 
 /// How runs execute: validation interval and checkpoints. None of it changes what a run
@@ -275,6 +305,31 @@ pub fn load_experiment_text(
             );
         } else if let Err(m) = check_value(&defaults_json, key, &json) {
             push(&format!("experiment.baseline.\"{key}\""), m);
+        }
+    }
+
+    if let Some(h) = &meta.hybrid {
+        if let Some(r) = h.large_pass_rate {
+            if !(0.0..=1.0).contains(&r) {
+                push(
+                    "experiment.hybrid.large_pass_rate",
+                    format!("must be between 0 and 1, got {r}"),
+                );
+            }
+        }
+        for (k, v) in [("small_cost", h.small_cost), ("large_cost", h.large_cost)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                push(
+                    &format!("experiment.hybrid.{k}"),
+                    format!("must be a finite number >= 0, got {v}"),
+                );
+            }
+        }
+        if h.large_run.is_some() && h.large_pass_rate.is_some() {
+            push(
+                "experiment.hybrid",
+                "set large_run or large_pass_rate, not both".into(),
+            );
         }
     }
 

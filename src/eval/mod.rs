@@ -235,20 +235,6 @@ pub fn parse_calls(text: &str) -> Result<Vec<bfcl::Call>, String> {
     Ok(calls)
 }
 
-/// Wilson score interval for a binomial proportion (95% by default with z = 1.96).
-pub fn wilson_interval(passed: usize, n: usize, z: f64) -> (f64, f64) {
-    if n == 0 {
-        return (0.0, 1.0);
-    }
-    let n = n as f64;
-    let p = passed as f64 / n;
-    let z2 = z * z;
-    let denom = 1.0 + z2 / n;
-    let center = (p + z2 / (2.0 * n)) / denom;
-    let half = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
-    ((center - half).max(0.0), (center + half).min(1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,15 +309,5 @@ mod tests {
             ),
             Verdict::Pass
         );
-    }
-
-    #[test]
-    fn wilson_matches_known_values() {
-        // Independently computed (statsmodels proportion_confint method="wilson").
-        let (lo, hi) = wilson_interval(8, 10, 1.959963984540054);
-        assert!((lo - 0.4901624).abs() < 1e-6, "{lo}");
-        assert!((hi - 0.9433178).abs() < 1e-6, "{hi}");
-        let (lo, hi) = wilson_interval(0, 20, 1.959963984540054);
-        assert!(lo.abs() < 1e-12 && (hi - 0.1611251).abs() < 1e-6, "{hi}");
     }
 }

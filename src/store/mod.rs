@@ -10,6 +10,9 @@ use serde::Serialize;
 
 use crate::plan::{canonical_json, Plan};
 
+mod read;
+pub use read::{RunInfo, VerdictRow};
+
 /// Numbered migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../migrations/0001_init.sql")),
@@ -152,11 +155,23 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens an existing database read-only; writes are refused by SQLite itself.
+    /// Opens an existing database read-only; writes are refused by SQLite itself. A
+    /// database written by an older ablate is first brought to the current schema (the
+    /// migrations only add), so that reports and queries see the views they expect.
     pub fn open_read_only(path: &Path) -> Result<Store> {
         if !path.exists() {
             return Err(StoreError::Missing(path.display().to_string()));
         }
+        let read_only = Store::open_read_only_as_is(path)?;
+        if read_only.schema_version()? < MIGRATIONS.len() as i64 {
+            drop(read_only);
+            drop(Store::open(path)?);
+            return Store::open_read_only_as_is(path);
+        }
+        Ok(read_only)
+    }
+
+    fn open_read_only_as_is(path: &Path) -> Result<Store> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,

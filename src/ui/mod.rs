@@ -220,3 +220,96 @@ pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+/// `ablate compare`: the differing config keys, then the runs, then the paired tests.
+pub fn comparison(c: &crate::report::RunComparison) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".into(), |x| format!("{:.1}%", 100.0 * x));
+    let num = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.4}"));
+    let short = |id: &str| id[..id.len().min(12)].to_string();
+    let mut out = String::new();
+    let ids: Vec<String> = c.runs.iter().map(|r| short(&r.run_id)).collect();
+    if c.differing.is_empty() {
+        out.push_str("The runs have the same config.\n\n");
+    } else {
+        let mut headers = vec!["key".to_string()];
+        headers.extend(ids.iter().cloned());
+        let rows: Vec<Vec<String>> = c
+            .differing
+            .iter()
+            .map(|(k, vals)| {
+                let mut r = vec![k.clone()];
+                r.extend(vals.iter().map(|v| crate::plan::display_value(Some(v))));
+                r
+            })
+            .collect();
+        out.push_str(&table(&headers, &rows));
+        out.push('\n');
+    }
+    let headers: Vec<String> = [
+        "run",
+        "status",
+        "evaluator",
+        "pass rate",
+        "95% CI",
+        "final train loss",
+        "val loss",
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows: Vec<Vec<String>> = c
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                short(&r.run_id),
+                r.status.clone(),
+                r.evaluator.clone(),
+                format!("{} ({}/{})", pct(r.pass_rate), r.passed, r.n_eval),
+                format!("{} – {}", pct(r.ci_low), pct(r.ci_high)),
+                num(r.final_train_loss),
+                num(r.final_val_loss),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&headers, &rows));
+    if !c.pairs.is_empty() {
+        out.push('\n');
+        let headers: Vec<String> = [
+            "run",
+            "vs",
+            "shared",
+            "Δ (points)",
+            "95% CI of Δ",
+            "p (McNemar)",
+            "p (Holm)",
+            "verdict",
+        ]
+        .map(String::from)
+        .to_vec();
+        let p = |x: f64| {
+            if x < 0.001 {
+                "< 0.001".to_string()
+            } else {
+                format!("{x:.3}")
+            }
+        };
+        let rows: Vec<Vec<String>> = c
+            .pairs
+            .iter()
+            .map(|q| {
+                vec![
+                    short(&q.run_id),
+                    short(&q.reference),
+                    q.n.to_string(),
+                    format!("{:+.1}", 100.0 * q.diff),
+                    format!("{:+.1} – {:+.1}", 100.0 * q.diff_low, 100.0 * q.diff_high),
+                    p(q.p_value),
+                    p(q.p_holm),
+                    q.verdict.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&headers, &rows));
+    }
+    out
+}

@@ -136,6 +136,7 @@ fn plan_run_report_and_rerun_trains_nothing() {
     insta::with_settings!({filters => vec![
         (r"-?\d+\.\d+%?", "[num]"),
         (r"\(\d+/\d+\)", "([k]/[n])"),
+        (r"\| \d+ / \d+ \|", "| [a] / [b] |"),
         (r"[+-]\[num\]", "[num]"),
         (r"Highest pass rate: `\w+`", "Highest pass rate: [run]"),
     ]}, {

@@ -1,0 +1,691 @@
+//! From stored runs to the numbers a report prints: one row per run, paired comparisons
+//! against the baseline, spread over seeds, per-group pass rates and the hybrid what-if.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::stats::{self, Discordant, Spread, Z95};
+use super::{
+    AgreementRow, Plots, ReportData, ReportError, ReportOptions, RunRow, RunSeries, SPIKE_FACTOR,
+    SPIKE_WINDOW,
+};
+use crate::config::HybridSpec;
+use crate::store::{Store, VerdictRow};
+
+/// One config (its runs over seeds pooled) against the baseline config, on the same
+/// examples: pairs are matched by seed, dataset and example id.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub group: String,
+    pub run_ids: Vec<String>,
+    /// Example pairs judged by both.
+    pub n: usize,
+    pub baseline_rate: f64,
+    pub rate: f64,
+    /// rate − baseline_rate, with its paired-bootstrap 95% interval.
+    pub diff: f64,
+    pub diff_low: f64,
+    pub diff_high: f64,
+    /// Passed by the baseline only, and by this config only.
+    pub only_baseline: usize,
+    pub only_this: usize,
+    /// Exact McNemar p-value, and Holm-adjusted over the report's comparisons.
+    pub p_value: f64,
+    pub p_holm: f64,
+    /// `better`, `worse` or `within noise` (Holm-adjusted p ≥ 0.05).
+    pub verdict: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedGroup {
+    pub group: String,
+    pub is_baseline: bool,
+    pub seeds: usize,
+    pub pass_rate: Option<Spread>,
+    pub val_loss: Option<Spread>,
+    pub diverged: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Breakdown {
+    pub run_id: String,
+    pub group: String,
+    pub evaluator: String,
+    pub dataset: String,
+    pub category: String,
+    pub n: usize,
+    pub passed: usize,
+    pub rate: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// Rate minus the run's first category (in sorted order: G1 before G2, the seen-tools
+    /// reference in ToolBench's naming), in points.
+    pub gap: f64,
+}
+
+/// The what-if of a router: the small model answers; whatever it fails by its rule checks
+/// goes to the large model.
+#[derive(Debug, Clone, Serialize)]
+pub struct HybridRow {
+    pub run_id: String,
+    pub group: String,
+    /// The large model: a run id, or `configured` for a configured pass rate.
+    pub large: String,
+    pub n: usize,
+    pub small_rate: f64,
+    pub large_rate: f64,
+    /// Share of queries sent to the large model.
+    pub routed: f64,
+    pub hybrid_rate: f64,
+    /// Cost per query of the hybrid, and of the large model alone.
+    pub hybrid_cost: f64,
+    pub large_cost: f64,
+}
+
+/// Everything read for one run.
+struct Loaded {
+    row: RunRow,
+    series: RunSeries,
+    verdicts: Vec<VerdictRow>,
+}
+
+impl Loaded {
+    /// The first evaluator's verdicts, keyed by (dataset, example id).
+    fn primary(&self) -> BTreeMap<(&str, &str), bool> {
+        self.verdicts
+            .iter()
+            .filter(|v| v.evaluator == self.row.evaluator)
+            .map(|v| ((v.dataset.as_str(), v.example_id.as_str()), v.passed))
+            .collect()
+    }
+}
+
+const SEED_AXIS: &str = "train.seed";
+
+fn load_run(
+    store: &Store,
+    run_id: &str,
+    axes: &[String],
+    axes_json: &str,
+    is_baseline: bool,
+) -> Result<Loaded, ReportError> {
+    let info = store
+        .run_info(run_id)?
+        .ok_or_else(|| ReportError::UnknownRun(run_id.into()))?;
+    let axes_map: BTreeMap<String, Value> = serde_json::from_str(axes_json).unwrap_or_default();
+    let config: Value = serde_json::from_str(&info.config_json).unwrap_or(Value::Null);
+    let evaluator = config["eval"]["evaluators"][0]
+        .as_str()
+        .unwrap_or("rules")
+        .to_string();
+    let seed = config["train"]["seed"].as_u64();
+    let loss = store.series(run_id, "loss", "train")?;
+    let val_loss = store.series(run_id, "loss", "val")?;
+    let grad_norm = store.series(run_id, "grad_norm", "train")?;
+    let tps = store.series(run_id, "tokens_per_s", "train")?;
+    let params = store.summary_metric(run_id, "params", "model")?;
+    let verdicts = store.verdicts(run_id)?;
+
+    let mut norms: Vec<f64> = grad_norm.iter().map(|&(_, v)| v).collect();
+    norms.sort_by(f64::total_cmp);
+    let spike_steps = spikes(&grad_norm);
+    let min_val_loss = val_loss
+        .iter()
+        .map(|&(_, v)| v)
+        .filter(|v| v.is_finite())
+        .min_by(f64::total_cmp);
+    let last_val = val_loss.last().map(|&(_, v)| v);
+    let overfit = matches!((min_val_loss, last_val), (Some(m), Some(l)) if l > m * 1.01);
+
+    let n = info.n_eval.unwrap_or(0).max(0);
+    let passed = info.pass_rate.map_or(0, |p| (p * n as f64).round() as i64);
+    let (ci_low, ci_high) = if n > 0 {
+        let (l, h) = stats::wilson(passed as usize, n as usize, Z95);
+        (Some(l), Some(h))
+    } else {
+        (None, None)
+    };
+    let group = axes
+        .iter()
+        .filter(|a| *a != SEED_AXIS)
+        .map(|a| format!("{a}={}", crate::plan::display_value(axes_map.get(a))))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let row = RunRow {
+        run_id: run_id.to_string(),
+        status: info.status,
+        error: info.error,
+        is_baseline,
+        axis_values: axes
+            .iter()
+            .map(|a| crate::plan::display_value(axes_map.get(a)))
+            .collect(),
+        axes: axes_map,
+        group,
+        seed,
+        evaluator,
+        final_train_loss: info.final_train_loss,
+        final_val_loss: info.final_val_loss,
+        min_val_loss,
+        overfit,
+        pass_rate: info.pass_rate,
+        passed,
+        n_eval: n,
+        ci_low,
+        ci_high,
+        delta_pass_rate: None,
+        steps: loss.len() as i64,
+        duration_s: info.duration_s,
+        params,
+        tokens_per_s: (!tps.is_empty())
+            .then(|| tps.iter().map(|&(_, v)| v).sum::<f64>() / tps.len() as f64),
+        max_grad_norm: norms.last().copied(),
+        grad_spikes: spike_steps.len(),
+    };
+    Ok(Loaded {
+        row,
+        series: RunSeries {
+            loss,
+            val_loss,
+            grad_norm,
+            spike_steps,
+        },
+        verdicts,
+    })
+}
+
+/// Steps whose gradient norm is not finite or exceeds `SPIKE_FACTOR` times the median of
+/// the `SPIKE_WINDOW` steps before it. A local median, because norms fall steeply early in
+/// training: against the run's overall median every early step would count.
+fn spikes(grad_norm: &[(i64, f64)]) -> Vec<i64> {
+    let mut window: Vec<f64> = Vec::with_capacity(SPIKE_WINDOW);
+    let mut out = Vec::new();
+    for (i, &(step, v)) in grad_norm.iter().enumerate() {
+        if !v.is_finite() {
+            out.push(step);
+            continue;
+        }
+        if i >= SPIKE_WINDOW / 4 {
+            window.clear();
+            window.extend(
+                grad_norm[i.saturating_sub(SPIKE_WINDOW)..i]
+                    .iter()
+                    .map(|&(_, v)| v)
+                    .filter(|v| v.is_finite()),
+            );
+            window.sort_by(f64::total_cmp);
+            if !window.is_empty() && v > SPIKE_FACTOR * stats::quantile_sorted(&window, 0.5) {
+                out.push(step);
+            }
+        }
+    }
+    out
+}
+
+/// Collects a sweep's report data from the store.
+pub fn collect(
+    store: &Store,
+    sweep: &str,
+    opts: &ReportOptions,
+) -> Result<ReportData, ReportError> {
+    let (description, file, axes) = store
+        .sweep_meta(sweep)?
+        .ok_or_else(|| ReportError::UnknownSweep(sweep.into()))?;
+    let mut runs = store
+        .sweep_runs(sweep)?
+        .iter()
+        .map(|(id, axes_json, base)| load_run(store, id, &axes, axes_json, *base))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Δ against the baseline run of the same seed, else the first baseline run.
+    let baseline_rate = |seed: Option<u64>, runs: &[Loaded]| {
+        let bases: Vec<&Loaded> = runs.iter().filter(|r| r.row.is_baseline).collect();
+        bases
+            .iter()
+            .find(|b| b.row.seed == seed)
+            .or(bases.first())
+            .and_then(|b| b.row.pass_rate)
+    };
+    let deltas: Vec<Option<f64>> = runs
+        .iter()
+        .map(|r| Some(r.row.pass_rate? - baseline_rate(r.row.seed, &runs)?))
+        .collect();
+    for (r, d) in runs.iter_mut().zip(deltas) {
+        r.row.delta_pass_rate = d;
+    }
+
+    let mut counts = BTreeMap::new();
+    for r in &runs {
+        *counts.entry(r.row.status.clone()).or_insert(0) += 1;
+    }
+    let best = runs
+        .iter()
+        .filter(|r| r.row.pass_rate.is_some())
+        .max_by(|a, b| a.row.pass_rate.partial_cmp(&b.row.pass_rate).unwrap())
+        .map(|r| r.row.run_id.clone());
+
+    let comparisons = comparisons(&runs, opts);
+    let seed_groups = if axes.iter().any(|a| a == SEED_AXIS) {
+        seed_groups(&runs)
+    } else {
+        Vec::new()
+    };
+    let breakdown = breakdown(&runs);
+    let hybrid = hybrid(store, &runs, opts.hybrid.as_ref())?;
+    let agreement = agreement(store, sweep)?;
+    let costs = opts.hybrid.clone().unwrap_or_default();
+
+    let (rows, series): (Vec<RunRow>, Vec<RunSeries>) =
+        runs.into_iter().map(|r| (r.row, r.series)).unzip();
+    Ok(ReportData {
+        sweep: sweep.to_string(),
+        description,
+        file,
+        baseline: rows
+            .iter()
+            .find(|r| r.is_baseline)
+            .map(|r| r.run_id.clone()),
+        axes,
+        best,
+        rows,
+        counts,
+        agreement,
+        comparisons,
+        seed_groups,
+        breakdown,
+        hybrid,
+        hybrid_costs: Some((costs.small_cost, costs.large_cost)),
+        plots: Plots::default(),
+        spike_factor: SPIKE_FACTOR,
+        spike_window: SPIKE_WINDOW,
+        series,
+    })
+}
+
+/// Runs in groups of equal non-seed axis values, in plan order.
+fn groups(runs: &[Loaded]) -> Vec<(String, Vec<&Loaded>)> {
+    let mut out: Vec<(String, Vec<&Loaded>)> = Vec::new();
+    for r in runs {
+        match out.iter_mut().find(|(g, _)| *g == r.row.group) {
+            Some((_, v)) => v.push(r),
+            None => out.push((r.row.group.clone(), vec![r])),
+        }
+    }
+    out
+}
+
+/// Paired outcomes (baseline, this) over the examples both judged, matched by seed.
+fn paired(base: &[&Loaded], this: &[&Loaded]) -> (Vec<bool>, Vec<bool>) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for t in this {
+        let Some(bl) = base
+            .iter()
+            .find(|x| x.row.seed == t.row.seed)
+            .or(base.first())
+        else {
+            continue;
+        };
+        let bv = bl.primary();
+        for (k, passed) in t.primary() {
+            if let Some(&bp) = bv.get(&k) {
+                a.push(bp);
+                b.push(passed);
+            }
+        }
+    }
+    (a, b)
+}
+
+fn comparisons(runs: &[Loaded], opts: &ReportOptions) -> Vec<Comparison> {
+    let groups = groups(runs);
+    let Some((_, base)) = groups
+        .iter()
+        .find(|(_, rs)| rs.iter().any(|r| r.row.is_baseline))
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<Comparison> = groups
+        .iter()
+        .filter(|(_, rs)| !rs.iter().any(|r| r.row.is_baseline))
+        .filter_map(|(g, rs)| {
+            let (a, b) = paired(base, rs);
+            if a.is_empty() {
+                return None;
+            }
+            let d = Discordant::of(&a, &b);
+            let n = a.len();
+            let rate = |v: &[bool]| v.iter().filter(|&&x| x).count() as f64 / n as f64;
+            let boot = stats::paired_bootstrap(&a, &b, opts.bootstrap_iters, opts.seed);
+            Some(Comparison {
+                group: g.clone(),
+                run_ids: rs.iter().map(|r| r.row.run_id.clone()).collect(),
+                n,
+                baseline_rate: rate(&a),
+                rate: rate(&b),
+                diff: boot.diff,
+                diff_low: boot.low,
+                diff_high: boot.high,
+                only_baseline: d.only_a,
+                only_this: d.only_b,
+                p_value: stats::mcnemar_exact(d.only_a, d.only_b),
+                p_holm: 1.0,
+                verdict: String::new(),
+            })
+        })
+        .collect();
+    let adjusted = stats::holm(&out.iter().map(|c| c.p_value).collect::<Vec<_>>());
+    for (c, p) in out.iter_mut().zip(adjusted) {
+        c.p_holm = p;
+        c.verdict = verdict(c.diff, p).into();
+    }
+    out
+}
+
+fn verdict(diff: f64, p_holm: f64) -> &'static str {
+    if p_holm >= stats::ALPHA || diff == 0.0 {
+        "within noise"
+    } else if diff > 0.0 {
+        "better"
+    } else {
+        "worse"
+    }
+}
+
+fn seed_groups(runs: &[Loaded]) -> Vec<SeedGroup> {
+    groups(runs)
+        .into_iter()
+        .map(|(g, rs)| {
+            let rates: Vec<f64> = rs.iter().filter_map(|r| r.row.pass_rate).collect();
+            let vals: Vec<f64> = rs.iter().filter_map(|r| r.row.final_val_loss).collect();
+            SeedGroup {
+                group: g,
+                is_baseline: rs.iter().any(|r| r.row.is_baseline),
+                seeds: rs.len(),
+                pass_rate: stats::spread(&rates),
+                val_loss: stats::spread(&vals),
+                diverged: rs.iter().filter(|r| r.row.status == "diverged").count(),
+            }
+        })
+        .collect()
+}
+
+fn breakdown(runs: &[Loaded]) -> Vec<Breakdown> {
+    let mut out = Vec::new();
+    for r in runs {
+        // (evaluator, dataset, category) -> (n, passed)
+        let mut cells: BTreeMap<(&str, &str, &str), (usize, usize)> = BTreeMap::new();
+        for v in &r.verdicts {
+            let c = cells
+                .entry((&v.evaluator, &v.dataset, &v.category))
+                .or_default();
+            c.0 += 1;
+            c.1 += v.passed as usize;
+        }
+        let mut first: HashMap<(&str, &str), f64> = HashMap::new();
+        for ((ev, ds, cat), (n, passed)) in cells {
+            let rate = passed as f64 / n as f64;
+            let reference = *first.entry((ev, ds)).or_insert(rate);
+            let (lo, hi) = stats::wilson(passed, n, Z95);
+            out.push(Breakdown {
+                run_id: r.row.run_id.clone(),
+                group: r.row.group.clone(),
+                evaluator: ev.into(),
+                dataset: ds.into(),
+                category: cat.into(),
+                n,
+                passed,
+                rate,
+                ci_low: lo,
+                ci_high: hi,
+                gap: rate - reference,
+            });
+        }
+    }
+    out
+}
+
+/// The large model for each small run: a configured run or rate, else the sweep's run with
+/// the most parameters among those with the same non-model axis values.
+fn hybrid(
+    store: &Store,
+    runs: &[Loaded],
+    spec: Option<&HybridSpec>,
+) -> Result<Vec<HybridRow>, ReportError> {
+    let spec = spec.cloned().unwrap_or_default();
+    let configured_run = match &spec.large_run {
+        Some(prefix) => {
+            let id = resolve_run(store, prefix)?;
+            let axes = "{}";
+            Some(load_run(store, &id, &[], axes, false)?)
+        }
+        None => None,
+    };
+    let key_without_model = |r: &Loaded| {
+        r.row
+            .axes
+            .iter()
+            .filter(|(k, _)| *k != "model.name")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let has_model_axis = runs.iter().any(|r| r.row.axes.contains_key("model.name"));
+    let mut out = Vec::new();
+    for small in runs {
+        if small.row.status != "done" {
+            continue;
+        }
+        let sv = small.primary();
+        if sv.is_empty() {
+            continue;
+        }
+        let n = sv.len();
+        let fails: Vec<(&str, &str)> = sv.iter().filter(|(_, &p)| !p).map(|(k, _)| *k).collect();
+        let small_rate = (n - fails.len()) as f64 / n as f64;
+        let routed = fails.len() as f64 / n as f64;
+        let (large, large_rate, rescued) = if let Some(rate) = spec.large_pass_rate {
+            ("configured".to_string(), rate, rate * fails.len() as f64)
+        } else {
+            let large = match &configured_run {
+                Some(l) => Some(l),
+                None if has_model_axis => runs
+                    .iter()
+                    .filter(|l| {
+                        l.row.status == "done" && key_without_model(l) == key_without_model(small)
+                    })
+                    .max_by(|a, b| a.row.params.partial_cmp(&b.row.params).unwrap()),
+                None => None,
+            };
+            let Some(large) = large else { continue };
+            if large.row.run_id == small.row.run_id || large.row.params <= small.row.params {
+                continue;
+            }
+            let lv = large.primary();
+            // Only examples both judged: the what-if is about the same queries.
+            let shared: Vec<_> = sv.keys().filter(|k| lv.contains_key(*k)).collect();
+            if shared.is_empty() {
+                continue;
+            }
+            let large_rate = shared.iter().filter(|k| lv[**k]).count() as f64 / shared.len() as f64;
+            let rescued = fails.iter().filter(|k| lv.get(*k) == Some(&true)).count() as f64;
+            (large.row.run_id.clone(), large_rate, rescued)
+        };
+        out.push(HybridRow {
+            run_id: small.row.run_id.clone(),
+            group: small.row.group.clone(),
+            large,
+            n,
+            small_rate,
+            large_rate,
+            routed,
+            hybrid_rate: small_rate + rescued / n as f64,
+            hybrid_cost: spec.small_cost + routed * spec.large_cost,
+            large_cost: spec.large_cost,
+        });
+    }
+    Ok(out)
+}
+
+fn agreement(store: &Store, sweep: &str) -> Result<Vec<AgreementRow>, ReportError> {
+    let (_, pairs) = store.query(&format!(
+        "SELECT a.run_id, a.dataset, a.evaluator_a, a.evaluator_b, a.n, a.agreement, a.kappa
+         FROM evaluator_agreement a JOIN sweep_runs s ON s.run_id = a.run_id
+         WHERE s.sweep = '{}' ORDER BY s.position, a.dataset, a.evaluator_a, a.evaluator_b",
+        sweep.replace('\'', "''")
+    ))?;
+    Ok(pairs
+        .iter()
+        .map(|r| AgreementRow {
+            run_id: r[0].as_str().unwrap_or_default().to_string(),
+            dataset: r[1].as_str().unwrap_or_default().to_string(),
+            evaluator_a: r[2].as_str().unwrap_or_default().to_string(),
+            evaluator_b: r[3].as_str().unwrap_or_default().to_string(),
+            n: r[4].as_i64().unwrap_or(0),
+            agreement: r[5].as_f64(),
+            kappa: r[6].as_f64(),
+        })
+        .collect())
+}
+
+/// A full run id from an id or a unique prefix of one.
+pub fn resolve_run(store: &Store, prefix: &str) -> Result<String, ReportError> {
+    let ids = store.run_ids_with_prefix(prefix)?;
+    match ids.as_slice() {
+        [] => Err(ReportError::UnknownRun(prefix.into())),
+        [one] => Ok(one.clone()),
+        many => Err(ReportError::AmbiguousRun(prefix.into(), many.join(", "))),
+    }
+}
+
+/// `ablate compare`: runs side by side, each against the first on shared examples.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunComparison {
+    pub runs: Vec<RunRow>,
+    /// Config keys whose values differ between the runs: key -> value per run.
+    pub differing: BTreeMap<String, Vec<Value>>,
+    pub pairs: Vec<PairwiseComparison>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PairwiseComparison {
+    pub reference: String,
+    pub run_id: String,
+    pub n: usize,
+    pub diff: f64,
+    pub diff_low: f64,
+    pub diff_high: f64,
+    pub p_value: f64,
+    pub p_holm: f64,
+    pub verdict: String,
+}
+
+pub fn compare_runs(
+    store: &Store,
+    ids: &[String],
+    opts: &ReportOptions,
+) -> Result<RunComparison, ReportError> {
+    let mut loaded = Vec::new();
+    let mut configs = Vec::new();
+    for prefix in ids {
+        let id = resolve_run(store, prefix)?;
+        let info = store
+            .run_info(&id)?
+            .ok_or_else(|| ReportError::UnknownRun(id.clone()))?;
+        configs.push(crate::plan::flatten_json(
+            &serde_json::from_str(&info.config_json).unwrap_or(Value::Null),
+        ));
+        loaded.push(load_run(store, &id, &[], "{}", false)?);
+    }
+    let mut differing = BTreeMap::new();
+    let keys: std::collections::BTreeSet<&String> = configs.iter().flat_map(|c| c.keys()).collect();
+    for k in keys {
+        let vals: Vec<Value> = configs
+            .iter()
+            .map(|c| c.get(k).cloned().unwrap_or(Value::Null))
+            .collect();
+        if vals.iter().any(|v| *v != vals[0]) {
+            differing.insert(k.clone(), vals);
+        }
+    }
+    let mut pairs = Vec::new();
+    if let Some((first, rest)) = loaded.split_first() {
+        let fv = first.primary();
+        for r in rest {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for (k, p) in r.primary() {
+                if let Some(&q) = fv.get(&k) {
+                    a.push(q);
+                    b.push(p);
+                }
+            }
+            let d = Discordant::of(&a, &b);
+            let boot = stats::paired_bootstrap(&a, &b, opts.bootstrap_iters, opts.seed);
+            pairs.push(PairwiseComparison {
+                reference: first.row.run_id.clone(),
+                run_id: r.row.run_id.clone(),
+                n: a.len(),
+                diff: boot.diff,
+                diff_low: boot.low,
+                diff_high: boot.high,
+                p_value: stats::mcnemar_exact(d.only_a, d.only_b),
+                p_holm: 1.0,
+                verdict: String::new(),
+            });
+        }
+    }
+    let adjusted = stats::holm(&pairs.iter().map(|c| c.p_value).collect::<Vec<_>>());
+    for (c, p) in pairs.iter_mut().zip(adjusted) {
+        c.p_holm = p;
+        c.verdict = if c.n == 0 {
+            "no shared examples".into()
+        } else {
+            verdict(c.diff, p).into()
+        };
+    }
+    Ok(RunComparison {
+        runs: loaded.into_iter().map(|l| l.row).collect(),
+        differing,
+        pairs,
+    })
+}
+
+#[cfg(test)]
+pub(crate) fn empty_for_tests() -> ReportData {
+    ReportData {
+        sweep: "test".into(),
+        description: String::new(),
+        file: String::new(),
+        axes: vec![],
+        rows: vec![],
+        baseline: None,
+        best: None,
+        counts: BTreeMap::new(),
+        agreement: vec![],
+        comparisons: vec![],
+        seed_groups: vec![],
+        breakdown: vec![],
+        hybrid: vec![],
+        hybrid_costs: None,
+        plots: Plots::default(),
+        spike_factor: SPIKE_FACTOR,
+        spike_window: SPIKE_WINDOW,
+        series: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spikes_are_local_jumps_not_the_early_descent() {
+        // Norms falling from 50 to 1, then flat at 1 with one jump to 8 and one NaN.
+        let mut g: Vec<(i64, f64)> = (1..=40).map(|s| (s, 50.0 / s as f64)).collect();
+        g.extend((41..=80).map(|s| (s, 1.0)));
+        g[59].1 = 8.0; // step 60
+        g[69].1 = f64::NAN; // step 70
+        assert_eq!(spikes(&g), vec![60, 70]);
+    }
+}
