@@ -120,7 +120,11 @@ pub fn loss_and_grads(
 }
 
 /// Mean loss over a dataset, no gradients.
-pub fn evaluate_loss(model: &Opt, data: &[Encoded], batch_size: usize) -> candle_core::Result<f64> {
+pub fn evaluate_loss(
+    model: &Opt,
+    data: &[Encoded],
+    batch_size: usize,
+) -> candle_core::Result<Option<f64>> {
     let mut sum = 0f64;
     let mut count = 0usize;
     for chunk in data.chunks(batch_size.max(1)) {
@@ -130,7 +134,8 @@ pub fn evaluate_loss(model: &Opt, data: &[Encoded], batch_size: usize) -> candle
         sum += s.to_scalar::<f32>()? as f64;
         count += n;
     }
-    Ok(sum / count.max(1) as f64)
+    // No scored token (every completion truncated away): there is no loss, not a loss of 0.
+    Ok((count > 0).then(|| sum / count as f64))
 }
 
 /// Trains `model` in place on `train`, validating on `val` at each epoch end (and every
@@ -253,10 +258,11 @@ pub fn train(
         let epoch_end = step.is_multiple_of(steps_per_epoch);
         let val_due = opts.val_every > 0 && step.is_multiple_of(opts.val_every);
         if (epoch_end || val_due) && !val.is_empty() {
-            let loss = evaluate_loss(model, val, micro_size)?;
-            let ev = TrainEvent::Validation { step, loss };
-            history.push(ev.clone());
-            emit(ev);
+            if let Some(loss) = evaluate_loss(model, val, micro_size)? {
+                let ev = TrainEvent::Validation { step, loss };
+                history.push(ev.clone());
+                emit(ev);
+            }
         }
         let every = opts.checkpoints.as_ref().map_or(0, |p| p.every_steps);
         if epoch_end || (every > 0 && step.is_multiple_of(every)) {

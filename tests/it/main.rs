@@ -5,4 +5,5 @@ mod bfcl;
 mod cli;
 mod model;
 mod parity;
+mod reports;
 mod toolbench;

@@ -9,7 +9,7 @@ use ablate::model::{self, Decoding, GenerateOptions, ModelSource, OptConfig, Pad
 use candle_core::{Device, Tensor};
 
 /// A tiny random OPT with a tokenizer trained on the synthetic task, saved to `dir`.
-fn save_tiny(dir: &Path) -> (model::LoadedModel, tokenizers::Tokenizer) {
+pub(crate) fn save_tiny(dir: &Path) -> (model::LoadedModel, tokenizers::Tokenizer) {
     let texts: Vec<String> = synthetic::generate(64, 1, "train")
         .iter()
         .map(|e| format!("{}{}", data::render_prompt(e), data::render_completion(e)))

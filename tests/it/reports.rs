@@ -1,0 +1,293 @@
+//! The shipped experiments: every CPU twin runs here and renders its report (intervals,
+//! p-values, SVG plots), and the paper's GPU sweeps plan once their data and weights exist.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ablate(cwd: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ablate"));
+    c.current_dir(cwd)
+        .args(args)
+        .env_remove("ABLATE_DB")
+        .env_remove("HF_HOME")
+        .stdin(Stdio::null());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("ablate runs")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const TWINS: [&str; 6] = [
+    "baseline",
+    "epochs",
+    "stability",
+    "scaling",
+    "evaluators",
+    "generalization",
+];
+
+/// Numbers depend on float rounding of the machine; the shape of a report does not.
+fn filters() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (r"\b[0-9a-f]{12}\b", "[id]"),
+        (r"< 0\.001", "[num]"),
+        (r"[+-]?\d+\.\d+(%|k|M|B)?( ± [+-]?\d+\.\d+%?)?", "[num]"),
+        (r"\(\d+/\d+\)", "([k]/[n])"),
+        (r"\| \d+ / \d+ \|", "| [a] / [b] |"),
+        (r"\(\d+ spikes?\)", "([n] spikes)"),
+        (r"\b(within noise|better|worse)\b", "[verdict]"),
+        (
+            r"\| (yes: val loss rose after its minimum|no) \|",
+            "| [overfit] |",
+        ),
+    ]
+}
+
+#[test]
+fn every_cpu_twin_runs_and_its_report_renders_with_intervals_tests_and_plots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("ablate.db");
+    // The shipped twins, shrunk so the suite stays fast: same axes, templates and plots.
+    let out = ablate(
+        &repo(),
+        &[
+            "run",
+            "experiments/cpu",
+            "--db",
+            db.to_str().unwrap(),
+            "--set",
+            "data.n_train=48",
+            "--set",
+            "data.n_test=8",
+            "--set",
+            "eval.limit=6",
+            "--set",
+            "eval.max_new_tokens=12",
+        ],
+        &[],
+    );
+    ok(&out);
+    for twin in TWINS {
+        let name = format!("cpu-{twin}");
+        let md = tmp.path().join(format!("reports/{name}.md"));
+        let report = std::fs::read_to_string(&md).unwrap_or_else(|e| panic!("{md:?}: {e}"));
+        // Every plot it links exists and is an SVG with text.
+        let links: Vec<&str> = report
+            .split("](")
+            .skip(1)
+            .filter_map(|s| s.split(')').next())
+            .filter(|s| s.ends_with(".svg"))
+            .collect();
+        assert!(!links.is_empty(), "{name}: no plot\n{report}");
+        for l in &links {
+            let svg = std::fs::read_to_string(tmp.path().join("reports").join(l)).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains("<text"), "{l}");
+        }
+        insta::with_settings!({filters => filters(), snapshot_suffix => twin}, {
+            insta::assert_snapshot!("twin_report", report);
+        });
+    }
+    // Intervals and paired tests where the question needs them.
+    let read = |n: &str| std::fs::read_to_string(tmp.path().join(format!("reports/cpu-{n}.md")));
+    let epochs = read("epochs").unwrap();
+    assert!(epochs.contains("95% t-interval") && epochs.contains("p (Holm)"));
+    let stability = read("stability").unwrap();
+    assert!(stability.contains("clip_lr_heatmap.svg"), "{stability}");
+    let scaling = read("scaling").unwrap();
+    assert!(scaling.contains("pass_rate_by_size.svg") && scaling.contains("hybrid cost"));
+    let evaluators = read("evaluators").unwrap();
+    assert!(evaluators.contains("| bfcl / rules |"), "{evaluators}");
+
+    // Export and compare read the same database.
+    let csv = ok(&ablate(
+        &repo(),
+        &["export", "cpu-epochs", "--db", db.to_str().unwrap()],
+        &[],
+    ));
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("run_id,status,is_baseline,train.epochs,train.seed,evaluator,pass_rate")
+    );
+    assert_eq!(lines.count(), 8, "{csv}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&ablate(
+        &repo(),
+        &[
+            "export",
+            "cpu-epochs",
+            "--json",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        &[],
+    )))
+    .unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 8);
+    let ids: Vec<&str> = runs.iter().map(|r| r["run_id"].as_str().unwrap()).collect();
+    let out = ok(&ablate(
+        &repo(),
+        &[
+            "compare",
+            &ids[0][..8],
+            ids[2],
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(
+        out.contains("train.epochs") && out.contains("p (McNemar)"),
+        "{out}"
+    );
+    let out = ablate(
+        &repo(),
+        &["compare", "zzzz", ids[2], "--db", db.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run \"zzzz\" is not in the database"));
+}
+
+#[test]
+fn a_template_typo_fails_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("t.toml");
+    std::fs::write(
+        &f,
+        "[experiment]\nreport = \"stabilty\"\n[model]\nname = \"tiny\"\n[train]\nepochs = 0\n",
+    )
+    .unwrap();
+    let out = ablate(tmp.path(), &["run", "t.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("t.toml: experiment.report: template \"stabilty\"")
+            && err.contains("stability.md.j2"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("results").exists(), "nothing ran");
+
+    // A template variable that does not exist is an error, not an empty string.
+    std::fs::write(tmp.path().join("bad.md.j2"), "{{ sweep }} {{ pass_rat }}").unwrap();
+    std::fs::write(
+        &f,
+        "[experiment]\nreport = \"bad.md.j2\"\n[model]\nname = \"tiny\"\n[data]\nn_train = 16\nn_test = 2\nvocab_size = 300\n[train]\nepochs = 0\n[eval]\nmax_new_tokens = 2\n",
+    )
+    .unwrap();
+    let out = ablate(tmp.path(), &["run", "t.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.md.j2") && err.contains("undefined"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_paper_sweeps_plan_once_their_data_and_weights_are_there() {
+    let shared = repo().join("../shared/data");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // ToolBench's layout, with the shared samples standing in for the full release.
+    let link = |target: PathBuf, at: &str| {
+        let at = d.join(at);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, at).unwrap();
+    };
+    let answers = shared.join("toolbench/ToolBench/data_example/answer");
+    link(answers.join("G1_answer"), "data/toolbench/answer");
+    for g in [
+        "G1_instruction",
+        "G1_category",
+        "G1_tool",
+        "G2_instruction",
+        "G2_category",
+        "G3_instruction",
+    ] {
+        let src = if g.starts_with("G1") {
+            "G1_answer"
+        } else if g.starts_with("G2") {
+            "G2_answer"
+        } else {
+            "G3_answer"
+        };
+        link(answers.join(src), &format!("data/toolbench/test/{g}"));
+    }
+    for f in ["BFCL_v4_simple_python.json", "BFCL_v4_multiple.json"] {
+        link(shared.join("bfcl").join(f), &format!("data/bfcl/{f}"));
+    }
+    link(
+        shared.join("bfcl/possible_answer"),
+        "data/bfcl/possible_answer",
+    );
+    let paper = repo().join("experiments/paper");
+    let hub = d.join("hub");
+    std::fs::create_dir_all(&hub).unwrap();
+
+    // Without weights: every problem is the missing model, nothing else.
+    let out = ablate(
+        d,
+        &["plan", paper.to_str().unwrap()],
+        &[("HF_HUB_CACHE", &hub)],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for line in err.lines() {
+        assert!(
+            line.contains("model.name") && line.contains("not in the local Hugging Face cache"),
+            "{line}"
+        );
+    }
+
+    // With the three OPT ids in the cache (tiny stand-ins), every sweep plans.
+    for id in ["opt-125m", "opt-350m", "opt-1.3b"] {
+        let repo_dir = hub.join(format!("models--facebook--{id}"));
+        super::model::save_tiny(&repo_dir.join("snapshots/0123abcd"));
+        std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+        std::fs::write(repo_dir.join("refs/main"), "0123abcd").unwrap();
+    }
+    let out = ablate(
+        d,
+        &["plan", paper.to_str().unwrap(), "--json"],
+        &[("HF_HUB_CACHE", &hub)],
+    );
+    let plans: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let sizes: Vec<(String, usize)> = plans
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["experiment"].as_str().unwrap_or_default().to_string(),
+                p["runs"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            ("paper-baseline".to_string(), 3),
+            ("paper-epochs".to_string(), 12),
+            ("paper-evaluators".to_string(), 2),
+            ("paper-generalization".to_string(), 7),
+            ("paper-scaling".to_string(), 6),
+            ("paper-stability".to_string(), 18),
+        ],
+        "{plans}"
+    );
+}
