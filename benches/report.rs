@@ -27,7 +27,7 @@ fn main() {
     let metric_rows = fill(&db, runs, steps, examples);
     let fill_s = t0.elapsed().as_secs_f64();
 
-    let store = Store::open_read_only(&db).expect("open");
+    let store = Store::open_for_reading(&db).expect("open");
     let opts = ReportOptions::default();
     let template = TemplateSource::resolve(Some("stability"), None).expect("template");
     let mut report_s = Vec::new();

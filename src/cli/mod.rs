@@ -499,6 +499,9 @@ fn results_dir(db: &Path) -> PathBuf {
 
 fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
     let plans = load_plans(inputs)?;
+    for p in &plans {
+        template_of(p, None)?;
+    }
     // Planning never creates or changes the database.
     let store = if db.exists() {
         Some(Store::open_read_only(db).map_err(store_failure)?)
@@ -670,7 +673,7 @@ fn cmd_report(db: &Path, inputs: &Inputs, template: Option<&Path>) -> Result<u8,
         .iter()
         .map(|p| template_of(p, template))
         .collect::<Result<Vec<_>, _>>()?;
-    let store = Store::open_read_only(db).map_err(store_failure)?;
+    let store = Store::open_for_reading(db).map_err(store_failure)?;
     for (p, t) in plans.iter().zip(&templates) {
         let path = report::write_report(
             &store,
@@ -686,7 +689,7 @@ fn cmd_report(db: &Path, inputs: &Inputs, template: Option<&Path>) -> Result<u8,
 }
 
 fn cmd_export(db: &Path, sweep: &str, json: bool) -> Result<u8, Failure> {
-    let store = Store::open_read_only(db).map_err(store_failure)?;
+    let store = Store::open_for_reading(db).map_err(store_failure)?;
     let opts = report::ReportOptions {
         bootstrap_iters: 0,
         ..Default::default()
@@ -704,7 +707,7 @@ fn cmd_export(db: &Path, sweep: &str, json: bool) -> Result<u8, Failure> {
 }
 
 fn cmd_compare(db: &Path, runs: &[String], json: bool) -> Result<u8, Failure> {
-    let store = Store::open_read_only(db).map_err(store_failure)?;
+    let store = Store::open_for_reading(db).map_err(store_failure)?;
     let c = report::compare_runs(&store, runs, &report::ReportOptions::default())
         .map_err(report_failure)?;
     if json {
@@ -716,7 +719,7 @@ fn cmd_compare(db: &Path, runs: &[String], json: bool) -> Result<u8, Failure> {
 }
 
 fn cmd_query(db: &Path, sql: &str, csv: bool, json: bool) -> Result<u8, Failure> {
-    let store = Store::open_read_only(db).map_err(store_failure)?;
+    let store = Store::open_for_reading(db).map_err(store_failure)?;
     let (cols, rows) = store.query(sql).map_err(store_failure)?;
     let cell = |v: &serde_json::Value| match v {
         serde_json::Value::Null => String::new(),

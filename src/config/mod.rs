@@ -381,7 +381,13 @@ fn table_section<T: serde::de::DeserializeOwned + Default>(
             .chain(e.path.iter().cloned())
             .collect::<Vec<_>>()
             .join(".");
-        push(&key, one_line(&e.kind.to_string()));
+        let message = match &e.kind {
+            figment::error::Kind::UnknownField(_, expected) => {
+                format!("unknown key; expected one of: {}", expected.join(", "))
+            }
+            other => one_line(&other.to_string()),
+        };
+        push(&key, message);
         T::default()
     })
 }
@@ -461,6 +467,13 @@ fn parse_grid(
                     let mut m = BTreeMap::new();
                     for (ek, ev) in e {
                         let json = to_json(ev);
+                        if !known.contains_key(ek) {
+                            push(
+                                &format!("grid.exclude[{i}].\"{ek}\""),
+                                unknown_key_message(ek, known),
+                            );
+                            continue;
+                        }
                         if let Err(msg) = check_value(defaults, ek, &json) {
                             push(&format!("grid.exclude[{i}].\"{ek}\""), msg);
                         }

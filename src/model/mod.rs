@@ -112,12 +112,79 @@ impl ModelSource {
         Ok(shards)
     }
 
+    /// Checks a checkpoint without loading it: each weight file's header parses and the
+    /// file is as long as the header says (a truncated download is caught here, not
+    /// half-way through a sweep), and a tokenizer.json loads and fits the vocabulary.
+    pub fn check(&self, need_weights: bool) -> Result<(), ModelError> {
+        let cfg = self.config()?;
+        if need_weights {
+            for f in self.weight_files()? {
+                check_safetensors(&f)?;
+            }
+        }
+        if let Some(t) = self.tokenizer_file() {
+            let bad = |message: String| ModelError::BadCheckpoint {
+                path: t.display().to_string(),
+                message,
+            };
+            let tok = tokenizers::Tokenizer::from_file(&t)
+                .map_err(|e| bad(format!("not a tokenizer: {e}")))?;
+            let n = tok.get_vocab_size(true);
+            if n > cfg.vocab_size {
+                return Err(bad(format!(
+                    "has {n} tokens but the model's vocab_size is {}: it does not belong to this model",
+                    cfg.vocab_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn tokenizer_file(&self) -> Option<PathBuf> {
         match self {
             ModelSource::Dir(d) => Some(d.join("tokenizer.json")).filter(|p| p.is_file()),
             ModelSource::Preset(_) => None,
         }
     }
+}
+
+/// A safetensors file's 8-byte header length, JSON header and data must add up to its size.
+fn check_safetensors(path: &Path) -> Result<(), ModelError> {
+    use std::io::Read;
+    let bad = |message: String| ModelError::BadCheckpoint {
+        path: path.display().to_string(),
+        message,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let len = f.metadata().map_err(|e| bad(e.to_string()))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad(format!("truncated: {len} bytes, not even a header")))?;
+    let n = u64::from_le_bytes(n);
+    if n > len.saturating_sub(8) || n > 100_000_000 {
+        return Err(bad(format!(
+            "truncated or not safetensors: header of {n} bytes in a file of {len}"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    // The header maps each tensor name (and `__metadata__`) to its dtype, shape and
+    // [start, end) byte offsets in the data that follows.
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("not safetensors: header is not JSON ({e})")))?;
+    let data_end = header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, t)| t["data_offsets"][1].as_u64())
+        .max()
+        .unwrap_or(0);
+    let want = 8 + n + data_end;
+    if len < want {
+        return Err(bad(format!(
+            "truncated: {len} bytes, the header describes {want} (download it again)"
+        )));
+    }
+    Ok(())
 }
 
 /// The snapshot folder of `repo` in the local Hugging Face cache (`$HF_HUB_CACHE`, else

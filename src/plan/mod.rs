@@ -123,19 +123,18 @@ pub fn display_value(v: Option<&Value>) -> String {
 fn model_problem(name: &str, init: ModelInit) -> Option<(String, String)> {
     let problem = |m: String| Some(("model.name".to_string(), m));
     match ModelSource::resolve(name) {
+        // The key is already in front of the message.
+        Err(crate::model::ModelError::NotFound { name, message }) => {
+            problem(format!("\"{name}\": {message}"))
+        }
         Err(e) => problem(e.to_string()),
         Ok(ModelSource::Preset(p)) if init == ModelInit::Pretrained => problem(format!(
             "\"{p}\" is a preset: it has no pretrained weights (use model.init = \"random\", or a checkpoint)"
         )),
-        Ok(src @ ModelSource::Dir(_)) => {
-            if let Err(e) = src.config() {
-                return problem(e.to_string());
-            }
-            match init {
-                ModelInit::Random => None,
-                _ => src.weight_files().err().and_then(|e| problem(e.to_string())),
-            }
-        }
+        Ok(src @ ModelSource::Dir(_)) => src
+            .check(init != ModelInit::Random)
+            .err()
+            .and_then(|e| problem(e.to_string())),
         Ok(_) => None,
     }
 }

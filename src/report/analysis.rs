@@ -153,6 +153,12 @@ fn load_run(
         .map(|a| format!("{a}={}", crate::plan::display_value(axes_map.get(a))))
         .collect::<Vec<_>>()
         .join(", ");
+    // A sweep over seeds alone: every run has the one configuration.
+    let group = if group.is_empty() {
+        "(one configuration)".to_string()
+    } else {
+        group
+    };
     let row = RunRow {
         run_id: run_id.to_string(),
         status: info.status,

@@ -155,10 +155,18 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens an existing database read-only; writes are refused by SQLite itself. A
-    /// database written by an older ablate is first brought to the current schema (the
-    /// migrations only add), so that reports and queries see the views they expect.
+    /// Opens an existing database read-only, as it is; writes are refused by SQLite itself.
     pub fn open_read_only(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        Store::open_read_only_as_is(path)
+    }
+
+    /// Like [`Store::open_read_only`], but a database written by an older ablate is first
+    /// brought to the current schema (the migrations only add), so that reports and
+    /// queries see the views they expect.
+    pub fn open_for_reading(path: &Path) -> Result<Store> {
         if !path.exists() {
             return Err(StoreError::Missing(path.display().to_string()));
         }

@@ -49,6 +49,8 @@ fn filters() -> Vec<(&'static str, &'static str)> {
         (r"\(\d+/\d+\)", "([k]/[n])"),
         (r"\| \d+ / \d+ \|", "| [a] / [b] |"),
         (r"\(\d+ spikes?\)", "([n] spikes)"),
+        // Throughput, the last column of the scaling table.
+        (r"(?m)\| \d+ \|$", "| [int] |"),
         (r"\b(within noise|better|worse)\b", "[verdict]"),
         (
             r"\| (yes: val loss rose after its minimum|no) \|",
