@@ -7,11 +7,12 @@ mod pipeline;
 
 pub use pipeline::{device_for, run_dir, run_one, RunError};
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::plan::{Plan, PlannedRun};
 use crate::store::{Claim, Record, RunStatus, Store, StoreError};
@@ -91,6 +92,9 @@ pub struct ExecOptions {
 /// Rows are committed in batches of this size or this age, and always at a run's end.
 const FLUSH_EVERY: usize = 512;
 const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How often a process waiting for runs that another process trains looks again.
+const WAIT_POLL: Duration = Duration::from_millis(500);
 
 /// Runs the plan's runs that are not done. Store errors abort; a failing run does not.
 pub fn execute(
@@ -175,10 +179,15 @@ pub fn execute(
         let mut in_flight = 0usize;
         let mut pending_rows: Vec<Record> = Vec::new();
         let mut last_flush = Instant::now();
-        let dispatch = |store: &mut Store,
-                        queue: &mut Vec<&PlannedRun>,
-                        outcome: &mut SweepOutcome,
-                        reporter: &mut dyn Reporter|
+        // Runs another process is training: polled until they end, so that this
+        // process's report and exit code cover the whole sweep.
+        let mut waiting: Vec<String> = Vec::new();
+        let mut announced: HashSet<String> = HashSet::new();
+        let mut dispatch = |store: &mut Store,
+                            queue: &mut Vec<&PlannedRun>,
+                            waiting: &mut Vec<String>,
+                            outcome: &mut SweepOutcome,
+                            reporter: &mut dyn Reporter|
          -> Result<bool, StoreError> {
             while let Some(r) = queue.pop() {
                 if opts.cancel.load(Ordering::Relaxed) {
@@ -202,68 +211,80 @@ pub fn execute(
                         });
                     }
                     Claim::Busy => {
-                        outcome.busy += 1;
-                        reporter.event(&Event::RunSkipped {
-                            run_id: r.id.clone(),
-                            reason: "running in another process",
-                        });
+                        if announced.insert(r.id.clone()) {
+                            reporter.event(&Event::RunSkipped {
+                                run_id: r.id.clone(),
+                                reason: "running in another process; waiting for it",
+                            });
+                        }
+                        waiting.push(r.id.clone());
                     }
                 }
             }
             Ok(false)
         };
-        for _ in 0..jobs {
-            if dispatch(store, &mut queue, &mut outcome, reporter)? {
-                in_flight += 1;
+        loop {
+            for _ in 0..jobs {
+                if dispatch(store, &mut queue, &mut waiting, &mut outcome, reporter)? {
+                    in_flight += 1;
+                }
             }
-        }
-        if in_flight == 0 {
-            drop(work_tx);
-            return Ok(());
-        }
-        for ev in ev_rx.iter() {
-            match &ev {
-                Event::Record(r) => {
-                    pending_rows.push(r.clone());
-                    if pending_rows.len() >= FLUSH_EVERY || last_flush.elapsed() >= FLUSH_AFTER {
-                        store.write(&pending_rows)?;
-                        pending_rows.clear();
-                        last_flush = Instant::now();
+            if in_flight > 0 {
+                for ev in ev_rx.iter() {
+                    match &ev {
+                        Event::Record(r) => {
+                            pending_rows.push(r.clone());
+                            if pending_rows.len() >= FLUSH_EVERY
+                                || last_flush.elapsed() >= FLUSH_AFTER
+                            {
+                                store.write(&pending_rows)?;
+                                pending_rows.clear();
+                                last_flush = Instant::now();
+                            }
+                        }
+                        Event::RunFinished {
+                            run_id,
+                            status,
+                            error,
+                            duration_s,
+                        } => {
+                            // Rows and final status land in one transaction.
+                            store.finish(
+                                run_id,
+                                *status,
+                                error.as_deref(),
+                                *duration_s,
+                                &pending_rows,
+                            )?;
+                            pending_rows.clear();
+                            match status {
+                                RunStatus::Done => outcome.done += 1,
+                                RunStatus::Diverged => outcome.diverged += 1,
+                                RunStatus::Interrupted => outcome.interrupted += 1,
+                                _ => outcome.failed += 1,
+                            }
+                            in_flight -= 1;
+                            reporter.event(&ev);
+                            if dispatch(store, &mut queue, &mut waiting, &mut outcome, reporter)? {
+                                in_flight += 1;
+                            }
+                        }
+                        _ => reporter.event(&ev),
+                    }
+                    if in_flight == 0 {
+                        break;
                     }
                 }
-                Event::RunFinished {
-                    run_id,
-                    status,
-                    error,
-                    duration_s,
-                } => {
-                    // Rows and final status land in one transaction.
-                    store.finish(
-                        run_id,
-                        *status,
-                        error.as_deref(),
-                        *duration_s,
-                        &pending_rows,
-                    )?;
-                    pending_rows.clear();
-                    match status {
-                        RunStatus::Done => outcome.done += 1,
-                        RunStatus::Diverged => outcome.diverged += 1,
-                        RunStatus::Interrupted => outcome.interrupted += 1,
-                        _ => outcome.failed += 1,
-                    }
-                    in_flight -= 1;
-                    reporter.event(&ev);
-                    if dispatch(store, &mut queue, &mut outcome, reporter)? {
-                        in_flight += 1;
-                    }
-                }
-                _ => reporter.event(&ev),
             }
-            if in_flight == 0 {
+            if waiting.is_empty() || opts.cancel.load(Ordering::Relaxed) {
                 break;
             }
+            std::thread::sleep(WAIT_POLL);
+            // Back on the queue in plan order (pop takes from the end).
+            queue.extend(plan.runs.iter().filter(|r| waiting.contains(&r.id)).rev());
+            waiting.clear();
         }
+        outcome.busy = waiting.len();
         drop(work_tx);
         Ok(())
     })?;

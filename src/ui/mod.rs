@@ -184,6 +184,13 @@ impl Reporter for JsonReporter {
                 duration_s,
             } => serde_json::json!({"event": "run_finished", "run_id": run_id, "status": status,
                 "error": error, "duration_s": duration_s}),
+            Event::Phase {
+                run_id,
+                phase,
+                total,
+            } => {
+                serde_json::json!({"event": "phase", "run_id": run_id, "phase": phase, "total": total})
+            }
             Event::SweepFinished(o) => serde_json::json!({"event": "sweep_finished", "outcome": o}),
             _ => return,
         };

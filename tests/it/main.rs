@@ -6,5 +6,6 @@ mod bfcl;
 mod cli;
 mod model;
 mod parity;
+mod reliability;
 mod reports;
 mod toolbench;

@@ -1,0 +1,285 @@
+//! Crash and concurrency: SIGKILL at random points of a sweep must not lose or double a
+//! row, and several `ablate run` processes on one database must train each run once.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rusqlite::Connection;
+
+const BASE: &str = r#"
+[model]
+name = "tiny"
+
+[data]
+n_train = 48
+n_test = 6
+vocab_size = 320
+max_seq_len = 96
+
+[train]
+lr = 3e-3
+batch_size = 16
+
+[eval]
+max_new_tokens = 10
+"#;
+
+fn ablate_cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ablate"));
+    c.current_dir(dir)
+        .args(args)
+        .env_remove("ABLATE_DB")
+        .stdin(Stdio::null());
+    c
+}
+
+fn q(db: &Path, sql: &str) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Everything a finished sweep stores that does not depend on timing: run statuses, metric
+/// rows without the timings, verdicts with their predictions, sweep membership.
+fn content(db: &Path) -> Vec<String> {
+    let c = Connection::open(db).unwrap();
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT id || ' ' || status FROM runs ORDER BY id",
+        "SELECT run_id || ' ' || name || ' ' || split || ' ' || step || ' ' || quote(value)
+         FROM metrics WHERE name NOT IN ('tokens_per_s', 'step_time_s') ORDER BY 1",
+        "SELECT run_id || ' ' || example_id || ' ' || evaluator || ' ' || verdict || ' ' || prediction
+         FROM eval_results ORDER BY 1",
+        "SELECT sweep || ' ' || run_id || ' ' || position FROM sweep_runs ORDER BY 1",
+    ] {
+        let mut s = c.prepare(sql).unwrap();
+        out.extend(s.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap));
+    }
+    out
+}
+
+fn integrity(db: &Path) -> String {
+    Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn four_processes_on_one_database_train_each_run_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let exps = d.join("experiments");
+    std::fs::create_dir(&exps).unwrap();
+    // Overlapping grids: 11 sweep rows, 7 distinct runs.
+    let grids = [
+        (
+            "a",
+            "\"train.epochs\" = [0, 1]\n\"train.clip_norm\" = [0.3, 1.0]",
+        ),
+        (
+            "b",
+            "\"train.epochs\" = [1]\n\"train.clip_norm\" = [0.3, 1.0, \"none\"]",
+        ),
+        (
+            "c",
+            "\"train.epochs\" = [1, 2]\n\"train.clip_norm\" = [1.0]",
+        ),
+        (
+            "d",
+            "\"train.epochs\" = [2]\n\"train.clip_norm\" = [0.3, 1.0]",
+        ),
+    ];
+    for (name, grid) in grids {
+        std::fs::write(
+            exps.join(format!("{name}.toml")),
+            format!("{BASE}\n[grid]\n{grid}\n"),
+        )
+        .unwrap();
+    }
+    let files: Vec<String> = grids
+        .iter()
+        .map(|(n, _)| format!("experiments/{n}.toml"))
+        .collect();
+    // Each process takes the files in another order, so they collide on every run.
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            let mut order = files.clone();
+            order.rotate_left(i);
+            let mut args = vec!["run"];
+            args.extend(order.iter().map(String::as_str));
+            ablate_cmd(d, &args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(!err.contains("locked"), "{err}");
+    }
+    let db = d.join("results/ablate.db");
+    assert_eq!(q(&db, "SELECT count(*) FROM runs"), 7);
+    assert_eq!(q(&db, "SELECT count(*) FROM runs WHERE status = 'done'"), 7);
+    assert_eq!(
+        q(&db, "SELECT sum(attempts) FROM runs"),
+        7,
+        "a run was trained twice"
+    );
+    assert_eq!(q(&db, "SELECT count(*) FROM sweep_runs"), 11);
+    // 3 steps an epoch: epochs 0 (x2), 1 (x3), 2 (x2) = 21 steps, 6 train metrics each.
+    assert_eq!(
+        q(&db, "SELECT count(*) FROM metrics WHERE split = 'train'"),
+        21 * 6
+    );
+    assert_eq!(q(&db, "SELECT count(*) FROM eval_results"), 7 * 6);
+    assert_eq!(integrity(&db), "ok");
+    // Every process wrote every report, each with all of its runs done.
+    for (name, _) in grids {
+        let r = std::fs::read_to_string(d.join(format!("results/reports/{name}.md"))).unwrap();
+        assert!(
+            !r.contains("| running |") && !r.contains("| pending |"),
+            "{r}"
+        );
+    }
+}
+
+/// Kills `ablate run` with SIGKILL until `kills` kills have landed mid-sweep, then lets it
+/// finish; returns each kill as `trigger->last event seen`. The kill moments cycle through three kinds, each
+/// with a seeded random delay: a timer from the start (mostly training), soon after the
+/// evaluation phase begins, and just after a run finished (its rows and status being
+/// written).
+fn run_with_kills(dir: &Path, kills: usize, seed: u64) -> Vec<String> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut hit = Vec::new();
+    let t0 = Instant::now();
+    let mut attempt = 0usize;
+    while hit.len() < kills {
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "no progress: {hit:?}"
+        );
+        let trigger = ["timer", "eval", "run_finished"][attempt % 3];
+        attempt += 1;
+        let mut child = ablate_cmd(
+            dir,
+            &["run", "experiments/chaos.toml", "--json", "--no-report"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        // The last event seen tells which phase the kill interrupted.
+        let last = Arc::new(Mutex::new(String::from("start")));
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let last = Arc::clone(&last);
+            let stdout = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    let phase = match v["event"].as_str().unwrap_or("") {
+                        "phase" => v["phase"].as_str().unwrap_or("").to_string(),
+                        // Resuming happens inside training.
+                        "run_resumed" => "train".to_string(),
+                        other => other.to_string(),
+                    };
+                    if phase == trigger {
+                        let _ = seen_tx.send(());
+                    }
+                    *last.lock().unwrap() = phase;
+                }
+            })
+        };
+        let delay = match trigger {
+            "timer" => Duration::from_millis(rng.random_range(300..2500)),
+            "eval" => Duration::from_millis(rng.random_range(0..250)),
+            _ => Duration::from_millis(rng.random_range(0..30)),
+        };
+        if trigger == "timer" {
+            std::thread::sleep(delay);
+        } else if seen_rx.recv_timeout(Duration::from_secs(30)).is_ok() {
+            std::thread::sleep(delay);
+        }
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok(); // SIGKILL
+        child.wait().unwrap();
+        reader.join().unwrap();
+        if finished {
+            break; // the sweep is complete: nothing left to interrupt
+        }
+        hit.push(format!("{trigger}->{}", last.lock().unwrap()));
+    }
+    let out = ablate_cmd(dir, &["run", "experiments/chaos.toml", "--no-report"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hit
+}
+
+fn chaos_dir(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("experiments")).unwrap();
+    std::fs::write(tmp.path().join("experiments/chaos.toml"), text).unwrap();
+    let db = tmp.path().join("results/ablate.db");
+    (tmp, db)
+}
+
+#[test]
+fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_database() {
+    let text = format!(
+        "{}\n[run]\ncheckpoint_every = 1\nval_every = 2\n[grid]\n\"train.epochs\" = [1, 2]\n\"train.clip_norm\" = [0.3, \"none\"]\n",
+        BASE.replace("n_train = 48", "n_train = 96").replace("n_test = 6", "n_test = 24").replace("max_new_tokens = 10", "max_new_tokens = 24")
+    );
+    let (reference, ref_db) = chaos_dir(&text);
+    let out = ablate_cmd(
+        reference.path(),
+        &["run", "experiments/chaos.toml", "--no-report"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (chaos, db) = chaos_dir(&text);
+    let hit = run_with_kills(chaos.path(), 12, 20261125);
+    assert!(
+        hit.len() >= 10,
+        "only {} kills landed mid-sweep: {hit:?}",
+        hit.len()
+    );
+    assert!(
+        hit.iter().any(|p| p.ends_with("->train"))
+            && hit.iter().any(|p| p.ends_with("->eval"))
+            && hit.iter().any(|p| p.starts_with("run_finished->")),
+        "kills should land in training, in evaluation and after a run's final write: {hit:?}"
+    );
+    assert_eq!(integrity(&db), "ok");
+    let (a, b) = (content(&ref_db), content(&db));
+    assert_eq!(a.len(), b.len(), "row counts differ");
+    assert!(
+        a == b,
+        "the resumed database differs from the uninterrupted one"
+    );
+    // No run was lost or doubled.
+    assert_eq!(q(&db, "SELECT count(*) FROM runs WHERE status = 'done'"), 4);
+    assert_eq!(
+        q(&db, "SELECT count(*) FROM (SELECT run_id, name, split, step FROM metrics GROUP BY 1, 2, 3, 4 HAVING count(*) > 1)"),
+        0
+    );
+}
