@@ -204,11 +204,11 @@ fn run_with_kills(dir: &Path, kills: usize, seed: u64) -> Vec<String> {
             "eval" => Duration::from_millis(rng.random_range(0..250)),
             _ => Duration::from_millis(rng.random_range(0..30)),
         };
-        if trigger == "timer" {
-            std::thread::sleep(delay);
-        } else if seen_rx.recv_timeout(Duration::from_secs(30)).is_ok() {
-            std::thread::sleep(delay);
+        if trigger != "timer" {
+            // Wait for the event (a timeout just kills wherever the sweep is).
+            let _ = seen_rx.recv_timeout(Duration::from_secs(30));
         }
+        std::thread::sleep(delay);
         let finished = child.try_wait().unwrap().is_some();
         child.kill().ok(); // SIGKILL
         child.wait().unwrap();
