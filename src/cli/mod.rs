@@ -602,6 +602,7 @@ fn cmd_run(
         results: results_dir(db),
         cancel: install_ctrlc(),
         git_rev: exec::git_rev(),
+        runner: exec::run_one,
     };
     let mut reporter: Box<dyn Reporter> = if json {
         Box::new(ui::JsonReporter)

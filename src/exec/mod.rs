@@ -87,7 +87,20 @@ pub struct ExecOptions {
     pub results: PathBuf,
     pub cancel: Arc<AtomicBool>,
     pub git_rev: Option<String>,
+    /// What one run does: [`run_one`] (train and evaluate); benchmarks of the executor's
+    /// own overhead put a no-op here.
+    pub runner: Runner,
 }
+
+/// One run, start to end: `(run id, config, run options, run folder, cancel flag, emit)`.
+pub type Runner = fn(
+    &str,
+    &crate::config::RunConfig,
+    &crate::config::RunOptions,
+    &std::path::Path,
+    &AtomicBool,
+    &dyn Fn(Event),
+) -> Result<(), RunError>;
 
 /// Rows are committed in batches of this size or this age, and always at a run's end.
 const FLUSH_EVERY: usize = 512;
@@ -148,7 +161,7 @@ pub fn execute(
                 let emit = |e: Event| {
                     let _ = tx.send(e);
                 };
-                let res = run_one(
+                let res = (opts.runner)(
                     &run.id,
                     &run.config,
                     run_opts,
