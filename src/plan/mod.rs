@@ -200,7 +200,7 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
     }
     // Resolving, validating and hashing each configuration is independent of the others:
     // in parallel, in order (a 100,000-run grid plans in well under a second).
-    let built: Vec<Result<(RunConfig, Vec<(String, String)>, String), String>> = combos
+    let built: Vec<Result<Resolved, String>> = combos
         .par_iter()
         .map(|axes| {
             let mut json = exp.base.clone();
@@ -295,6 +295,9 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
         runs,
     })
 }
+
+/// One grid point resolved: its config, the config's own problems and its run id.
+type Resolved = (RunConfig, Vec<(String, String)>, String);
 
 /// Grid values compare as numbers when both are numbers (`1` equals `1.0`).
 fn values_equal(a: &Value, b: &Value) -> bool {
