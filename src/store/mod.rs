@@ -426,26 +426,73 @@ impl Store {
     }
 }
 
+/// Metric rows per multi-row INSERT: one statement step for many rows costs SQLite far
+/// less than one per row.
+const METRIC_ROWS_PER_INSERT: usize = 64;
+
+fn metric_insert(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT OR REPLACE INTO metrics (run_id, name, split, step, value) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?, ?, ?, ?, ?)");
+    }
+    sql
+}
+
 fn write_records(tx: &rusqlite::Transaction<'_>, batch: &[Record]) -> rusqlite::Result<()> {
-    let mut metric = tx.prepare_cached(
-        "INSERT OR REPLACE INTO metrics (run_id, name, split, step, value) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    let mut verdict = tx.prepare_cached(
-        "INSERT OR REPLACE INTO eval_results
-         (run_id, dataset, example_id, category, evaluator, verdict, passed, prediction, gold)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
-    for r in batch {
-        match r {
-            Record::Metric {
+    // Metrics first, in full multi-row statements; verdicts after. The order of rows within
+    // a batch does not matter: keys are unique per batch (a replay overwrites).
+    let metrics: Vec<&Record> = batch
+        .iter()
+        .filter(|r| matches!(r, Record::Metric { .. }))
+        .collect();
+    let mut chunks = metrics.chunks_exact(METRIC_ROWS_PER_INSERT);
+    let mut many = tx.prepare_cached(&metric_insert(METRIC_ROWS_PER_INSERT))?;
+    for chunk in &mut chunks {
+        let mut i = 1;
+        for r in chunk {
+            if let Record::Metric {
                 run_id,
                 name,
                 split,
                 step,
                 value,
-            } => {
-                metric.execute(params![run_id, name, split, step, value])?;
+            } = r
+            {
+                many.raw_bind_parameter(i, run_id)?;
+                many.raw_bind_parameter(i + 1, name)?;
+                many.raw_bind_parameter(i + 2, split)?;
+                many.raw_bind_parameter(i + 3, step)?;
+                many.raw_bind_parameter(i + 4, value)?;
+                i += 5;
             }
+        }
+        many.raw_execute()?;
+    }
+    let mut metric = tx.prepare_cached(&metric_insert(1))?;
+    let mut verdict = tx.prepare_cached(
+        "INSERT OR REPLACE INTO eval_results
+         (run_id, dataset, example_id, category, evaluator, verdict, passed, prediction, gold)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for r in chunks.remainder() {
+        if let Record::Metric {
+            run_id,
+            name,
+            split,
+            step,
+            value,
+        } = r
+        {
+            metric.execute(params![run_id, name, split, step, value])?;
+        }
+    }
+    for r in batch {
+        match r {
+            Record::Metric { .. } => {}
             Record::Verdict {
                 run_id,
                 dataset,
@@ -473,6 +520,54 @@ fn process_alive(pid: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_of_any_size_write_every_row_once_and_the_last_value_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("a.db")).unwrap();
+        s.conn()
+            .execute(
+                "INSERT INTO runs (id, config_json, status, created_at) VALUES ('r', '{}', 'done', 'now')",
+                [],
+            )
+            .unwrap();
+        let m = |step: i64, value: f64| Record::Metric {
+            run_id: "r".into(),
+            name: "loss".into(),
+            split: "train".into(),
+            step,
+            value,
+        };
+        // Two full multi-row statements and a remainder, with a verdict among them and a
+        // step repeated in the remainder (a replay): 150 distinct steps.
+        let mut batch: Vec<Record> = (1..=150).map(|i| m(i, i as f64)).collect();
+        batch.insert(
+            70,
+            Record::Verdict {
+                run_id: "r".into(),
+                dataset: "d".into(),
+                example_id: "e".into(),
+                category: String::new(),
+                evaluator: "rules".into(),
+                verdict: "pass".into(),
+                passed: true,
+                prediction: "p".into(),
+                gold: String::new(),
+            },
+        );
+        batch.push(m(3, -3.0));
+        s.write(&batch).unwrap();
+        s.write(&[m(150, -150.0)]).unwrap();
+        let q = |sql: &str| -> f64 { s.conn().query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(q("SELECT count(*) * 1.0 FROM metrics"), 150.0);
+        assert_eq!(q("SELECT value FROM metrics WHERE step = 3"), -3.0);
+        assert_eq!(q("SELECT value FROM metrics WHERE step = 150"), -150.0);
+        assert_eq!(
+            q("SELECT sum(value) FROM metrics WHERE step BETWEEN 4 AND 149"),
+            (4..=149).sum::<i64>() as f64
+        );
+        assert_eq!(q("SELECT count(*) * 1.0 FROM eval_results"), 1.0);
+    }
 
     #[test]
     fn evaluator_agreement_gives_cohens_kappa() {
