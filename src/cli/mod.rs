@@ -159,6 +159,19 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
+    /// Convert ToolBench DFS answer files into ToolBench's `conversations` SFT format (a
+    /// JSON list of `{"id", "conversations": [{"from", "value"}]}`), which data.train and
+    /// data.eval also read.
+    #[command(
+        after_help = "Example:\n  ablate data convert ../shared/data/toolbench/ToolBench/data_example/answer --out train.json"
+    )]
+    Convert {
+        /// A directory of answer files (searched recursively).
+        answers: PathBuf,
+        /// The JSON file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Show how one example is rendered with the chat template and tokenized, with the
     /// loss mask (which tokens train).
     #[command(
@@ -167,7 +180,8 @@ pub enum DataCommand {
         ablate data inspect ../shared/data/bfcl/BFCL_v4_multiple.json --tokenizer results/runs/<id>/tokenizer.json"
     )]
     Inspect {
-        /// `synthetic`, a BFCL question file, or a directory of ToolBench answer files.
+        /// `synthetic`, a BFCL question file, a directory of ToolBench answer files, or a
+        /// ToolBench conversations file.
         source: String,
         /// Which example (0-based).
         #[arg(long, default_value_t = 0)]
@@ -279,6 +293,7 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Query { sql, csv, json } => cmd_query(&cli.db, &sql, csv, json),
         Command::Export { sweep, json, .. } => cmd_export(&cli.db, &sweep, json),
         Command::Compare { runs, json } => cmd_compare(&cli.db, &runs, json),
+        Command::Data(DataCommand::Convert { answers, out }) => cmd_data_convert(&answers, &out),
         Command::Data(DataCommand::Inspect {
             source,
             index,
@@ -301,6 +316,22 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
             json,
         }) => cmd_score_bfcl(&questions, answers.as_deref(), &predictions, json),
     }
+}
+
+fn cmd_data_convert(answers: &Path, out: &Path) -> Result<u8, Failure> {
+    let trajectories = crate::data::toolbench::load_answers(answers).map_err(user)?;
+    let convs: Vec<_> = trajectories.iter().map(|t| t.to_conversation()).collect();
+    let text = serde_json::to_string_pretty(&convs).expect("json");
+    std::fs::write(out, text)
+        .with_context(|| format!("writing {}", out.display()))
+        .map_err(internal)?;
+    let steps: usize = trajectories.iter().map(|t| t.steps.len()).sum();
+    eprintln!(
+        "wrote {} conversations ({steps} assistant steps) to {}",
+        convs.len(),
+        out.display()
+    );
+    Ok(exit::OK)
 }
 
 fn cmd_data_inspect(

@@ -302,7 +302,7 @@ impl RunConfig {
             bad(
                 "data.train",
                 format!(
-                    "\"synthetic\" or a directory of ToolBench answer files, found \"{}\"",
+                    "\"synthetic\", a directory of ToolBench answer files or a ToolBench conversations file (a JSON list), found \"{}\"",
                     d.train
                 ),
             );

@@ -93,6 +93,8 @@ pub enum Source {
     Bfcl(std::path::PathBuf),
     /// A directory of ToolBench DFS answer files: one example per assistant step.
     ToolBench(std::path::PathBuf),
+    /// A JSON file in ToolBench's `conversations` SFT format: one example per assistant step.
+    Conversations(std::path::PathBuf),
 }
 
 impl Source {
@@ -102,6 +104,9 @@ impl Source {
             Source::Synthetic
         } else if p.is_dir() {
             Source::ToolBench(p.to_path_buf())
+        } else if starts_with_bracket(p) {
+            // A JSON list; BFCL's files are JSON Lines of objects.
+            Source::Conversations(p.to_path_buf())
         } else {
             Source::Bfcl(p.to_path_buf())
         }
@@ -112,7 +117,7 @@ impl Source {
         match self {
             Source::Synthetic => "synthetic",
             Source::Bfcl(_) => "bfcl",
-            Source::ToolBench(_) => "toolbench",
+            Source::ToolBench(_) | Source::Conversations(_) => "toolbench",
         }
     }
 
@@ -128,8 +133,27 @@ impl Source {
                     .flat_map(toolbench::Trajectory::step_examples)
                     .collect(),
             ),
+            Source::Conversations(f) => Some(
+                toolbench::load_conversations(f)?
+                    .iter()
+                    .flat_map(toolbench::Trajectory::step_examples)
+                    .collect(),
+            ),
         })
     }
+}
+
+/// Whether a file's first non-blank byte is `[` (read from its first 4 KiB).
+fn starts_with_bracket(p: &Path) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    let n = std::fs::File::open(p)
+        .and_then(|mut f| f.read(&mut buf))
+        .unwrap_or(0);
+    buf[..n]
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'[')
 }
 
 pub const BOS: &str = "</s>";

@@ -359,3 +359,192 @@ pub fn load_tsv(path: &Path) -> Result<Vec<std::collections::BTreeMap<String, St
         .map(|row| row.map_err(|e| err(path, e.to_string())))
         .collect()
 }
+
+/// The line before the API list in the system turn of ToolBench's `conversations` format.
+const APIS_MARKER: &str = "Specifically, you have access to the following APIs: ";
+const SYSTEM_PROMPT: &str =
+    "You are AutoGPT, you can use many tools(functions) to do the following task.\n\
+First I will give you the task description, and your task start.\n\
+At each step, you need to give your thought to analyze the status now and what to do next, \
+with a function call to actually excute your step. Your output should follow this format:\n\
+Thought:\nAction\nAction Input:\n\n\
+After the call, you will get the call result, and you are now in a new state.\n\
+Remember:\n\
+1.the state change is irreversible, you can't go back to one of the former state, \
+if you want to restart the task, say \"I give up and restart\".\n\
+2.All the thought is short, at most in 5 sentence.\n\
+3.You can do more then one trys, so if your plan is to continusly try some conditions, \
+you can do one of the conditions per try.\n\
+Let's Begin!\n\
+Task description: You should use functions to help handle the real time user querys. \
+Remember:\n\
+1.ALWAYS call \"Finish\" function at the end of the task. And the final answer should \
+contain enough information to show to the user,If you can't handle the task, or you find \
+that function calls always fail(the function is not valid now), use function \
+Finish->give_up_and_restart.\n\
+2.Do not use origin tool names, use only subfunctions' names.\n";
+
+/// One conversation of ToolBench's SFT format: `{"id", "conversations": [{"from", "value"}]}`
+/// with `system`, `user`, `assistant` (`Thought: / Action: / Action Input:`) and `function`
+/// turns, as ToolBench's preprocessing writes its training data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: String,
+    pub conversations: Vec<ConversationTurn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationTurn {
+    pub from: String,
+    pub value: String,
+}
+
+impl Trajectory {
+    /// The trajectory in ToolBench's `conversations` format. The id keeps ablate's
+    /// `<group>-<number>` so that a round trip gives the same trajectory.
+    pub fn to_conversation(&self) -> Conversation {
+        let functions: Vec<Value> = self
+            .functions
+            .iter()
+            .map(|f| {
+                serde_json::json!({"name": f.name, "description": f.description,
+                                   "parameters": f.parameters})
+            })
+            .collect();
+        let turn = |from: &str, value: String| ConversationTurn {
+            from: from.into(),
+            value,
+        };
+        let mut turns = vec![
+            turn(
+                "system",
+                format!(
+                    "{SYSTEM_PROMPT}{APIS_MARKER}{}",
+                    serde_json::to_string(&functions).expect("json")
+                ),
+            ),
+            turn("user", format!("{}\nBegin!\n", self.query)),
+        ];
+        for s in &self.steps {
+            turns.push(turn(
+                "assistant",
+                format!(
+                    "\nThought: {}\nAction: {}\nAction Input: {}",
+                    s.thought, s.action, s.action_input
+                ),
+            ));
+            if let Some(o) = &s.observation {
+                turns.push(turn("function", o.clone()));
+            }
+        }
+        Conversation {
+            id: self.id.clone(),
+            conversations: turns,
+        }
+    }
+}
+
+/// Splits an assistant turn `Thought: … Action: … Action Input: …`. A thought may itself
+/// contain "Action:" lines (models write plans), so the action is the last `Action:` line
+/// directly followed by an `Action Input:` line; the input (JSON, no line starting with
+/// "Action") runs to the end.
+fn parse_assistant(value: &str) -> Option<(String, String, String)> {
+    let v = format!("\n{value}");
+    let (thought, action, input) = v.rmatch_indices("\nAction: ").find_map(|(at, m)| {
+        let rest = &v[at + m.len()..];
+        let (action, after) = rest.split_once('\n')?;
+        let input = after.strip_prefix("Action Input: ")?;
+        Some((&v[..at], action, input))
+    })?;
+    let thought = thought.trim();
+    let thought = thought.strip_prefix("Thought:").unwrap_or(thought).trim();
+    Some((
+        thought.to_string(),
+        action.trim().to_string(),
+        input.trim().to_string(),
+    ))
+}
+
+/// Reads a JSON file of conversations (ToolBench's SFT format) as trajectories.
+pub fn load_conversations(path: &Path) -> Result<Vec<Trajectory>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| err(path, e.to_string()))?;
+    let convs: Vec<Conversation> = serde_json::from_str(&text)
+        .map_err(|e| err(path, format!("not a list of conversations: {e}")))?;
+    convs
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            let at = |m: String| err(path, format!("conversation {n} ({}): {m}", c.id));
+            let mut functions = Vec::new();
+            let mut query = None;
+            let mut steps: Vec<Step> = Vec::new();
+            for (i, t) in c.conversations.iter().enumerate() {
+                match t.from.as_str() {
+                    "system" => {
+                        let list = t
+                            .value
+                            .split_once(APIS_MARKER)
+                            .map(|(_, l)| l.trim())
+                            .ok_or_else(|| {
+                                at(format!("turn {i}: no API list in the system turn"))
+                            })?;
+                        let fs: Vec<Value> = serde_json::from_str(list)
+                            .map_err(|e| at(format!("turn {i}: API list is not JSON: {e}")))?;
+                        functions = fs
+                            .iter()
+                            .map(|f| ToolSpec {
+                                name: f["name"].as_str().unwrap_or_default().to_string(),
+                                description: f["description"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_string(),
+                                parameters: f["parameters"].clone(),
+                            })
+                            .collect();
+                    }
+                    "user" if query.is_none() => {
+                        query = Some(t.value.trim().trim_end_matches("Begin!").trim().to_string());
+                    }
+                    "assistant" => {
+                        let (thought, action, action_input) = parse_assistant(&t.value)
+                            .ok_or_else(|| {
+                                at(format!(
+                                    "turn {i}: not `Thought: / Action: / Action Input:`"
+                                ))
+                            })?;
+                        steps.push(Step {
+                            thought,
+                            action,
+                            action_input,
+                            observation: None,
+                        });
+                    }
+                    "function" => {
+                        steps
+                            .last_mut()
+                            .ok_or_else(|| at(format!("turn {i}: observation before any call")))?
+                            .observation = Some(t.value.clone());
+                    }
+                    _ => {}
+                }
+            }
+            let query = query.ok_or_else(|| at("no user turn".into()))?;
+            if steps.is_empty() {
+                return Err(at("no assistant turn".into()));
+            }
+            // The format keeps no outcome: a trajectory gave an answer when it ends in
+            // Finish with give_answer, as ToolEval's rules read it.
+            let answered = steps
+                .last()
+                .is_some_and(|s| s.action == "Finish" && s.action_input.contains("give_answer"));
+            Ok(Trajectory {
+                group: c.id.split('-').next().unwrap_or_default().to_string(),
+                id: c.id.clone(),
+                query,
+                functions,
+                steps,
+                finish_type: if answered { "give_answer" } else { "give_up" }.into(),
+            })
+        })
+        .collect()
+}

@@ -274,3 +274,66 @@ fn stabletoolbench_example_files_load_and_rules_agree_with_the_judge() {
     .unwrap();
     assert!(!rows.is_empty() && rows.iter().all(|r| r.contains_key("preference_label")));
 }
+
+#[test]
+fn answer_files_round_trip_through_toolbench_conversations_format() {
+    use ablate::data::toolbench::{load_answers, load_conversations, Conversation};
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in [
+        "toolbench/ToolBench/data_example/answer",
+        "toolbench/StableToolBench/data_example/answer",
+    ] {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data")
+            .join(dir);
+        let trajectories = load_answers(&src).unwrap();
+        assert!(!trajectories.is_empty(), "{dir}");
+        let convs: Vec<Conversation> = trajectories.iter().map(|t| t.to_conversation()).collect();
+        // ToolBench's layout: system, user, then assistant / function turns.
+        for c in &convs {
+            let froms: Vec<&str> = c.conversations.iter().map(|t| t.from.as_str()).collect();
+            assert_eq!(&froms[..2], ["system", "user"], "{}", c.id);
+            assert!(froms[2..]
+                .iter()
+                .all(|f| *f == "assistant" || *f == "function"));
+            assert!(c.conversations[2].value.contains("\nAction Input: "));
+        }
+        let file = tmp.path().join("conversations.json");
+        std::fs::write(&file, serde_json::to_string(&convs).unwrap()).unwrap();
+        let back = load_conversations(&file).unwrap();
+        assert_eq!(back.len(), trajectories.len(), "{dir}");
+        for (b, t) in back.iter().zip(&trajectories) {
+            assert_eq!((&b.id, &b.group, &b.query), (&t.id, &t.group, &t.query));
+            // The format has no outcome field: it is read from the last Finish call, and
+            // must agree wherever the answer file records one.
+            if !t.finish_type.is_empty() {
+                assert_eq!(b.finish_type, t.finish_type, "{}", t.id);
+            }
+            assert!(b.functions == t.functions, "{}: functions differ", t.id);
+            assert_eq!(b.steps.len(), t.steps.len(), "{}", t.id);
+            for (k, (x, y)) in b.steps.iter().zip(&t.steps).enumerate() {
+                assert_eq!(x, y, "{} step {k}", t.id);
+            }
+        }
+        // As a data source it gives the same step-wise examples as the answer files.
+        let spec = file.to_str().unwrap();
+        let from_file = ablate::data::Source::parse(spec).load().unwrap().unwrap();
+        let from_dir = ablate::data::Source::parse(src.to_str().unwrap())
+            .load()
+            .unwrap()
+            .unwrap();
+        assert_eq!(from_file, from_dir);
+    }
+    // A broken conversation names the file, the conversation and the turn.
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"id": "G1-1", "conversations": [{"from": "system", "value": "no list"}]}]"#,
+    )
+    .unwrap();
+    let e = load_conversations(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("bad.json") && e.contains("conversation 0 (G1-1)") && e.contains("turn 0"),
+        "{e}"
+    );
+}
