@@ -87,30 +87,6 @@ pub fn run_id(cfg: &RunConfig) -> String {
 }
 
 /// An axis value for display: strings without their JSON quotes, `-` when absent.
-/// A config as dotted keys (`train.lr`) to leaf values, for listing what differs.
-pub fn flatten_json(v: &Value) -> BTreeMap<String, Value> {
-    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
-        match v {
-            Value::Object(m) => {
-                for (k, v) in m {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&key, v, out);
-                }
-            }
-            other => {
-                out.insert(prefix.to_string(), other.clone());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk("", v, &mut out);
-    out
-}
-
 pub fn display_value(v: Option<&Value>) -> String {
     match v {
         Some(Value::String(s)) => s.clone(),

@@ -599,7 +599,7 @@ pub fn compare_runs(
         let info = store
             .run_info(&id)?
             .ok_or_else(|| ReportError::UnknownRun(id.clone()))?;
-        configs.push(crate::plan::flatten_json(
+        configs.push(crate::config::leaf_keys(
             &serde_json::from_str(&info.config_json).unwrap_or(Value::Null),
         ));
         loaded.push(load_run(store, &id, &[], "{}", false)?);

@@ -442,6 +442,29 @@ fn metric_insert(rows: usize) -> String {
     sql
 }
 
+/// Binds one metric row's five values from parameter `first` on.
+fn bind_metric(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    first: usize,
+    r: &Record,
+) -> rusqlite::Result<()> {
+    if let Record::Metric {
+        run_id,
+        name,
+        split,
+        step,
+        value,
+    } = r
+    {
+        stmt.raw_bind_parameter(first, run_id)?;
+        stmt.raw_bind_parameter(first + 1, name)?;
+        stmt.raw_bind_parameter(first + 2, split)?;
+        stmt.raw_bind_parameter(first + 3, step)?;
+        stmt.raw_bind_parameter(first + 4, value)?;
+    }
+    Ok(())
+}
+
 fn write_records(tx: &rusqlite::Transaction<'_>, batch: &[Record]) -> rusqlite::Result<()> {
     // Metrics first, in full multi-row statements; verdicts after. The order of rows within
     // a batch does not matter: keys are unique per batch (a replay overwrites).
@@ -452,62 +475,37 @@ fn write_records(tx: &rusqlite::Transaction<'_>, batch: &[Record]) -> rusqlite::
     let mut chunks = metrics.chunks_exact(METRIC_ROWS_PER_INSERT);
     let mut many = tx.prepare_cached(&metric_insert(METRIC_ROWS_PER_INSERT))?;
     for chunk in &mut chunks {
-        let mut i = 1;
-        for r in chunk {
-            if let Record::Metric {
-                run_id,
-                name,
-                split,
-                step,
-                value,
-            } = r
-            {
-                many.raw_bind_parameter(i, run_id)?;
-                many.raw_bind_parameter(i + 1, name)?;
-                many.raw_bind_parameter(i + 2, split)?;
-                many.raw_bind_parameter(i + 3, step)?;
-                many.raw_bind_parameter(i + 4, value)?;
-                i += 5;
-            }
+        for (j, r) in chunk.iter().enumerate() {
+            bind_metric(&mut many, 1 + 5 * j, r)?;
         }
         many.raw_execute()?;
     }
-    let mut metric = tx.prepare_cached(&metric_insert(1))?;
+    let mut one = tx.prepare_cached(&metric_insert(1))?;
+    for r in chunks.remainder() {
+        bind_metric(&mut one, 1, r)?;
+        one.raw_execute()?;
+    }
     let mut verdict = tx.prepare_cached(
         "INSERT OR REPLACE INTO eval_results
          (run_id, dataset, example_id, category, evaluator, verdict, passed, prediction, gold)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    for r in chunks.remainder() {
-        if let Record::Metric {
+    for r in batch {
+        if let Record::Verdict {
             run_id,
-            name,
-            split,
-            step,
-            value,
+            dataset,
+            example_id,
+            category,
+            evaluator,
+            verdict: v,
+            passed,
+            prediction,
+            gold,
         } = r
         {
-            metric.execute(params![run_id, name, split, step, value])?;
-        }
-    }
-    for r in batch {
-        match r {
-            Record::Metric { .. } => {}
-            Record::Verdict {
-                run_id,
-                dataset,
-                example_id,
-                category,
-                evaluator,
-                verdict: v,
-                passed,
-                prediction,
-                gold,
-            } => {
-                verdict.execute(params![
-                    run_id, dataset, example_id, category, evaluator, v, passed, prediction, gold
-                ])?;
-            }
+            verdict.execute(params![
+                run_id, dataset, example_id, category, evaluator, v, passed, prediction, gold
+            ])?;
         }
     }
     Ok(())
