@@ -124,9 +124,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Compare runs side by side: the config keys that differ, pass rates with intervals,
-    /// and each run against the first on their shared test examples (paired bootstrap,
-    /// exact McNemar, Holm-corrected).
+    /// Compare runs side by side, each against the first.
+    ///
+    /// Shows the config keys that differ, pass rates with intervals, and each run against
+    /// the first on their shared test examples (paired bootstrap, exact McNemar,
+    /// Holm-corrected).
     #[command(
         after_help = "Run ids may be abbreviated to any unique prefix.\n\nExample:\n  ablate compare 3a1a0859 b0388b55 b7ed434d"
     )]
