@@ -70,15 +70,7 @@ pub fn load(questions: &Path) -> Result<Vec<Example>, DataError> {
 }
 
 fn example(q: Question, ground_truth: Vec<Map<String, Value>>) -> Example {
-    let tools = q
-        .function
-        .iter()
-        .map(|f| ToolSpec {
-            name: f["name"].as_str().unwrap_or_default().to_string(),
-            description: f["description"].as_str().unwrap_or_default().to_string(),
-            parameters: f["parameters"].clone(),
-        })
-        .collect();
+    let tools = q.function.iter().map(ToolSpec::from_json).collect();
     // The user messages of the (single) turn.
     let query = q.question[0]
         .as_array()

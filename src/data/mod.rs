@@ -28,6 +28,16 @@ pub struct ToolSpec {
 }
 
 impl ToolSpec {
+    /// From an OpenAI-style function object (`name`, `description`, `parameters`), as
+    /// ToolBench and BFCL write them.
+    pub fn from_json(f: &Value) -> ToolSpec {
+        ToolSpec {
+            name: f["name"].as_str().unwrap_or_default().to_string(),
+            description: f["description"].as_str().unwrap_or_default().to_string(),
+            parameters: f["parameters"].clone(),
+        }
+    }
+
     pub fn required(&self) -> Vec<String> {
         self.parameters["required"]
             .as_array()

@@ -76,15 +76,7 @@ pub fn load_answer(path: &Path) -> Result<Option<Trajectory>, DataError> {
         .ok_or_else(|| err(path, "answer_generation.train_messages is empty"))?;
     let functions = ag["function"]
         .as_array()
-        .map(|fs| {
-            fs.iter()
-                .map(|f| ToolSpec {
-                    name: f["name"].as_str().unwrap_or_default().to_string(),
-                    description: f["description"].as_str().unwrap_or_default().to_string(),
-                    parameters: f["parameters"].clone(),
-                })
-                .collect()
-        })
+        .map(|fs| fs.iter().map(ToolSpec::from_json).collect())
         .unwrap_or_default();
     let mut query: Option<String> = None;
     let mut steps: Vec<Step> = Vec::new();
@@ -403,14 +395,6 @@ impl Trajectory {
     /// The trajectory in ToolBench's `conversations` format. The id keeps ablate's
     /// `<group>-<number>` so that a round trip gives the same trajectory.
     pub fn to_conversation(&self) -> Conversation {
-        let functions: Vec<Value> = self
-            .functions
-            .iter()
-            .map(|f| {
-                serde_json::json!({"name": f.name, "description": f.description,
-                                   "parameters": f.parameters})
-            })
-            .collect();
         let turn = |from: &str, value: String| ConversationTurn {
             from: from.into(),
             value,
@@ -420,7 +404,7 @@ impl Trajectory {
                 "system",
                 format!(
                     "{SYSTEM_PROMPT}{APIS_MARKER}{}",
-                    serde_json::to_string(&functions).expect("json")
+                    serde_json::to_string(&self.functions).expect("json")
                 ),
             ),
             turn("user", format!("{}\nBegin!\n", self.query)),
@@ -490,17 +474,7 @@ pub fn load_conversations(path: &Path) -> Result<Vec<Trajectory>, DataError> {
                             })?;
                         let fs: Vec<Value> = serde_json::from_str(list)
                             .map_err(|e| at(format!("turn {i}: API list is not JSON: {e}")))?;
-                        functions = fs
-                            .iter()
-                            .map(|f| ToolSpec {
-                                name: f["name"].as_str().unwrap_or_default().to_string(),
-                                description: f["description"]
-                                    .as_str()
-                                    .unwrap_or_default()
-                                    .to_string(),
-                                parameters: f["parameters"].clone(),
-                            })
-                            .collect();
+                        functions = fs.iter().map(ToolSpec::from_json).collect();
                     }
                     "user" if query.is_none() => {
                         query = Some(t.value.trim().trim_end_matches("Begin!").trim().to_string());
