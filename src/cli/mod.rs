@@ -755,11 +755,7 @@ fn cmd_compare(db: &Path, runs: &[String], json: bool) -> Result<u8, Failure> {
 fn cmd_query(db: &Path, sql: &str, csv: bool, json: bool) -> Result<u8, Failure> {
     let store = Store::open_for_reading(db).map_err(store_failure)?;
     let (cols, rows) = store.query(sql).map_err(store_failure)?;
-    let cell = |v: &serde_json::Value| match v {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+    let cell = report::format::csv_cell;
     if json {
         let objs: Vec<serde_json::Value> = rows
             .iter()

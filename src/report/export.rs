@@ -5,6 +5,7 @@ use std::io::Write;
 
 use serde_json::{json, Map, Value};
 
+use super::format::csv_cell;
 use super::{ReportData, RunRow};
 
 /// The summary columns after `run_id`, `status`, `is_baseline` and the axes.
@@ -77,11 +78,6 @@ pub fn write_csv<W: Write>(data: &ReportData, out: W) -> csv::Result<()> {
     header.extend(data.axes.iter().map(String::as_str));
     header.extend(SUMMARY);
     w.write_record(&header)?;
-    let cell = |v: &Value| match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
     for r in &data.rows {
         let mut rec = vec![
             r.run_id.clone(),
@@ -91,9 +87,9 @@ pub fn write_csv<W: Write>(data: &ReportData, out: W) -> csv::Result<()> {
         rec.extend(
             data.axes
                 .iter()
-                .map(|a| r.axes.get(a).map(cell).unwrap_or_default()),
+                .map(|a| r.axes.get(a).map(csv_cell).unwrap_or_default()),
         );
-        rec.extend(summary(r).iter().map(cell));
+        rec.extend(summary(r).iter().map(csv_cell));
         w.write_record(&rec)?;
     }
     w.flush()?;

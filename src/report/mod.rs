@@ -5,6 +5,7 @@
 
 mod analysis;
 pub mod export;
+pub mod format;
 pub mod plots;
 pub mod stats;
 mod templates;

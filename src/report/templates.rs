@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use minijinja::{Environment, UndefinedBehavior};
 
-use super::{ReportData, ReportError};
+use super::{format, ReportData, ReportError};
 
 /// The built-in templates: one per research question, plus the general one.
 pub const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
@@ -92,31 +92,11 @@ impl TemplateSource {
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.add_filter("pct", |v: Option<f64>| -> String {
-        v.map_or("-".into(), |x| format!("{:.1}%", 100.0 * x))
-    });
-    env.add_filter("num", |v: Option<f64>, digits: Option<usize>| -> String {
-        v.map_or("-".into(), |x| format!("{:.*}", digits.unwrap_or(4), x))
-    });
-    env.add_filter("signed_pts", |v: Option<f64>| -> String {
-        v.map_or("-".into(), |x| format!("{:+.1}", 100.0 * x))
-    });
-    env.add_filter("pvalue", |v: Option<f64>| -> String {
-        match v {
-            None => "-".into(),
-            Some(p) if p < 0.001 => "< 0.001".into(),
-            Some(p) => format!("{p:.3}"),
-        }
-    });
-    env.add_filter("si", |v: Option<f64>| -> String {
-        match v {
-            None => "-".into(),
-            Some(x) if x >= 1e9 => format!("{:.2}B", x / 1e9),
-            Some(x) if x >= 1e6 => format!("{:.1}M", x / 1e6),
-            Some(x) if x >= 1e3 => format!("{:.1}k", x / 1e3),
-            Some(x) => format!("{x:.0}"),
-        }
-    });
+    env.add_filter("pct", format::pct);
+    env.add_filter("num", format::num);
+    env.add_filter("signed_pts", format::signed_pts);
+    env.add_filter("pvalue", format::pvalue);
+    env.add_filter("si", format::si);
     env
 }
 

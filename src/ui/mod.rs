@@ -230,8 +230,7 @@ pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
 
 /// `ablate compare`: the differing config keys, then the runs, then the paired tests.
 pub fn comparison(c: &crate::report::RunComparison) -> String {
-    let pct = |v: Option<f64>| v.map_or("-".into(), |x| format!("{:.1}%", 100.0 * x));
-    let num = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.4}"));
+    use crate::report::format::{num, pct, pvalue, signed_pts};
     let short = |id: &str| id[..id.len().min(12)].to_string();
     let mut out = String::new();
     let ids: Vec<String> = c.runs.iter().map(|r| short(&r.run_id)).collect();
@@ -273,8 +272,8 @@ pub fn comparison(c: &crate::report::RunComparison) -> String {
                 r.evaluator.clone(),
                 format!("{} ({}/{})", pct(r.pass_rate), r.passed, r.n_eval),
                 format!("{} – {}", pct(r.ci_low), pct(r.ci_high)),
-                num(r.final_train_loss),
-                num(r.final_val_loss),
+                num(r.final_train_loss, None),
+                num(r.final_val_loss, None),
             ]
         })
         .collect();
@@ -293,13 +292,6 @@ pub fn comparison(c: &crate::report::RunComparison) -> String {
         ]
         .map(String::from)
         .to_vec();
-        let p = |x: f64| {
-            if x < 0.001 {
-                "< 0.001".to_string()
-            } else {
-                format!("{x:.3}")
-            }
-        };
         let rows: Vec<Vec<String>> = c
             .pairs
             .iter()
@@ -308,10 +300,14 @@ pub fn comparison(c: &crate::report::RunComparison) -> String {
                     short(&q.run_id),
                     short(&q.reference),
                     q.n.to_string(),
-                    format!("{:+.1}", 100.0 * q.diff),
-                    format!("{:+.1} – {:+.1}", 100.0 * q.diff_low, 100.0 * q.diff_high),
-                    p(q.p_value),
-                    p(q.p_holm),
+                    signed_pts(Some(q.diff)),
+                    format!(
+                        "{} – {}",
+                        signed_pts(Some(q.diff_low)),
+                        signed_pts(Some(q.diff_high))
+                    ),
+                    pvalue(Some(q.p_value)),
+                    pvalue(Some(q.p_holm)),
                     q.verdict.clone(),
                 ]
             })
