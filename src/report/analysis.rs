@@ -14,28 +14,78 @@ use super::{
 use crate::config::HybridSpec;
 use crate::store::{Store, VerdictRow};
 
+/// A paired test of one set of outcomes against a reference on the same examples.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedTest {
+    /// Example pairs judged by both.
+    pub n: usize,
+    pub reference_rate: f64,
+    pub rate: f64,
+    /// rate − reference_rate, with its paired-bootstrap 95% interval.
+    pub diff: f64,
+    pub diff_low: f64,
+    pub diff_high: f64,
+    /// Passed by the reference only, and by this one only.
+    pub only_reference: usize,
+    pub only_this: usize,
+    /// Exact McNemar p-value, and Holm-adjusted over the tests it is reported with.
+    pub p_value: f64,
+    pub p_holm: f64,
+    /// `better`, `worse` or `within noise` (Holm-adjusted p ≥ 0.05).
+    pub verdict: String,
+}
+
+impl PairedTest {
+    /// Tests `b` against the reference `a` (same examples, same order); Holm's correction
+    /// and the verdict come with [`adjust`].
+    fn of(a: &[bool], b: &[bool], opts: &ReportOptions) -> PairedTest {
+        let d = Discordant::of(a, b);
+        let n = a.len();
+        let rate = |v: &[bool]| v.iter().filter(|&&x| x).count() as f64 / n.max(1) as f64;
+        let boot = stats::paired_bootstrap(a, b, opts.bootstrap_iters, opts.seed);
+        PairedTest {
+            n,
+            reference_rate: rate(a),
+            rate: rate(b),
+            diff: boot.diff,
+            diff_low: boot.low,
+            diff_high: boot.high,
+            only_reference: d.only_a,
+            only_this: d.only_b,
+            p_value: stats::mcnemar_exact(d.only_a, d.only_b),
+            p_holm: 1.0,
+            verdict: String::new(),
+        }
+    }
+}
+
+/// Holm's correction over a family of tests, then each test's verdict.
+fn adjust<'a>(tests: impl Iterator<Item = &'a mut PairedTest>) {
+    let mut tests: Vec<&mut PairedTest> = tests.collect();
+    let adjusted = stats::holm(&tests.iter().map(|t| t.p_value).collect::<Vec<_>>());
+    for (t, p) in tests.iter_mut().zip(adjusted) {
+        t.p_holm = p;
+        t.verdict = if t.n == 0 {
+            "no shared examples"
+        } else if p >= stats::ALPHA || t.diff == 0.0 {
+            "within noise"
+        } else if t.diff > 0.0 {
+            "better"
+        } else {
+            "worse"
+        }
+        .into();
+    }
+}
+
 /// One config (its runs over seeds pooled) against the baseline config, on the same
 /// examples: pairs are matched by seed, dataset and example id.
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     pub group: String,
     pub run_ids: Vec<String>,
-    /// Example pairs judged by both.
-    pub n: usize,
-    pub baseline_rate: f64,
-    pub rate: f64,
-    /// rate − baseline_rate, with its paired-bootstrap 95% interval.
-    pub diff: f64,
-    pub diff_low: f64,
-    pub diff_high: f64,
-    /// Passed by the baseline only, and by this config only.
-    pub only_baseline: usize,
-    pub only_this: usize,
-    /// Exact McNemar p-value, and Holm-adjusted over the report's comparisons.
-    pub p_value: f64,
-    pub p_holm: f64,
-    /// `better`, `worse` or `within noise` (Holm-adjusted p ≥ 0.05).
-    pub verdict: String,
+    #[serde(flatten)]
+    pub test: PairedTest,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -357,46 +407,15 @@ fn comparisons(runs: &[Loaded], opts: &ReportOptions) -> Vec<Comparison> {
         .filter(|(_, rs)| !rs.iter().any(|r| r.row.is_baseline))
         .filter_map(|(g, rs)| {
             let (a, b) = paired(base, rs);
-            if a.is_empty() {
-                return None;
-            }
-            let d = Discordant::of(&a, &b);
-            let n = a.len();
-            let rate = |v: &[bool]| v.iter().filter(|&&x| x).count() as f64 / n as f64;
-            let boot = stats::paired_bootstrap(&a, &b, opts.bootstrap_iters, opts.seed);
-            Some(Comparison {
+            (!a.is_empty()).then(|| Comparison {
                 group: g.clone(),
                 run_ids: rs.iter().map(|r| r.row.run_id.clone()).collect(),
-                n,
-                baseline_rate: rate(&a),
-                rate: rate(&b),
-                diff: boot.diff,
-                diff_low: boot.low,
-                diff_high: boot.high,
-                only_baseline: d.only_a,
-                only_this: d.only_b,
-                p_value: stats::mcnemar_exact(d.only_a, d.only_b),
-                p_holm: 1.0,
-                verdict: String::new(),
+                test: PairedTest::of(&a, &b, opts),
             })
         })
         .collect();
-    let adjusted = stats::holm(&out.iter().map(|c| c.p_value).collect::<Vec<_>>());
-    for (c, p) in out.iter_mut().zip(adjusted) {
-        c.p_holm = p;
-        c.verdict = verdict(c.diff, p).into();
-    }
+    adjust(out.iter_mut().map(|c| &mut c.test));
     out
-}
-
-fn verdict(diff: f64, p_holm: f64) -> &'static str {
-    if p_holm >= stats::ALPHA || diff == 0.0 {
-        "within noise"
-    } else if diff > 0.0 {
-        "better"
-    } else {
-        "worse"
-    }
 }
 
 fn seed_groups(runs: &[Loaded]) -> Vec<SeedGroup> {
@@ -578,13 +597,8 @@ pub struct RunComparison {
 pub struct PairwiseComparison {
     pub reference: String,
     pub run_id: String,
-    pub n: usize,
-    pub diff: f64,
-    pub diff_low: f64,
-    pub diff_high: f64,
-    pub p_value: f64,
-    pub p_holm: f64,
-    pub verdict: String,
+    #[serde(flatten)]
+    pub test: PairedTest,
 }
 
 pub fn compare_runs(
@@ -626,30 +640,14 @@ pub fn compare_runs(
                     b.push(p);
                 }
             }
-            let d = Discordant::of(&a, &b);
-            let boot = stats::paired_bootstrap(&a, &b, opts.bootstrap_iters, opts.seed);
             pairs.push(PairwiseComparison {
                 reference: first.row.run_id.clone(),
                 run_id: r.row.run_id.clone(),
-                n: a.len(),
-                diff: boot.diff,
-                diff_low: boot.low,
-                diff_high: boot.high,
-                p_value: stats::mcnemar_exact(d.only_a, d.only_b),
-                p_holm: 1.0,
-                verdict: String::new(),
+                test: PairedTest::of(&a, &b, opts),
             });
         }
     }
-    let adjusted = stats::holm(&pairs.iter().map(|c| c.p_value).collect::<Vec<_>>());
-    for (c, p) in pairs.iter_mut().zip(adjusted) {
-        c.p_holm = p;
-        c.verdict = if c.n == 0 {
-            "no shared examples".into()
-        } else {
-            verdict(c.diff, p).into()
-        };
-    }
+    adjust(pairs.iter_mut().map(|c| &mut c.test));
     Ok(RunComparison {
         runs: loaded.into_iter().map(|l| l.row).collect(),
         differing,

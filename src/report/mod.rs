@@ -17,7 +17,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use analysis::{
-    compare_runs, Breakdown, Comparison, HybridRow, PairwiseComparison, RunComparison, SeedGroup,
+    compare_runs, Breakdown, Comparison, HybridRow, PairedTest, PairwiseComparison, RunComparison,
+    SeedGroup,
 };
 pub use templates::{
     builtin_template, render, TemplateSource, BUILTIN_TEMPLATES, DEFAULT_TEMPLATE,

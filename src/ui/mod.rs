@@ -299,16 +299,16 @@ pub fn comparison(c: &crate::report::RunComparison) -> String {
                 vec![
                     short(&q.run_id),
                     short(&q.reference),
-                    q.n.to_string(),
-                    signed_pts(Some(q.diff)),
+                    q.test.n.to_string(),
+                    signed_pts(Some(q.test.diff)),
                     format!(
                         "{} – {}",
-                        signed_pts(Some(q.diff_low)),
-                        signed_pts(Some(q.diff_high))
+                        signed_pts(Some(q.test.diff_low)),
+                        signed_pts(Some(q.test.diff_high))
                     ),
-                    pvalue(Some(q.p_value)),
-                    pvalue(Some(q.p_holm)),
-                    q.verdict.clone(),
+                    pvalue(Some(q.test.p_value)),
+                    pvalue(Some(q.test.p_holm)),
+                    q.test.verdict.clone(),
                 ]
             })
             .collect();
