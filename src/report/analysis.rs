@@ -329,9 +329,9 @@ pub fn collect(
         Vec::new()
     };
     let breakdown = breakdown(&runs);
-    let hybrid = hybrid(store, &runs, opts.hybrid.as_ref())?;
+    let spec = opts.hybrid.clone().unwrap_or_default();
+    let hybrid = hybrid(store, &runs, &spec)?;
     let agreement = agreement(store, sweep)?;
-    let costs = opts.hybrid.clone().unwrap_or_default();
 
     let (rows, series): (Vec<RunRow>, Vec<RunSeries>) =
         runs.into_iter().map(|r| (r.row, r.series)).unzip();
@@ -352,7 +352,7 @@ pub fn collect(
         seed_groups,
         breakdown,
         hybrid,
-        hybrid_costs: Some((costs.small_cost, costs.large_cost)),
+        hybrid_costs: (spec.small_cost, spec.large_cost),
         plots: Plots::default(),
         spike_factor: SPIKE_FACTOR,
         spike_window: SPIKE_WINDOW,
@@ -476,9 +476,8 @@ fn breakdown(runs: &[Loaded]) -> Vec<Breakdown> {
 fn hybrid(
     store: &Store,
     runs: &[Loaded],
-    spec: Option<&HybridSpec>,
+    spec: &HybridSpec,
 ) -> Result<Vec<HybridRow>, ReportError> {
-    let spec = spec.cloned().unwrap_or_default();
     let configured_run = match &spec.large_run {
         Some(prefix) => {
             let id = resolve_run(store, prefix)?;
@@ -671,7 +670,10 @@ pub(crate) fn empty_for_tests() -> ReportData {
         seed_groups: vec![],
         breakdown: vec![],
         hybrid: vec![],
-        hybrid_costs: None,
+        hybrid_costs: {
+            let d = HybridSpec::default();
+            (d.small_cost, d.large_cost)
+        },
         plots: Plots::default(),
         spike_factor: SPIKE_FACTOR,
         spike_window: SPIKE_WINDOW,

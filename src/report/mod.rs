@@ -148,7 +148,8 @@ pub struct ReportData {
     /// Pass rate per run, evaluator, dataset and category (ToolBench group, BFCL category).
     pub breakdown: Vec<Breakdown>,
     pub hybrid: Vec<HybridRow>,
-    pub hybrid_costs: Option<(f64, f64)>,
+    /// Cost per query of the small and the large model (`[experiment.hybrid]`).
+    pub hybrid_costs: (f64, f64),
     pub plots: Plots,
     pub spike_factor: f64,
     pub spike_window: usize,
