@@ -218,6 +218,12 @@ fn run_with_kills(dir: &Path, kills: usize, seed: u64) -> Vec<String> {
         }
         hit.push(format!("{trigger}->{}", last.lock().unwrap()));
     }
+    run_to_end(dir);
+    hit
+}
+
+/// Runs the chaos sweep to its end without interruption.
+fn run_to_end(dir: &Path) {
     let out = ablate_cmd(dir, &["run", "experiments/chaos.toml", "--no-report"])
         .output()
         .unwrap();
@@ -226,7 +232,6 @@ fn run_with_kills(dir: &Path, kills: usize, seed: u64) -> Vec<String> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    hit
 }
 
 fn chaos_dir(text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -244,17 +249,7 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_database() {
         BASE.replace("n_train = 48", "n_train = 96").replace("n_test = 6", "n_test = 24").replace("max_new_tokens = 10", "max_new_tokens = 24")
     );
     let (reference, ref_db) = chaos_dir(&text);
-    let out = ablate_cmd(
-        reference.path(),
-        &["run", "experiments/chaos.toml", "--no-report"],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_to_end(reference.path());
 
     let (chaos, db) = chaos_dir(&text);
     let hit = run_with_kills(chaos.path(), 12, 20261125);
