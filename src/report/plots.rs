@@ -45,16 +45,21 @@ fn label(r: &RunRow) -> String {
 /// (x, pass rate, interval low, interval high)
 type Bar = (f64, f64, f64, f64);
 
+fn canvas(path: &Path) -> DrawingArea<SVGBackend<'_>, Shift> {
+    SVGBackend::new(path, SIZE).into_drawing_area()
+}
+
 type DrawResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Writes every plot that fits the sweep into `dir` and returns their paths relative to the
 /// report (`<prefix>/<file>.svg`).
 pub fn write_all(data: &ReportData, dir: &Path, prefix: &str) -> Result<Plots, ReportError> {
     let mut plots = Plots::default();
-    let draw = |file: &str, f: &dyn Fn(DrawingArea<SVGBackend, Shift>) -> DrawResult<bool>| {
+    // Each plot opens its file only once it knows it has something to draw; a plot that
+    // does not apply removes what an earlier report may have left under its name.
+    let draw = |file: &str, f: &dyn Fn(&Path) -> DrawResult<bool>| {
         let path = dir.join(file);
-        let root = SVGBackend::new(&path, SIZE).into_drawing_area();
-        match f(root) {
+        match f(&path) {
             Ok(true) => Ok(Some(format!("{prefix}/{file}"))),
             Ok(false) => {
                 let _ = std::fs::remove_file(&path);
@@ -66,21 +71,21 @@ pub fn write_all(data: &ReportData, dir: &Path, prefix: &str) -> Result<Plots, R
             }),
         }
     };
-    plots.loss = draw("loss.svg", &|root| loss_curves(data, root))?;
+    plots.loss = draw("loss.svg", &|path| loss_curves(data, path))?;
     for (i, axis) in data.axes.iter().enumerate() {
         if axis == "train.seed" {
             continue;
         }
         let file = format!("pass_rate_{}.svg", axis.replace('.', "_"));
-        if let Some(path) = draw(&file, &|root| pass_rate_by_axis(data, i, root))? {
+        if let Some(path) = draw(&file, &|path| pass_rate_by_axis(data, i, path))? {
             plots.by_axis.push(AxisPlot {
                 axis: axis.clone(),
                 path,
             });
         }
     }
-    plots.heatmap = draw("clip_lr_heatmap.svg", &|root| heatmap(data, root))?;
-    plots.size = draw("pass_rate_by_size.svg", &|root| by_size(data, root))?;
+    plots.heatmap = draw("clip_lr_heatmap.svg", &|path| heatmap(data, path))?;
+    plots.size = draw("pass_rate_by_size.svg", &|path| by_size(data, path))?;
     Ok(plots)
 }
 
@@ -98,7 +103,7 @@ fn thin(series: &[(i64, f64)], keep: &[i64]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn loss_curves(data: &ReportData, root: DrawingArea<SVGBackend, Shift>) -> DrawResult<bool> {
+fn loss_curves(data: &ReportData, path: &Path) -> DrawResult<bool> {
     let curves: Vec<(usize, Vec<(f64, f64)>)> = data
         .series
         .iter()
@@ -118,6 +123,7 @@ fn loss_curves(data: &ReportData, root: DrawingArea<SVGBackend, Shift>) -> DrawR
         }
     }
     let pad = ((y1 - y0) * 0.05).max(1e-3);
+    let root = canvas(path);
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -164,11 +170,7 @@ fn loss_curves(data: &ReportData, root: DrawingArea<SVGBackend, Shift>) -> DrawR
 
 /// Pass rate against one axis: x is the axis value (in plan order), one line per
 /// combination of the other axes, Wilson 95% error bars.
-fn pass_rate_by_axis(
-    data: &ReportData,
-    axis: usize,
-    root: DrawingArea<SVGBackend, Shift>,
-) -> DrawResult<bool> {
+fn pass_rate_by_axis(data: &ReportData, axis: usize, path: &Path) -> DrawResult<bool> {
     let values = ordered_values(data, axis);
     // other axes' values -> [(x index, rate, lo, hi)]
     let mut lines: BTreeMap<Vec<String>, Vec<Bar>> = BTreeMap::new();
@@ -201,6 +203,7 @@ fn pass_rate_by_axis(
         .filter(|(j, _)| *j != axis)
         .map(|(_, a)| a)
         .collect();
+    let root = canvas(path);
     root.fill(&WHITE)?;
     let n = values.len() as f64;
     let mut chart = ChartBuilder::on(&root)
@@ -293,7 +296,7 @@ fn ordered_values(data: &ReportData, axis: usize) -> Vec<String> {
 
 /// Mean pass rate over seeds and other axes for each (clip norm, lr) cell; cells with a
 /// diverged run say how many.
-fn heatmap(data: &ReportData, root: DrawingArea<SVGBackend, Shift>) -> DrawResult<bool> {
+fn heatmap(data: &ReportData, path: &Path) -> DrawResult<bool> {
     let (Some(ci), Some(li)) = (
         data.axes.iter().position(|a| a == "train.clip_norm"),
         data.axes.iter().position(|a| a == "train.lr"),
@@ -317,6 +320,7 @@ fn heatmap(data: &ReportData, root: DrawingArea<SVGBackend, Shift>) -> DrawResul
         }
         cell.2 += (r.status == "diverged") as usize;
     }
+    let root = canvas(path);
     root.fill(&WHITE)?;
     let (nx, ny) = (lrs.len() as f64, clips.len() as f64);
     let mut chart = ChartBuilder::on(&root)
@@ -379,7 +383,7 @@ fn centre_label(v: f64, labels: &[String]) -> String {
 }
 
 /// Pass rate against parameter count (log scale), when the sweep varies the model.
-fn by_size(data: &ReportData, root: DrawingArea<SVGBackend, Shift>) -> DrawResult<bool> {
+fn by_size(data: &ReportData, path: &Path) -> DrawResult<bool> {
     if !data.axes.iter().any(|a| a == "model.name") {
         return Ok(false);
     }
@@ -393,6 +397,7 @@ fn by_size(data: &ReportData, root: DrawingArea<SVGBackend, Shift>) -> DrawResul
     }
     let lo = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min) / 2.0;
     let hi = pts.iter().map(|p| p.0).fold(0.0, f64::max) * 2.0;
+    let root = canvas(path);
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
