@@ -122,6 +122,8 @@ fn main() {
     let db = dir.path().join("exec.db");
     let mut store = Store::open(&db).expect("store");
     let opts = ExecOptions {
+        devices: None,
+        ownership: ablate::store::Ownership::CheckOwner,
         jobs: 1,
         results: dir.path().join("results"),
         cancel: Arc::new(AtomicBool::new(false)),

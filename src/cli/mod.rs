@@ -16,6 +16,8 @@ use crate::report::{self, TemplateSource};
 use crate::store::{RunStatus, Store, StoreError};
 use crate::ui;
 
+mod cluster;
+
 /// The smoke sweep, built in so that `ablate run` works from any directory.
 pub const SMOKE: &str = include_str!("../../experiments/smoke.toml");
 
@@ -28,18 +30,25 @@ pub mod exit {
     pub const USER_ERROR: u8 = 2;
     /// An internal error: the database or the file system failed.
     pub const INTERNAL: u8 = 3;
-    /// Interrupted by Ctrl-C; the database is consistent and `ablate run` resumes.
+    /// The scheduler failed: sbatch or squeue is missing or refused (`ablate submit --slurm`).
+    pub const SCHEDULER: u8 = 4;
+    /// Interrupted by Ctrl-C (or SIGTERM, as Slurm sends on scancel); the database is
+    /// consistent and `ablate run` resumes.
     pub const INTERRUPTED: u8 = 130;
 }
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success · 1 a run failed or diverged · 2 bad input (experiment file, flag, SQL) \
-· 3 internal error (database, file system) · 130 interrupted (resume with the same command)
+Exit codes: 0 success · 1 a run failed or diverged (collect: a task failed or is missing) \
+· 2 bad input (experiment file, flag, SQL) · 3 internal error (database, file system) \
+· 4 the scheduler failed (sbatch, squeue) · 130 interrupted (resume with the same command)
 
 Examples:
   ablate run                              # the built-in CPU smoke sweep
   ablate plan experiments/                # every experiment, with run status
   ablate run experiments/smoke.toml --jobs 2 --set train.lr=1e-3
+  ablate run experiments/paper/scaling.toml --devices 0,1,2,3
+  ablate submit --slurm experiments/paper/ --partition gpu --time 04:00:00
+  ablate status && ablate collect
   ablate report experiments/smoke.toml    # results/reports/smoke.md
   ablate query \"SELECT * FROM run_summary\" --csv
   ablate score bfcl --questions Q.json --answers A.json --predictions P.jsonl";
@@ -92,14 +101,72 @@ pub enum Command {
         #[command(flatten)]
         inputs: Inputs,
         /// Runs to execute at the same time.
-        #[arg(long, short = 'j', default_value_t = 1)]
+        #[arg(long, short = 'j', default_value_t = 1, conflicts_with = "devices")]
         jobs: usize,
+        /// Pin runs to these GPUs, one run per device at a time (a run that `[[resources]]`
+        /// gives n devices takes n), e.g. --devices 0,1,2,3.
+        #[arg(long, value_delimiter = ',', value_name = "IDS")]
+        devices: Option<Vec<usize>>,
         /// Print one JSON object per event on stdout instead of progress bars.
         #[arg(long)]
         json: bool,
         /// Do not write reports after the sweep.
         #[arg(long)]
         no_report: bool,
+    },
+    /// Submit the pending runs to Slurm as job arrays, one task per run.
+    ///
+    /// Writes an sbatch script and a manifest per array into <results>/slurm/<sweep>-<n>/
+    /// and submits it. Each task runs `ablate task` and writes its run to its own shard
+    /// database (<results>/shards/<run id>.db); `ablate collect` merges them. Runs that are
+    /// done, queued or running are not submitted, so submitting again resubmits exactly the
+    /// failed and missing ones; a requeued task resumes from its last checkpoint.
+    #[command(
+        after_help = "sbatch options come from the experiment's [slurm] table (partition, gres, time, mem,
+        cpus_per_task, max_parallel, sbatch_args, setup, ablate); flags win.
+
+        Examples:
+  ablate submit --slurm experiments/paper/epochs.toml --partition gpu --time 02:00:00
+          ablate submit --slurm --dry-run    # write and print the script, submit nothing"
+    )]
+    Submit {
+        #[command(flatten)]
+        inputs: Inputs,
+        /// Submit to Slurm (the one launcher there is; required, so that it is explicit).
+        #[arg(long, required = true)]
+        slurm: bool,
+        #[command(flatten)]
+        flags: cluster::SlurmFlags,
+        /// Write the scripts and print them; submit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print a JSON object with the submitted arrays.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one task of a submitted array (what the sbatch script calls).
+    Task {
+        /// The array's manifest.json.
+        manifest: PathBuf,
+        /// Which task (default: $SLURM_ARRAY_TASK_ID).
+        #[arg(long)]
+        index: Option<usize>,
+    },
+    /// Merge finished Slurm tasks' shard databases into the results database, and list the
+    /// tasks that failed or are missing. Running it again changes nothing.
+    Collect {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each run's state: pending, queued, running, done, failed, missing (from the
+    /// database, the tasks' shards and squeue).
+    Status {
+        /// Sweeps (experiment names) to show; default: all.
+        sweeps: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Render the report of each experiment into <results>/reports/<name>.md.
     Report {
@@ -288,9 +355,20 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Run {
             inputs,
             jobs,
+            devices,
             json,
             no_report,
-        } => cmd_run(&cli.db, &inputs, jobs, json, no_report),
+        } => cmd_run(&cli.db, &inputs, jobs, devices, json, no_report),
+        Command::Submit {
+            inputs,
+            slurm: _,
+            flags,
+            dry_run,
+            json,
+        } => cluster::cmd_submit(&cli.db, &inputs, &flags, dry_run, json),
+        Command::Task { manifest, index } => cluster::cmd_task(&manifest, index),
+        Command::Collect { json } => cluster::cmd_collect(&cli.db, json),
+        Command::Status { sweeps, json } => cluster::cmd_status(&cli.db, &sweeps, json),
         Command::Report { inputs, template } => cmd_report(&cli.db, &inputs, template.as_deref()),
         Command::Query { sql, csv, json } => cmd_query(&cli.db, &sql, csv, json),
         Command::Export { sweep, json, .. } => cmd_export(&cli.db, &sweep, json),
@@ -620,10 +698,14 @@ fn cmd_run(
     db: &Path,
     inputs: &Inputs,
     jobs: usize,
+    devices: Option<Vec<usize>>,
     json: bool,
     no_report: bool,
 ) -> Result<u8, Failure> {
     let plans = load_plans(inputs)?;
+    if let Some(d) = &devices {
+        check_devices(&plans, d)?;
+    }
     // A template typo fails now, not after the sweep has trained.
     let templates = plans
         .iter()
@@ -632,6 +714,8 @@ fn cmd_run(
     let mut store = Store::open(db).map_err(store_failure)?;
     let opts = ExecOptions {
         jobs,
+        devices,
+        ownership: crate::store::Ownership::CheckOwner,
         results: results_dir(db),
         cancel: install_ctrlc(),
         git_rev: exec::git_rev(),
@@ -667,6 +751,28 @@ fn cmd_run(
         }
     }
     Ok(code)
+}
+
+/// `--devices`: distinct ordinals, and enough of them for every run's `[[resources]]`.
+fn check_devices(plans: &[Plan], devices: &[usize]) -> Result<(), Failure> {
+    let distinct: std::collections::BTreeSet<_> = devices.iter().collect();
+    if devices.is_empty() || distinct.len() != devices.len() {
+        return Err(user(anyhow::anyhow!(
+            "--devices: give distinct device ordinals, e.g. --devices 0,1"
+        )));
+    }
+    for p in plans {
+        if let Some(r) = p.runs.iter().find(|r| r.devices > devices.len()) {
+            return Err(user(anyhow::anyhow!(
+                "{}: resources: run {} needs {} devices, but --devices gives {}",
+                p.experiment.file.display(),
+                r.id,
+                r.devices,
+                devices.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The report template: `--template`, else the experiment's `[experiment] report` (beside

@@ -144,6 +144,44 @@ impl Default for RunOptions {
     }
 }
 
+/// One `[[resources]]` entry: how many devices a run takes from `ablate run --devices`
+/// (and how many GPUs its Slurm task asks for). The first entry whose `where` matches a
+/// run's config applies; an entry without `where` matches every run; with no match a run
+/// takes one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRule {
+    pub devices: usize,
+    /// Dotted config keys and the values a run must have, e.g.
+    /// `{ "model.name" = "facebook/opt-1.3b" }`.
+    #[serde(default, rename = "where")]
+    pub when: BTreeMap<String, toml::Value>,
+}
+
+/// `[slurm]`: sbatch options for `ablate submit --slurm`; flags on the command line win.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmSpec {
+    pub partition: Option<String>,
+    /// Generic resources per task, e.g. "gpu:1". Default: `gpu:<devices>` for runs whose
+    /// model.device is a GPU (cuda:N or auto), none for CPU runs.
+    pub gres: Option<String>,
+    /// Time limit per task, e.g. "04:00:00".
+    pub time: Option<String>,
+    /// Memory per task, e.g. "32G".
+    pub mem: Option<String>,
+    pub cpus_per_task: Option<usize>,
+    /// At most this many tasks of the array at once (sbatch's `--array=0-N%max_parallel`).
+    pub max_parallel: Option<usize>,
+    /// More sbatch options, each as on the command line, e.g. "--account=lab".
+    pub sbatch_args: Vec<String>,
+    /// Shell lines the task runs before ablate, e.g. "module load cuda/12.4".
+    pub setup: Vec<String>,
+    /// The ablate binary tasks run (it must be reachable from the compute nodes); default:
+    /// the binary that submits.
+    pub ablate: Option<String>,
+}
+
 /// The sweep's grid, as written.
 #[derive(Debug, Clone, Default)]
 pub struct Grid {
@@ -162,6 +200,8 @@ pub struct Experiment {
     pub file: PathBuf,
     pub meta: ExperimentMeta,
     pub run: RunOptions,
+    pub resources: Vec<ResourceRule>,
+    pub slurm: SlurmSpec,
     /// The resolved base configuration (all layers applied), as JSON.
     pub base: Value,
     pub grid: Grid,
@@ -265,7 +305,7 @@ pub fn load_experiment_text(
     let mut base = defaults_json.clone();
     for (top, v) in &root {
         match top.as_str() {
-            "experiment" | "grid" | "run" => {}
+            "experiment" | "grid" | "run" | "resources" | "slurm" => {}
             s if SECTIONS.contains(&s) => {
                 let FValue::Dict(_, d) = v else {
                     push(s, format!("expected a table, found {}", kind(v)));
@@ -290,6 +330,28 @@ pub fn load_experiment_text(
 
     let meta: ExperimentMeta = table_section(&root, "experiment", &mut push);
     let run: RunOptions = table_section(&root, "run", &mut push);
+    let slurm: SlurmSpec = table_section(&root, "slurm", &mut push);
+    let resources: Vec<ResourceRule> = table_section(&root, "resources", &mut push);
+    for (i, rule) in resources.iter().enumerate() {
+        if rule.devices == 0 {
+            push(
+                &format!("resources[{i}].devices"),
+                "must be at least 1".into(),
+            );
+        }
+        for (key, val) in &rule.when {
+            let json = serde_json::to_value(val).unwrap_or(Value::Null);
+            let label = format!("resources[{i}].where.\"{key}\"");
+            if !known.contains_key(key) {
+                push(&label, unknown_key_message(key, &known));
+            } else if let Err(m) = check_value(&defaults_json, key, &json) {
+                push(&label, m);
+            }
+        }
+    }
+    if slurm.max_parallel == Some(0) {
+        push("slurm.max_parallel", "must be at least 1".into());
+    }
 
     let grid = match root.get("grid") {
         None => Grid::default(),
@@ -361,6 +423,8 @@ pub fn load_experiment_text(
         file: path.to_path_buf(),
         meta,
         run,
+        resources,
+        slurm,
         base,
         grid,
     })

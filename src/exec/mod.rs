@@ -2,8 +2,10 @@
 //! funnels every event through one thread that owns the store (the only writer) and
 //! hands the same events to the reporter (the only printer).
 
+pub mod collect;
 mod episode;
 mod pipeline;
+pub mod slurm;
 
 pub use pipeline::{device_for, run_dir, run_one, RunError};
 
@@ -14,8 +16,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::config::RunOptions;
 use crate::plan::{Plan, PlannedRun};
-use crate::store::{Claim, Record, RunStatus, Store, StoreError};
+use crate::store::{Claim, Ownership, Record, RunStatus, Store, StoreError};
 
 /// What execution reports. Records go to the store; everything goes to the reporter.
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub enum Event {
     RunStarted {
         run_id: String,
         label: String,
+        /// The device ordinals `--devices` pinned the run to; empty when not pinned.
+        devices: Vec<usize>,
     },
     /// A run continues from a checkpoint of an earlier attempt.
     RunResumed {
@@ -82,7 +87,16 @@ impl SweepOutcome {
 }
 
 pub struct ExecOptions {
+    /// Runs at a time, each on its configured device (ignored with `devices`).
     pub jobs: usize,
+    /// `--devices`: device ordinals to pin runs to. Each run takes `PlannedRun::devices` of
+    /// them (its first is the run's device when the run is on a GPU) and holds them until
+    /// it ends; the queue never hands out a device twice, and a run that needs more than
+    /// are free waits, in plan order.
+    pub devices: Option<Vec<usize>>,
+    /// Whether a `running` row of another process is respected ([`Ownership::CheckOwner`])
+    /// or taken over (a Slurm task, which the scheduler runs once).
+    pub ownership: Ownership,
     /// Results folder: run artifacts go to `<results>/runs/<id>/`.
     pub results: PathBuf,
     pub cancel: Arc<AtomicBool>,
@@ -109,7 +123,8 @@ const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 /// How often a process waiting for runs that another process trains looks again.
 const WAIT_POLL: Duration = Duration::from_millis(500);
 
-/// Runs the plan's runs that are not done. Store errors abort; a failing run does not.
+/// Registers the plan's sweep and runs the runs that are not done. Store errors abort; a
+/// failing run does not.
 pub fn execute(
     plan: &Plan,
     store: &mut Store,
@@ -117,14 +132,34 @@ pub fn execute(
     reporter: &mut dyn Reporter,
 ) -> Result<SweepOutcome, StoreError> {
     store.register_plan(plan)?;
-    let ids: Vec<String> = plan.runs.iter().map(|r| r.id.clone()).collect();
+    execute_runs(
+        &plan.experiment.name,
+        &plan.runs,
+        &plan.experiment.run,
+        store,
+        opts,
+        reporter,
+    )
+}
+
+/// Runs the given runs (already in the store) that are not done; `sweep` names them in
+/// events. A Slurm task calls this with its one run.
+pub fn execute_runs(
+    sweep: &str,
+    runs: &[PlannedRun],
+    run_opts: &RunOptions,
+    store: &mut Store,
+    opts: &ExecOptions,
+    reporter: &mut dyn Reporter,
+) -> Result<SweepOutcome, StoreError> {
+    let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
     let statuses = store.statuses(&ids)?;
     let mut outcome = SweepOutcome {
-        sweep: plan.experiment.name.clone(),
+        sweep: sweep.to_string(),
         ..Default::default()
     };
     let mut queue: Vec<&PlannedRun> = Vec::new();
-    for r in &plan.runs {
+    for r in runs {
         if statuses.get(&r.id) == Some(&RunStatus::Done) {
             outcome.skipped += 1;
             reporter.event(&Event::RunSkipped {
@@ -136,16 +171,31 @@ pub fn execute(
         }
     }
     reporter.event(&Event::SweepStarted {
-        sweep: plan.experiment.name.clone(),
-        total: plan.runs.len(),
+        sweep: sweep.to_string(),
+        total: runs.len(),
         to_run: queue.len(),
     });
     queue.reverse(); // pop() takes them in plan order
     let host = hostname();
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
-    let (work_tx, work_rx) = mpsc::channel::<PlannedRun>();
+    let (work_tx, work_rx) = mpsc::channel::<(PlannedRun, Vec<usize>)>();
     let work_rx = Arc::new(Mutex::new(work_rx));
-    let jobs = opts.jobs.max(1);
+    let jobs = match &opts.devices {
+        Some(d) => d.len().max(1),
+        None => opts.jobs.max(1),
+    };
+    // Free device ordinals, lowest first; a run's need is capped at the pool's size (the
+    // command line refuses a plan that needs more before anything runs).
+    let mut free: Vec<usize> = opts.devices.clone().unwrap_or_default();
+    let pool = free.len();
+    let need = |r: &PlannedRun| {
+        if opts.devices.is_some() {
+            r.devices.clamp(1, pool.max(1))
+        } else {
+            0
+        }
+    };
+    let mut held: std::collections::HashMap<String, Vec<usize>> = Default::default();
 
     std::thread::scope(|scope| -> Result<(), StoreError> {
         for _ in 0..jobs {
@@ -153,17 +203,17 @@ pub fn execute(
             let tx = ev_tx.clone();
             let cancel = Arc::clone(&opts.cancel);
             let results = opts.results.clone();
-            let run_opts = &plan.experiment.run;
             scope.spawn(move || loop {
                 let next = rx.lock().expect("work queue").recv();
-                let Ok(run) = next else { break };
+                let Ok((run, devices)) = next else { break };
                 let t0 = Instant::now();
                 let emit = |e: Event| {
                     let _ = tx.send(e);
                 };
+                let config = pinned(&run.config, &devices);
                 let res = (opts.runner)(
                     &run.id,
-                    &run.config,
+                    &config,
                     run_opts,
                     &run_dir(&results, &run.id),
                     &cancel,
@@ -200,20 +250,43 @@ pub fn execute(
                             queue: &mut Vec<&PlannedRun>,
                             waiting: &mut Vec<String>,
                             outcome: &mut SweepOutcome,
-                            reporter: &mut dyn Reporter|
+                            reporter: &mut dyn Reporter,
+                            free: &mut Vec<usize>,
+                            held: &mut std::collections::HashMap<String, Vec<usize>>|
          -> Result<bool, StoreError> {
-            while let Some(r) = queue.pop() {
+            while let Some(&r) = queue.last() {
                 if opts.cancel.load(Ordering::Relaxed) {
                     queue.clear();
                     return Ok(false);
                 }
-                match store.claim(&r.id, &host, opts.git_rev.as_deref())? {
+                if need(r) > free.len() {
+                    return Ok(false); // the next run waits for devices to free up
+                }
+                queue.pop();
+                let taken: Vec<usize> = free[..need(r)].to_vec();
+                let devices = (!taken.is_empty()).then(|| {
+                    taken
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+                match store.claim(
+                    &r.id,
+                    &host,
+                    opts.git_rev.as_deref(),
+                    opts.ownership,
+                    devices.as_deref(),
+                )? {
                     Claim::Claimed => {
+                        free.drain(..taken.len());
+                        held.insert(r.id.clone(), taken.clone());
                         reporter.event(&Event::RunStarted {
                             run_id: r.id.clone(),
                             label: label(r),
+                            devices: taken.clone(),
                         });
-                        let _ = work_tx.send(r.clone());
+                        let _ = work_tx.send((r.clone(), taken));
                         return Ok(true);
                     }
                     Claim::AlreadyDone => {
@@ -238,7 +311,15 @@ pub fn execute(
         };
         loop {
             for _ in 0..jobs {
-                if dispatch(store, &mut queue, &mut waiting, &mut outcome, reporter)? {
+                if dispatch(
+                    store,
+                    &mut queue,
+                    &mut waiting,
+                    &mut outcome,
+                    reporter,
+                    &mut free,
+                    &mut held,
+                )? {
                     in_flight += 1;
                 }
             }
@@ -277,8 +358,21 @@ pub fn execute(
                                 _ => outcome.failed += 1,
                             }
                             in_flight -= 1;
+                            if let Some(d) = held.remove(run_id) {
+                                free.extend(d);
+                                free.sort_unstable();
+                            }
                             reporter.event(&ev);
-                            if dispatch(store, &mut queue, &mut waiting, &mut outcome, reporter)? {
+                            // A freed device may let several queued runs start.
+                            while dispatch(
+                                store,
+                                &mut queue,
+                                &mut waiting,
+                                &mut outcome,
+                                reporter,
+                                &mut free,
+                                &mut held,
+                            )? {
                                 in_flight += 1;
                             }
                         }
@@ -294,7 +388,7 @@ pub fn execute(
             }
             std::thread::sleep(WAIT_POLL);
             // Back on the queue in plan order (pop takes from the end).
-            queue.extend(plan.runs.iter().filter(|r| waiting.contains(&r.id)).rev());
+            queue.extend(runs.iter().filter(|r| waiting.contains(&r.id)).rev());
             waiting.clear();
         }
         outcome.busy = waiting.len();
@@ -303,6 +397,21 @@ pub fn execute(
     })?;
     reporter.event(&Event::SweepFinished(outcome.clone()));
     Ok(outcome)
+}
+
+/// The config a run executes with: a GPU run pinned by `--devices` runs on its first
+/// device (the run id, computed from the planned config, does not change). CPU runs stay
+/// on the CPU; the devices only limit how many run at once.
+fn pinned(config: &crate::config::RunConfig, devices: &[usize]) -> crate::config::RunConfig {
+    let mut c = config.clone();
+    if let Some(first) = devices.first() {
+        let gpu = c.model.device.starts_with("cuda")
+            || (c.model.device == "auto" && candle_core::utils::cuda_is_available());
+        if gpu {
+            c.model.device = format!("cuda:{first}");
+        }
+    }
+    c
 }
 
 /// `key=value` pairs of a run's varying axes, for display.
@@ -333,4 +442,122 @@ pub fn git_rev() -> Option<String> {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn nap(
+        _: &str,
+        _: &crate::config::RunConfig,
+        _: &RunOptions,
+        _: &std::path::Path,
+        _: &AtomicBool,
+        _: &dyn Fn(Event),
+    ) -> Result<(), RunError> {
+        std::thread::sleep(Duration::from_millis(15));
+        Ok(())
+    }
+
+    /// Every device held by a running run, replayed from the events in the order the
+    /// executor emitted them.
+    struct Ledger {
+        held: HashMap<String, Vec<usize>>,
+        max_runs: usize,
+        started: Vec<(String, Vec<usize>)>,
+        violations: Vec<String>,
+    }
+
+    use std::collections::HashMap;
+
+    impl Reporter for Ledger {
+        fn event(&mut self, e: &Event) {
+            match e {
+                Event::RunStarted {
+                    run_id, devices, ..
+                } => {
+                    let in_use: BTreeSet<usize> = self.held.values().flatten().copied().collect();
+                    if devices.iter().any(|d| in_use.contains(d)) {
+                        self.violations
+                            .push(format!("{run_id} got {devices:?} while {in_use:?} in use"));
+                    }
+                    self.held.insert(run_id.clone(), devices.clone());
+                    self.max_runs = self.max_runs.max(self.held.len());
+                    self.started.push((run_id.clone(), devices.clone()));
+                }
+                Event::RunFinished { run_id, .. } => {
+                    self.held.remove(run_id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn devices_are_never_handed_out_twice_and_big_runs_take_several() {
+        let text = r#"
+            [model]
+            name = "tiny"
+            [grid]
+            "train.seed" = [1, 2, 3, 4, 5, 6]
+            "train.epochs" = [1, 2]
+            [[resources]]
+            devices = 2
+            where = { "train.epochs" = 2 }
+        "#;
+        let exp =
+            crate::config::load_experiment_text(std::path::Path::new("t.toml"), text, None, &[])
+                .unwrap();
+        let plan = crate::plan::expand(&exp).unwrap();
+        let needs: HashMap<String, usize> = plan
+            .runs
+            .iter()
+            .map(|r| (r.id.clone(), r.devices))
+            .collect();
+        assert_eq!(needs.values().filter(|n| **n == 2).count(), 6);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("a.db")).unwrap();
+        let pool = vec![3, 5, 7];
+        let opts = ExecOptions {
+            jobs: 1,
+            devices: Some(pool.clone()),
+            ownership: Ownership::CheckOwner,
+            results: dir.path().to_path_buf(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            git_rev: None,
+            runner: nap,
+        };
+        let mut ledger = Ledger {
+            held: HashMap::new(),
+            max_runs: 0,
+            started: vec![],
+            violations: vec![],
+        };
+        let outcome = execute(&plan, &mut store, &opts, &mut ledger).unwrap();
+        assert_eq!(outcome.done, 12);
+        assert!(ledger.violations.is_empty(), "{:?}", ledger.violations);
+        for (id, devices) in &ledger.started {
+            assert_eq!(devices.len(), needs[id], "{id}");
+            assert!(devices.iter().all(|d| pool.contains(d)), "{devices:?}");
+        }
+        // Three devices: two one-device runs, or one of each kind, run side by side.
+        assert!(ledger.max_runs >= 2, "never ran two at once");
+        // Started in plan order (the queue does not skip ahead of a waiting big run).
+        let order: Vec<&String> = ledger.started.iter().map(|(id, _)| id).collect();
+        let planned: Vec<&String> = plan.runs.iter().map(|r| &r.id).collect();
+        assert_eq!(order, planned);
+        // The store records where each run ran.
+        let pinned: i64 = store
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM runs WHERE devices IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(pinned, 12);
+    }
 }

@@ -20,6 +20,8 @@ pub struct PlannedRun {
     /// Values of the varying axes, by dotted key.
     pub axes: BTreeMap<String, Value>,
     pub is_baseline: bool,
+    /// Devices the run takes from `ablate run --devices` (`[[resources]]`; default 1).
+    pub devices: usize,
     #[serde(skip)]
     pub config: RunConfig,
 }
@@ -183,10 +185,11 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
             for (k, v) in axes {
                 set_path(&mut json, k, v.clone());
             }
+            let devices = devices_needed(&exp.resources, &json);
             let config: RunConfig = serde_json::from_value(json).map_err(|e| e.to_string())?;
             let problems = config.problems();
             let id = run_id(&config);
-            Ok((config, problems, id))
+            Ok((config, problems, id, devices))
         })
         .collect();
 
@@ -197,7 +200,7 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
     let mut problems = Vec::new();
     let origin = exp.file.display().to_string();
     for (axes, b) in combos.into_iter().zip(built) {
-        let (config, config_problems, id) = match b {
+        let (config, config_problems, id, devices) = match b {
             Ok(x) => x,
             Err(message) => {
                 problems.push(ConfigProblem {
@@ -254,6 +257,7 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
             id,
             axes,
             is_baseline,
+            devices,
             config,
         });
     }
@@ -272,8 +276,25 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
     })
 }
 
-/// One grid point resolved: its config, the config's own problems and its run id.
-type Resolved = (RunConfig, Vec<(String, String)>, String);
+/// One grid point resolved: its config, the config's own problems, its run id and the
+/// devices it takes.
+type Resolved = (RunConfig, Vec<(String, String)>, String, usize);
+
+/// The devices of the first `[[resources]]` entry whose `where` matches the config (as
+/// JSON), else 1.
+fn devices_needed(rules: &[crate::config::ResourceRule], config: &Value) -> usize {
+    rules
+        .iter()
+        .find(|rule| {
+            rule.when.iter().all(|(k, v)| {
+                let want = serde_json::to_value(v).unwrap_or(Value::Null);
+                k.split('.')
+                    .try_fold(config, |node, part| node.get(part))
+                    .is_some_and(|have| values_equal(have, &want))
+            })
+        })
+        .map_or(1, |rule| rule.devices)
+}
 
 /// Grid values compare as numbers when both are numbers (`1` equals `1.0`).
 fn values_equal(a: &Value, b: &Value) -> bool {

@@ -11,7 +11,9 @@ use serde::Serialize;
 use crate::plan::{canonical_json, Plan};
 
 mod read;
+mod shard;
 pub use read::{RunInfo, VerdictRow};
+pub use shard::{Merge, SlurmTask};
 
 /// Numbered migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -19,6 +21,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_evaluator_agreement",
         include_str!("../../migrations/0002_evaluator_agreement.sql"),
+    ),
+    (
+        "0003_cluster",
+        include_str!("../../migrations/0003_cluster.sql"),
     ),
 ];
 
@@ -106,6 +112,18 @@ pub enum Record {
         prediction: String,
         gold: String,
     },
+}
+
+/// Whose word decides that a `running` row is stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ownership {
+    /// A row owned by a live process on this host, or by any process on another host, is
+    /// busy; a dead owner on this host is taken over.
+    #[default]
+    CheckOwner,
+    /// A scheduler guarantees this process is the run's only runner (a Slurm array task,
+    /// requeued perhaps on another node): an earlier attempt's row is always taken over.
+    Exclusive,
 }
 
 /// The outcome of trying to take a run for execution.
@@ -213,6 +231,11 @@ impl Store {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err(&path))?;
         let known = MIGRATIONS.len() as i64;
+        if version == known {
+            // Nothing to apply: end without writing, so that opening a current database
+            // leaves its file untouched (`ablate collect` twice gives identical files).
+            return Ok(());
+        }
         if version > known {
             return Err(StoreError::TooNew {
                 path: path.display().to_string(),
@@ -313,7 +336,15 @@ impl Store {
 
     /// Takes a run for execution unless it is done or owned by a live process. Taking it
     /// clears rows of an earlier, unfinished attempt, so a replay cannot double them.
-    pub fn claim(&mut self, run_id: &str, host: &str, git_rev: Option<&str>) -> Result<Claim> {
+    /// `devices` records where `--devices` pinned it.
+    pub fn claim(
+        &mut self,
+        run_id: &str,
+        host: &str,
+        git_rev: Option<&str>,
+        ownership: Ownership,
+        devices: Option<&str>,
+    ) -> Result<Claim> {
         let path = self.path.clone();
         let tx = self
             .conn
@@ -330,7 +361,9 @@ impl Store {
         let me = std::process::id() as i64;
         match &row {
             Some((s, _, _)) if s == "done" => return Ok(Claim::AlreadyDone),
-            Some((s, h, Some(pid))) if s == "running" && *pid != me => {
+            Some((s, h, Some(pid)))
+                if s == "running" && *pid != me && ownership == Ownership::CheckOwner =>
+            {
                 let same_host = h.as_deref() == Some(host);
                 if !same_host || process_alive(*pid) {
                     return Ok(Claim::Busy);
@@ -346,9 +379,16 @@ impl Store {
             &format!(
                 "UPDATE runs SET status = 'running', attempts = attempts + 1, started_at = {NOW},
                  finished_at = NULL, duration_s = NULL, host = ?2, pid = ?3, git_rev = ?4,
-                 ablate_version = ?5, error = NULL WHERE id = ?1"
+                 ablate_version = ?5, error = NULL, devices = ?6 WHERE id = ?1"
             ),
-            params![run_id, host, me, git_rev, env!("CARGO_PKG_VERSION")],
+            params![
+                run_id,
+                host,
+                me,
+                git_rev,
+                env!("CARGO_PKG_VERSION"),
+                devices
+            ],
         )
         .map_err(err(&path))?;
         tx.commit().map_err(err(&path))?;
@@ -623,10 +663,13 @@ mod tests {
             .unwrap();
         }
         let s = Store::open(&p).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let (_, rows) = s.query("SELECT count(*) FROM runs").unwrap();
         assert_eq!(rows[0][0], 1);
         assert!(s.query("SELECT * FROM evaluator_agreement").is_ok());
+        let (_, rows) = s.query("SELECT devices FROM runs").unwrap();
+        assert_eq!(rows[0][0], serde_json::Value::Null);
+        assert!(s.query("SELECT * FROM slurm_tasks").is_ok());
     }
 
     #[test]
@@ -652,10 +695,16 @@ mod tests {
                 "metrics",
                 "run_summary",
                 "runs",
+                "slurm_tasks",
                 "sweep_runs",
                 "sweeps"
             ]
         );
+        // Opening a current database writes nothing: its file stays byte for byte the same.
+        drop(s);
+        let before = std::fs::read(&p).unwrap();
+        drop(Store::open(&p).unwrap());
+        assert_eq!(before, std::fs::read(&p).unwrap());
     }
 
     #[test]
@@ -692,7 +741,11 @@ mod tests {
         s.write(&[m]).unwrap();
         let (_, rows) = s.query("SELECT count(*) FROM metrics").unwrap();
         assert_eq!(rows[0][0], serde_json::json!(1));
-        assert_eq!(s.claim("r", "h", None).unwrap(), Claim::Claimed);
+        assert_eq!(
+            s.claim("r", "h", None, Ownership::CheckOwner, None)
+                .unwrap(),
+            Claim::Claimed
+        );
         let (_, rows) = s
             .query("SELECT count(*), (SELECT status FROM runs) FROM metrics")
             .unwrap();
@@ -701,6 +754,10 @@ mod tests {
             vec![serde_json::json!(0), serde_json::json!("running")]
         );
         s.finish("r", RunStatus::Done, None, 1.0, &[]).unwrap();
-        assert_eq!(s.claim("r", "h", None).unwrap(), Claim::AlreadyDone);
+        assert_eq!(
+            s.claim("r", "h", None, Ownership::CheckOwner, None)
+                .unwrap(),
+            Claim::AlreadyDone
+        );
     }
 }

@@ -135,6 +135,17 @@ impl Store {
         Ok(row.map(|(d, f, a)| (d, f, serde_json::from_str(&a).unwrap_or_default())))
     }
 
+    /// Every sweep's name, sorted.
+    pub fn sweep_names(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM sweeps ORDER BY name")
+            .map_err(err(&self.path))?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(err(&self.path))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(err(&self.path))
+    }
+
     /// The sweep's runs in plan order: (run id, axes JSON, is baseline).
     pub fn sweep_runs(&self, sweep: &str) -> Result<Vec<(String, String, bool)>> {
         let mut stmt = self

@@ -73,9 +73,19 @@ impl Reporter for ProgressReporter {
             Event::RunSkipped { run_id, reason } => {
                 self.line(format!("  skip  {run_id} ({reason})"));
             }
-            Event::RunStarted { run_id, label } => {
+            Event::RunStarted {
+                run_id,
+                label,
+                devices,
+            } => {
                 self.labels.insert(run_id.clone(), label.clone());
-                self.line(format!("  start {run_id} {label}"));
+                let on = if devices.is_empty() {
+                    String::new()
+                } else {
+                    let d: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+                    format!(" [devices {}]", d.join(","))
+                };
+                self.line(format!("  start {run_id} {label}{on}"));
                 let pb = self.multi.add(ProgressBar::new(0));
                 pb.set_style(
                     ProgressStyle::with_template(
@@ -168,8 +178,13 @@ impl Reporter for JsonReporter {
             Event::RunSkipped { run_id, reason } => {
                 serde_json::json!({"event": "run_skipped", "run_id": run_id, "reason": reason})
             }
-            Event::RunStarted { run_id, label } => {
-                serde_json::json!({"event": "run_started", "run_id": run_id, "label": label})
+            Event::RunStarted {
+                run_id,
+                label,
+                devices,
+            } => {
+                serde_json::json!({"event": "run_started", "run_id": run_id, "label": label,
+                    "devices": devices})
             }
             Event::RunResumed {
                 run_id,

@@ -8,4 +8,5 @@ mod model;
 mod parity;
 mod reliability;
 mod reports;
+mod slurm;
 mod toolbench;

@@ -46,7 +46,7 @@ fn q(db: &Path, sql: &str) -> i64 {
 
 /// Everything a finished sweep stores that does not depend on timing: run statuses, metric
 /// rows without the timings, verdicts with their predictions, sweep membership.
-fn content(db: &Path) -> Vec<String> {
+pub(crate) fn content(db: &Path) -> Vec<String> {
     let c = Connection::open(db).unwrap();
     let mut out = Vec::new();
     for sql in [
