@@ -299,6 +299,19 @@ fn a_sweep_runs_as_a_slurm_array_collects_idempotently_and_resubmits_only_failur
         .unwrap();
     assert_eq!(task["state"], "failed", "{task}");
     assert_eq!(status_of(d, "long")[0]["state"], "failed");
+    // What a user reads, job ids aside (and so the column padding, which follows their
+    // width).
+    let text = |args: &[&str]| {
+        let out = ablate(d, args);
+        String::from_utf8_lossy(&out.stdout)
+            .replace(&format!(" {job}_"), " [JOB]_")
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    insta::assert_snapshot!("slurm_collect_after_cancel", text(&["collect"]));
+    insta::assert_snapshot!("slurm_status_after_cancel", text(&["status", "long"]));
 
     let (job2, again) = submit(d, "experiments/long.toml");
     assert_eq!(again, runs, "only the failed run is submitted again");
@@ -359,4 +372,117 @@ fn a_sweep_runs_as_a_slurm_array_collects_idempotently_and_resubmits_only_failur
             .collect()
     };
     assert_eq!(only(&db), only(&d.join("local2/ablate.db")));
+}
+
+/// A dry run needs no cluster: it writes the script and the manifest, prints the script,
+/// submits nothing and records no task.
+#[test]
+fn a_dry_run_writes_the_script_and_manifest_and_submits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("experiments")).unwrap();
+    let text = format!(
+        "{MICRO}\n[slurm]\npartition = \"cpu\"\nmem = \"4G\"\nsetup = [\"echo setting up\"]\n"
+    );
+    std::fs::write(d.join("experiments/micro.toml"), text).unwrap();
+    let out = ablate(
+        d,
+        &[
+            "submit",
+            "--slurm",
+            "experiments/micro.toml",
+            "--dry-run",
+            "--partition",
+            "gpu",
+            "--time",
+            "01:00:00",
+            "--sbatch-arg=--account=lab",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = String::from_utf8_lossy(&out.stdout)
+        .replace(env!("CARGO_BIN_EXE_ablate"), "[ABLATE]")
+        .replace(&d.display().to_string(), "[DIR]");
+    insta::assert_snapshot!("slurm_dry_run_script", script);
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("results/slurm/micro-1/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let plan = json_of(&ablate(d, &["plan", "experiments/micro.toml", "--json"]));
+    let planned: Vec<&Value> = plan[0]["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    let tasks: Vec<&Value> = manifest["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["run_id"])
+        .collect();
+    assert_eq!(tasks, planned, "one task per planned run, in plan order");
+    let c = Connection::open(d.join("results/ablate.db")).unwrap();
+    let n: i64 = c
+        .query_row("SELECT COUNT(*) FROM slurm_tasks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    // Not a Slurm task: `ablate task` without an index says how to give one.
+    let out = ablate(d, &["task", "results/slurm/micro-1/manifest.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SLURM_ARRAY_TASK_ID"));
+}
+
+/// `--devices`: runs take the devices `[[resources]]` gives them, the database records
+/// which, and a plan needing more devices than given fails before anything runs.
+#[test]
+fn devices_pin_runs_and_a_plan_needing_more_fails_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("experiments")).unwrap();
+    let text = format!("{MICRO}\n[[resources]]\ndevices = 2\nwhere = {{ \"train.epochs\" = 2 }}\n");
+    std::fs::write(d.join("experiments/micro.toml"), text).unwrap();
+
+    let out = ablate(d, &["run", "experiments/micro.toml", "--devices", "4", "--no-report"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs 2 devices, but --devices gives 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!d.join("results/ablate.db").exists(), "nothing ran");
+    let out = ablate(d, &["run", "experiments/micro.toml", "--devices", "1,1", "--no-report"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = ablate(
+        d,
+        &["run", "experiments/micro.toml", "--devices", "4,6", "--json", "--no-report"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let started: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "run_started")
+        .collect();
+    assert_eq!(started.len(), 4);
+    let c = Connection::open(d.join("results/ablate.db")).unwrap();
+    let mut s = c
+        .prepare(
+            "SELECT json_extract(s.axes_json, '$.\"train.epochs\"'), r.devices
+             FROM runs r JOIN sweep_runs s ON s.run_id = r.id ORDER BY s.position",
+        )
+        .unwrap();
+    let rows: Vec<(i64, String)> = s
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (epochs, devices) in &rows {
+        let want = if *epochs == 2 { "4,6" } else { "4" };
+        // A one-device run takes the lowest free device, so it is 4 or, beside another, 6.
+        assert!(
+            devices == want || (*epochs == 1 && devices == "6"),
+            "epochs {epochs}: {devices}"
+        );
+    }
 }
