@@ -13,8 +13,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ablate::config::{load_experiment_text, RunConfig, RunOptions};
-use ablate::exec::{self, Event, ExecOptions, Reporter, RunError};
+use ablate::config::load_experiment_text;
+use ablate::exec::{self, Event, ExecOptions, Reporter, RunContext, RunError};
 use ablate::plan;
 use ablate::report::{self, ReportOptions, TemplateSource};
 use ablate::store::{Record, Store};
@@ -70,14 +70,8 @@ fn ingest(dir: &Path, runs: usize, steps: usize) -> f64 {
     (runs * steps * 4) as f64 / t.elapsed().as_secs_f64()
 }
 
-fn noop(
-    run_id: &str,
-    _: &RunConfig,
-    _: &RunOptions,
-    _: &Path,
-    _: &AtomicBool,
-    emit: &dyn Fn(Event),
-) -> Result<(), RunError> {
+fn noop(ctx: &RunContext) -> Result<(), RunError> {
+    let (run_id, emit) = (ctx.run_id, ctx.emit);
     for (name, split, step, value) in [
         ("loss", "train", 1, 1.0),
         ("pass_rate", "test", -1, 0.5),
@@ -128,6 +122,7 @@ fn main() {
         results: dir.path().join("results"),
         cancel: Arc::new(AtomicBool::new(false)),
         git_rev: None,
+        db: None,
         runner: noop,
     };
     let outcome = exec::execute(&p, &mut store, &opts, &mut Quiet).expect("execute");

@@ -303,6 +303,7 @@ pub fn cmd_task(manifest: &Path, index: Option<usize>) -> Result<u8, Failure> {
         results: m.results.clone(),
         cancel: super::install_ctrlc(),
         git_rev: exec::git_rev(),
+        db: Some(task.shard.clone()),
         runner: exec::run_one,
     };
     let outcome = exec::execute_runs(

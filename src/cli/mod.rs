@@ -719,6 +719,7 @@ fn cmd_run(
         results: results_dir(db),
         cancel: install_ctrlc(),
         git_rev: exec::git_rev(),
+        db: Some(db.to_path_buf()),
         runner: exec::run_one,
     };
     let mut reporter: Box<dyn Reporter> = if json {

@@ -168,6 +168,41 @@ pub struct EvalConfig {
     pub stop: Vec<String>,
     /// ToolBench episodes (`episode` evaluator): assistant turns before giving up.
     pub max_turns: usize,
+    /// The `llm_judge` evaluator's endpoint.
+    pub judge: JudgeConfig,
+}
+
+/// `[eval.judge]`: an OpenAI-compatible chat-completions endpoint that judges answers with
+/// ToolEval's pass-rate procedure. The API key is read from the environment variable
+/// named here, at run time; it is never written to a file or the database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeConfig {
+    /// Base URL, e.g. "https://api.openai.com/v1" or "http://localhost:8000/v1";
+    /// `/chat/completions` is appended.
+    pub url: String,
+    /// The judge model, e.g. "gpt-4o-mini".
+    pub model: String,
+    /// The environment variable holding the API key (unset: no Authorization header).
+    pub api_key_env: String,
+    /// Judgments per example; the majority decides, a tie passes (as ToolEval counts).
+    pub k: usize,
+    pub temperature: f64,
+    /// Seconds per request before it is retried (3 attempts in all).
+    pub timeout_s: u64,
+}
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        JudgeConfig {
+            url: String::new(),
+            model: String::new(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            k: 3,
+            temperature: 0.0,
+            timeout_s: 60,
+        }
+    }
 }
 
 impl Default for RunConfig {
@@ -214,13 +249,14 @@ impl Default for RunConfig {
                 top_p: 1.0,
                 stop: vec![],
                 max_turns: 8,
+                judge: JudgeConfig::default(),
             },
         }
     }
 }
 
 /// Known evaluator names.
-pub const EVALUATORS: &[&str] = &["rules", "bfcl", "episode"];
+pub const EVALUATORS: &[&str] = &["rules", "bfcl", "episode", "llm_judge"];
 
 impl RunConfig {
     /// Semantic checks that serde cannot express: each problem as (dotted key, message).
@@ -366,6 +402,36 @@ impl RunConfig {
             bad(
                 "eval.top_p",
                 format!("must be in (0, 1], found {}", e.top_p),
+            );
+        }
+        if e.evaluators.iter().any(|v| v == "llm_judge") {
+            for (k, v) in [
+                ("eval.judge.url", &e.judge.url),
+                ("eval.judge.model", &e.judge.model),
+            ] {
+                if v.trim().is_empty() {
+                    bad(k, "the llm_judge evaluator needs it".into());
+                }
+            }
+            let url = &e.judge.url;
+            let http = url.starts_with("http://") || url.starts_with("https://");
+            if !(url.is_empty() || http) {
+                bad(
+                    "eval.judge.url",
+                    format!(
+                        "must start with http:// or https://, found \"{}\"",
+                        e.judge.url
+                    ),
+                );
+            }
+        }
+        if e.judge.k == 0 {
+            bad("eval.judge.k", "must be at least 1".into());
+        }
+        if !(e.judge.temperature >= 0.0 && e.judge.temperature.is_finite()) {
+            bad(
+                "eval.judge.temperature",
+                format!("must be >= 0, found {}", e.judge.temperature),
             );
         }
         if e.max_turns == 0 {

@@ -2,6 +2,7 @@
 //! verdict per example; the pass rate is derived from the stored verdicts.
 
 pub mod bfcl;
+pub mod llm_judge;
 pub mod toolbench;
 
 use serde::Serialize;

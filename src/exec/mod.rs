@@ -101,20 +101,30 @@ pub struct ExecOptions {
     pub results: PathBuf,
     pub cancel: Arc<AtomicBool>,
     pub git_rev: Option<String>,
+    /// The database this process writes (the main one, or a Slurm task's shard); the LLM
+    /// judge caches its answers there.
+    pub db: Option<PathBuf>,
     /// What one run does: [`run_one`] (train and evaluate); benchmarks of the executor's
     /// own overhead put a no-op here.
     pub runner: Runner,
 }
 
-/// One run, start to end: `(run id, config, run options, run folder, cancel flag, emit)`.
-pub type Runner = fn(
-    &str,
-    &crate::config::RunConfig,
-    &crate::config::RunOptions,
-    &std::path::Path,
-    &AtomicBool,
-    &dyn Fn(Event),
-) -> Result<(), RunError>;
+/// Everything one run is given.
+pub struct RunContext<'a> {
+    pub run_id: &'a str,
+    pub config: &'a crate::config::RunConfig,
+    pub options: &'a RunOptions,
+    /// The run's folder: tokenizer, checkpoints, final model, resolved config.
+    pub dir: &'a std::path::Path,
+    /// See [`ExecOptions::db`].
+    pub db: Option<&'a std::path::Path>,
+    pub cancel: &'a AtomicBool,
+    /// Events go to the store's writer and the reporter.
+    pub emit: &'a dyn Fn(Event),
+}
+
+/// One run, start to end.
+pub type Runner = fn(&RunContext) -> Result<(), RunError>;
 
 /// Rows are committed in batches of this size or this age, and always at a run's end.
 const FLUSH_EVERY: usize = 512;
@@ -211,14 +221,16 @@ pub fn execute_runs(
                     let _ = tx.send(e);
                 };
                 let config = pinned(&run.config, &devices);
-                let res = (opts.runner)(
-                    &run.id,
-                    &config,
-                    run_opts,
-                    &run_dir(&results, &run.id),
-                    &cancel,
-                    &emit,
-                );
+                let dir = run_dir(&results, &run.id);
+                let res = (opts.runner)(&RunContext {
+                    run_id: &run.id,
+                    config: &config,
+                    options: run_opts,
+                    dir: &dir,
+                    db: opts.db.as_deref(),
+                    cancel: &cancel,
+                    emit: &emit,
+                });
                 let (status, error) = match res {
                     Ok(()) => (RunStatus::Done, None),
                     Err(RunError::Train(crate::train::TrainError::Interrupted)) => {
@@ -449,14 +461,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    fn nap(
-        _: &str,
-        _: &crate::config::RunConfig,
-        _: &RunOptions,
-        _: &std::path::Path,
-        _: &AtomicBool,
-        _: &dyn Fn(Event),
-    ) -> Result<(), RunError> {
+    fn nap(_: &RunContext) -> Result<(), RunError> {
         std::thread::sleep(Duration::from_millis(15));
         Ok(())
     }
@@ -528,6 +533,7 @@ mod tests {
             results: dir.path().to_path_buf(),
             cancel: Arc::new(AtomicBool::new(false)),
             git_rev: None,
+            db: None,
             runner: nap,
         };
         let mut ledger = Ledger {

@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
 
-use crate::config::{ModelInit, RunConfig, RunOptions};
+use crate::config::ModelInit;
 use crate::data::{self, synthetic, Encoded, Example, Source};
-use crate::eval::judge;
+use crate::eval::{judge, llm_judge};
 use crate::model::{self, Decoding, GenerateOptions, ModelSource, Opt};
 use crate::store::Record;
 use crate::train::checkpoint::CheckpointPolicy;
@@ -29,6 +28,8 @@ pub enum RunError {
     Device(String),
     #[error("{path}: {message}")]
     Io { path: String, message: String },
+    #[error(transparent)]
+    Judge(#[from] crate::eval::llm_judge::JudgeError),
 }
 
 impl From<candle_core::Error> for RunError {
@@ -74,14 +75,15 @@ fn metric(run: &str, name: &str, split: &str, step: i64, value: f64) -> Event {
 
 /// Runs everything for one run; `dir` receives the tokenizer, the training checkpoints,
 /// the final model (HF layout) and the resolved config.
-pub fn run_one(
-    run_id: &str,
-    cfg: &RunConfig,
-    run_opts: &RunOptions,
-    dir: &Path,
-    cancel: &AtomicBool,
-    emit: &dyn Fn(Event),
-) -> Result<(), RunError> {
+pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
+    let (run_id, cfg, run_opts, dir, cancel, emit) = (
+        ctx.run_id,
+        ctx.config,
+        ctx.options,
+        ctx.dir,
+        ctx.cancel,
+        ctx.emit,
+    );
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let cfg_path = dir.join("run_config.json");
     std::fs::write(&cfg_path, serde_json::to_string_pretty(cfg).expect("json"))
@@ -251,15 +253,12 @@ pub fn run_one(
         phase: "eval",
         total: eval_ex.len() as u64,
     });
-    let mut scores = evaluate(
-        run_id,
-        &loaded.model,
-        &tokenizer,
-        &eval_ex,
-        cfg,
-        cancel,
-        emit,
-    )?;
+    let judge = if cfg.eval.evaluators.iter().any(|e| e == "llm_judge") {
+        Some(llm_judge::Judge::new(&cfg.eval.judge, ctx.db)?)
+    } else {
+        None
+    };
+    let mut scores = evaluate(ctx, &loaded.model, &tokenizer, &eval_ex, judge.as_ref())?;
     if cfg.eval.evaluators.iter().any(|e| e == "episode") {
         if let Source::ToolBench(dir) = &eval_source {
             let mut trajectories = data::toolbench::load_answers(dir)?;
@@ -295,14 +294,13 @@ pub fn run_one(
 /// Decoding of the test prompts and a verdict per example from each step-wise evaluator
 /// (all but `episode`). Returns (passed, judged) by evaluator.
 fn evaluate(
-    run_id: &str,
+    ctx: &super::RunContext,
     model: &Opt,
     tok: &tokenizers::Tokenizer,
     examples: &[&Example],
-    cfg: &RunConfig,
-    cancel: &AtomicBool,
-    emit: &dyn Fn(Event),
+    llm: Option<&llm_judge::Judge>,
 ) -> Result<BTreeMap<String, (usize, usize)>, RunError> {
+    let (run_id, cfg, cancel, emit) = (ctx.run_id, ctx.config, ctx.cancel, ctx.emit);
     let step_wise: Vec<&String> = cfg
         .eval
         .evaluators
@@ -348,7 +346,25 @@ fn evaluate(
         for (e, out) in chunk.iter().zip(outs) {
             let text = data::decode(tok, &out)?;
             for ev in &step_wise {
-                let v = judge(ev, &text, e);
+                let v = match (ev.as_str(), llm) {
+                    // The step's text is the answer judged; the path is that one step.
+                    ("llm_judge", Some(j)) => {
+                        let d = j.judge(&llm_judge::Item {
+                            id: &e.id,
+                            query: &e.query,
+                            tools: &e.tools,
+                            final_answer: &text,
+                            details: serde_json::json!([
+                                {"role": "assistant", "message": text, "next": []}
+                            ]),
+                        })?;
+                        crate::eval::Judgment {
+                            passed: d.passed,
+                            verdict: d.verdict,
+                        }
+                    }
+                    _ => judge(ev, &text, e),
+                };
                 let score = scores.entry(ev.to_string()).or_default();
                 score.0 += v.passed as usize;
                 score.1 += 1;

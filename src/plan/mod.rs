@@ -62,6 +62,11 @@ const ADDED_KEYS: &[(&str, &str, &str)] = &[
     ("eval", "top_p", "1.0"),
     ("eval", "stop", "[]"),
     ("eval", "max_turns", "8"),
+    (
+        "eval",
+        "judge",
+        r#"{"api_key_env":"OPENAI_API_KEY","k":3,"model":"","temperature":0.0,"timeout_s":60,"url":""}"#,
+    ),
 ];
 
 /// The JSON that the run id hashes: the canonical config less [`ADDED_KEYS`] at their
@@ -308,6 +313,16 @@ fn values_equal(a: &Value, b: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::config::load_experiment;
+
+    #[test]
+    fn added_keys_defaults_are_the_configs_defaults() {
+        // A drifted default would change the id of every run that never set the key.
+        let defaults = serde_json::to_value(RunConfig::default()).unwrap();
+        for (section, key, default) in ADDED_KEYS {
+            let want: Value = serde_json::from_str(default).unwrap();
+            assert_eq!(defaults[section][key], want, "{section}.{key}");
+        }
+    }
 
     fn plan(text: &str) -> Plan {
         let dir = tempfile::tempdir().unwrap();

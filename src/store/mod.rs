@@ -26,6 +26,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_cluster",
         include_str!("../../migrations/0003_cluster.sql"),
     ),
+    (
+        "0004_judge_cache",
+        include_str!("../../migrations/0004_judge_cache.sql"),
+    ),
 ];
 
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
@@ -692,6 +696,7 @@ mod tests {
             [
                 "eval_results",
                 "evaluator_agreement",
+                "judge_cache",
                 "metrics",
                 "run_summary",
                 "runs",

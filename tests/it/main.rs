@@ -4,6 +4,7 @@
 mod bad_input;
 mod bfcl;
 mod cli;
+mod judge;
 mod model;
 mod parity;
 mod reliability;

@@ -399,7 +399,11 @@ fn a_dry_run_writes_the_script_and_manifest_and_submits_nothing() {
             "--sbatch-arg=--account=lab",
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let script = String::from_utf8_lossy(&out.stdout)
         .replace(env!("CARGO_BIN_EXE_ablate"), "[ABLATE]")
         .replace(&d.display().to_string(), "[DIR]");
@@ -443,7 +447,16 @@ fn devices_pin_runs_and_a_plan_needing_more_fails_up_front() {
     let text = format!("{MICRO}\n[[resources]]\ndevices = 2\nwhere = {{ \"train.epochs\" = 2 }}\n");
     std::fs::write(d.join("experiments/micro.toml"), text).unwrap();
 
-    let out = ablate(d, &["run", "experiments/micro.toml", "--devices", "4", "--no-report"]);
+    let out = ablate(
+        d,
+        &[
+            "run",
+            "experiments/micro.toml",
+            "--devices",
+            "4",
+            "--no-report",
+        ],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("needs 2 devices, but --devices gives 1"),
@@ -451,14 +464,34 @@ fn devices_pin_runs_and_a_plan_needing_more_fails_up_front() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!d.join("results/ablate.db").exists(), "nothing ran");
-    let out = ablate(d, &["run", "experiments/micro.toml", "--devices", "1,1", "--no-report"]);
+    let out = ablate(
+        d,
+        &[
+            "run",
+            "experiments/micro.toml",
+            "--devices",
+            "1,1",
+            "--no-report",
+        ],
+    );
     assert_eq!(out.status.code(), Some(2));
 
     let out = ablate(
         d,
-        &["run", "experiments/micro.toml", "--devices", "4,6", "--json", "--no-report"],
+        &[
+            "run",
+            "experiments/micro.toml",
+            "--devices",
+            "4,6",
+            "--json",
+            "--no-report",
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let started: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())

@@ -1,0 +1,397 @@
+//! The LLM judge against a local OpenAI-compatible server: ToolEval's procedure call by
+//! call, the cache, and an API key that reaches the endpoint and nothing else.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use ablate::config::JudgeConfig;
+use ablate::data::ToolSpec;
+use ablate::eval::llm_judge::{Item, Judge};
+use ablate::store::Store;
+use serde_json::{json, Value};
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    authorization: Option<String>,
+    function: String,
+    prompt: String,
+}
+
+type Reply = dyn Fn(&str, &str) -> Result<Value, (u16, String)> + Send + Sync;
+
+/// A chat-completions server on a free local port: `reply(function, prompt)` gives the
+/// forced function call's arguments, or an HTTP error.
+struct Server {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Server {
+    fn start(
+        reply: impl Fn(&str, &str) -> Result<Value, (u16, String)> + Send + Sync + 'static,
+    ) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reply: Arc<Reply> = Arc::new(reply);
+        let log = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let (reply, log) = (Arc::clone(&reply), Arc::clone(&log));
+                std::thread::spawn(move || serve(stream, &*reply, &log));
+            }
+        });
+        Server { url, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Answers requests on one keep-alive connection until the client closes it.
+fn serve(stream: std::net::TcpStream, reply: &Reply, log: &Mutex<Vec<Seen>>) {
+    let mut out = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let (mut length, mut authorization) = (0usize, None);
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (name, value) = h.split_once(':').unwrap();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap(),
+                "authorization" => authorization = Some(value.trim().to_string()),
+                _ => {}
+            }
+        }
+        let mut body = vec![0; length];
+        r.read_exact(&mut body).unwrap();
+        let req: Value = serde_json::from_slice(&body).unwrap();
+        let function = req["tool_choice"]["function"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let prompt = req["messages"][0]["content"].as_str().unwrap().to_string();
+        log.lock().unwrap().push(Seen {
+            authorization,
+            function: function.clone(),
+            prompt: prompt.clone(),
+        });
+        let (status, text) = match reply(&function, &prompt) {
+            Ok(args) => (
+                200,
+                json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                    "tool_calls": [{"id": "call_0", "type": "function",
+                        "function": {"name": function, "arguments": args.to_string()}}]}}]})
+                .to_string(),
+            ),
+            Err((code, message)) => (code, json!({"error": {"message": message}}).to_string()),
+        };
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            text.len()
+        );
+        if out.write_all(head.as_bytes()).is_err() || out.write_all(text.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn tools() -> Vec<ToolSpec> {
+    vec![ToolSpec::from_json(&json!({
+        "name": "get_capital",
+        "description": "The capital of a country.",
+        "parameters": {"type": "object", "properties": {"country": {"type": "string"}},
+            "required": ["country"]}
+    }))]
+}
+
+fn item<'a>(id: &'a str, answer: &'a str, tools: &'a [ToolSpec]) -> Item<'a> {
+    Item {
+        id,
+        query: "What is the capital of France?",
+        tools,
+        final_answer: answer,
+        details: json!([{"role": "assistant", "message": answer, "next": []}]),
+    }
+}
+
+fn config(url: &str, key_env: &str, k: usize) -> JudgeConfig {
+    JudgeConfig {
+        url: url.to_string(),
+        model: "judge-1".into(),
+        api_key_env: key_env.into(),
+        k,
+        timeout_s: 5,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_judge_follows_tooleval_and_asks_each_question_once() {
+    // Solved when the answer names Paris; "maybe" is Unsure until the path is read; the
+    // task is unsolvable when the query asks about Atlantis.
+    let server = Server::start(|function, prompt| {
+        let status = match function {
+            "check_answer_status" if prompt.contains("Paris") => "Solved",
+            "check_answer_status" if prompt.contains("maybe") => "Unsure",
+            "check_answer_status" => "Unsolved",
+            "parse_answer_status" => "Solved",
+            "check_task_solvable" if prompt.contains("Atlantis") => "Unsolvable",
+            _ => "Solvable",
+        };
+        let field = if function == "check_task_solvable" {
+            "task_status"
+        } else {
+            "answer_status"
+        };
+        Ok(json!({field: status, "reason": "because"}))
+    });
+    std::env::set_var("ABLATE_TEST_KEY_A", "sk-test-aaaa");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    drop(Store::open(&db).unwrap());
+    let judge = Judge::new(&config(&server.url, "ABLATE_TEST_KEY_A", 3), Some(&db)).unwrap();
+    let t = tools();
+
+    // Solved at once: one question per judgment, no solvability check.
+    let d = judge
+        .judge(&item("q1", "The capital is Paris.", &t))
+        .unwrap();
+    assert_eq!(
+        (d.passed, d.verdict.as_str(), d.requests),
+        (true, "pass", 3)
+    );
+    let seen = server.seen();
+    assert!(seen.iter().all(|s| s.function == "check_answer_status"));
+    assert!(seen
+        .iter()
+        .all(|s| s.authorization.as_deref() == Some("Bearer sk-test-aaaa")));
+    assert!(seen[0].prompt.contains("What is the capital of France?"));
+    // The same question again comes from the cache.
+    let again = judge
+        .judge(&item("q1", "The capital is Paris.", &t))
+        .unwrap();
+    assert_eq!((again.passed, again.requests), (true, 0));
+    assert_eq!(server.seen().len(), 3);
+
+    // Unsolved on a solvable task fails, after asking whether the task is solvable.
+    let d = judge
+        .judge(&item("q2", "I could not find it.", &t))
+        .unwrap();
+    assert_eq!(
+        (d.passed, d.verdict.as_str(), d.requests),
+        (false, "unsolved", 6)
+    );
+    assert!(server.seen()[3..]
+        .iter()
+        .any(|s| s.function == "check_task_solvable" && s.prompt.contains("get_capital")));
+
+    // Unsure: the whole answer is read (parse_answer_status), and that decides.
+    let before = server.seen().len();
+    let d = judge.judge(&item("q3", "maybe it is Lyon", &t)).unwrap();
+    assert!(d.passed);
+    let parse: Vec<Seen> = server.seen()[before..]
+        .iter()
+        .filter(|s| s.function == "parse_answer_status")
+        .cloned()
+        .collect();
+    assert_eq!(parse.len(), 3);
+    assert!(parse[0].prompt.contains("answer_details"));
+
+    // Unsolved on an unsolvable task passes (ToolEval's rule).
+    let unsolvable = Item {
+        query: "What is the capital of Atlantis?",
+        ..item("q4", "I could not find it.", &t)
+    };
+    assert!(judge.judge(&unsolvable).unwrap().passed);
+
+    // An empty answer fails without a question.
+    let before = server.seen().len();
+    let d = judge.judge(&item("q5", "  ", &t)).unwrap();
+    assert_eq!(
+        (d.passed, d.verdict.as_str(), d.requests),
+        (false, "empty_answer", 0)
+    );
+    assert_eq!(server.seen().len(), before);
+
+    // Every answer is cached in the database, and the key is nowhere in it.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = c
+        .query_row("SELECT COUNT(*) FROM judge_cache", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n as usize, server.seen().len());
+    drop(c);
+    assert_no_key(dir.path(), "sk-test-aaaa");
+}
+
+#[test]
+fn endpoint_errors_name_the_endpoint_and_never_the_key() {
+    // Like some real endpoints, this one repeats the key it refuses.
+    let server =
+        Server::start(|_, _| Err((401, "Incorrect API key provided: sk-test-bbbb".into())));
+    std::env::set_var("ABLATE_TEST_KEY_B", "sk-test-bbbb");
+    let judge = Judge::new(&config(&server.url, "ABLATE_TEST_KEY_B", 1), None).unwrap();
+    let t = tools();
+    let e = judge
+        .judge(&item("q", "Paris", &t))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&server.url) && e.contains("HTTP 401"), "{e}");
+    assert!(!e.contains("sk-test-bbbb"), "{e}");
+    assert_eq!(server.seen().len(), 1, "a 401 is not retried");
+
+    // A reply with a status outside the function's enum is an error, not a verdict.
+    let odd = Server::start(|_, _| Ok(json!({"answer_status": "Probably", "reason": ""})));
+    let judge = Judge::new(&config(&odd.url, "ABLATE_TEST_KEY_B", 1), None).unwrap();
+    let e = judge
+        .judge(&item("q", "Paris", &t))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Probably"), "{e}");
+}
+
+/// No file under `dir` holds `key`.
+fn assert_no_key(dir: &Path, key: &str) {
+    for entry in walk(dir) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+            "the API key is in {}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_sweep_with_the_llm_judge_stores_its_verdicts_and_the_key_goes_nowhere() {
+    let server = Server::start(|function, prompt| {
+        let field = if function == "check_task_solvable" {
+            "task_status"
+        } else {
+            "answer_status"
+        };
+        // Calls that name a tool are "solved"; the rest are not.
+        let status = match function {
+            "check_task_solvable" => "Solvable",
+            _ if prompt.contains("Action:") => "Solved",
+            _ => "Unsolved",
+        };
+        Ok(json!({field: status, "reason": "ok"}))
+    });
+    let key = "sk-test-cccc-never-stored";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("experiments")).unwrap();
+    std::fs::write(
+        d.join("experiments/judged.toml"),
+        format!(
+            r#"
+[model]
+name = "tiny"
+[data]
+n_train = 48
+n_test = 6
+vocab_size = 320
+max_seq_len = 96
+[train]
+lr = 3e-3
+batch_size = 16
+[eval]
+max_new_tokens = 24
+evaluators = ["rules", "llm_judge"]
+[eval.judge]
+url = "{}"
+model = "judge-1"
+api_key_env = "ABLATE_TEST_JUDGE_KEY"
+k = 2
+"#,
+            server.url
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .current_dir(d)
+        .args(["run", "experiments/judged.toml", "--json"])
+        .env("ABLATE_TEST_JUDGE_KEY", key)
+        .env_remove("ABLATE_DB")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(!String::from_utf8_lossy(stream).contains(key));
+    }
+    let seen = server.seen();
+    assert!(!seen.is_empty());
+    assert!(seen
+        .iter()
+        .all(|s| s.authorization.as_deref() == Some(&format!("Bearer {key}"))));
+
+    let c = rusqlite::Connection::open(d.join("results/ablate.db")).unwrap();
+    let judged: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM eval_results WHERE evaluator = 'llm_judge'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(judged, 6, "one verdict per test example");
+    let rate: f64 = c
+        .query_row(
+            "SELECT value FROM metrics WHERE name = 'pass_rate_llm_judge'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!((0.0..=1.0).contains(&rate));
+    // Both evaluators judged the same predictions: their agreement is reportable.
+    let pairs: i64 = c
+        .query_row(
+            "SELECT n FROM evaluator_agreement WHERE evaluator_a = 'llm_judge' AND evaluator_b = 'rules'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pairs, 6);
+    let cached: i64 = c
+        .query_row("SELECT COUNT(*) FROM judge_cache", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(cached as usize, seen.len());
+    drop(c);
+    // Not in the database, the run folders, the reports or the logs.
+    assert_no_key(d, key);
+}
