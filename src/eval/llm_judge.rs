@@ -2,7 +2,8 @@
 //! `ReinforceToolLearningEvaluator`, run by `eval_pass_rate.py`) against any
 //! OpenAI-compatible chat-completions endpoint.
 //!
-//! Per judgment: an empty or given-up answer is Unsolved without a call; otherwise the
+//! A path that never called `Finish` fails without a question. Per judgment: an empty
+//! or given-up answer is Unsolved without a call; otherwise the
 //! judge is asked `check_answer_status` on the final answer, and when it is Unsure,
 //! `parse_answer_status` on the whole answer (its steps included). An answer that is not
 //! Solved is then weighed against `check_task_solvable`: Unsolved on a solvable task
@@ -58,7 +59,9 @@ pub struct Item<'a> {
     pub id: &'a str,
     pub query: &'a str,
     pub tools: &'a [ToolSpec],
-    pub final_answer: &'a str,
+    /// The answer given with `Finish`; None when the path never finished, which fails
+    /// without a question (ToolEval's "No answer").
+    pub final_answer: Option<&'a str>,
     /// The steps that led to the answer, as JSON (ToolEval's `answer_details`).
     pub details: Value,
 }
@@ -67,7 +70,7 @@ pub struct Item<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub passed: bool,
-    /// `pass`, or why not: `unsolved`, `unsure` (lost a coin or the count), `empty_answer`.
+    /// `pass`, or why not: `unsolved`, `unsure` (lost a coin or the count), `no_answer`.
     pub verdict: String,
     /// Requests that reached the endpoint (the rest came from the cache).
     pub requests: usize,
@@ -351,38 +354,40 @@ impl Judge {
             asked += was_asked as usize;
             Ok(status)
         };
-        let answer_status = if item.final_answer.trim().is_empty()
-            || item.final_answer.contains("give_up_and_restart")
-        {
-            AnswerStatus::Unsolved
-        } else {
-            let fill = |template: &str, answer: &str| {
-                template
-                    .replace("{query}", item.query)
-                    .replace("{answer}", answer)
-            };
-            let status = ask(
-                "check_answer_status",
-                fill(CHECK_ANSWER_STATUS, item.final_answer),
-            )?;
-            let status = if status == "Unsure" {
-                let whole = json!({
-                    "final_answer": item.final_answer,
-                    "answer_details": item.details,
-                });
-                ask(
-                    "parse_answer_status",
-                    fill(PARSE_ANSWER_STATUS, &whole.to_string()),
-                )?
+        let final_answer = item.final_answer.unwrap_or_default();
+        // An empty or given-up answer is Unsolved without a question; whether the task
+        // was solvable is still asked (an unsolvable task passes).
+        let answer_status =
+            if final_answer.trim().is_empty() || final_answer.contains("give_up_and_restart") {
+                AnswerStatus::Unsolved
             } else {
-                status
+                let fill = |template: &str, answer: &str| {
+                    template
+                        .replace("{query}", item.query)
+                        .replace("{answer}", answer)
+                };
+                let status = ask(
+                    "check_answer_status",
+                    fill(CHECK_ANSWER_STATUS, final_answer),
+                )?;
+                let status = if status == "Unsure" {
+                    let whole = json!({
+                        "final_answer": final_answer,
+                        "answer_details": item.details,
+                    });
+                    ask(
+                        "parse_answer_status",
+                        fill(PARSE_ANSWER_STATUS, &whole.to_string()),
+                    )?
+                } else {
+                    status
+                };
+                match status.as_str() {
+                    "Solved" => AnswerStatus::Solved,
+                    "Unsolved" => AnswerStatus::Unsolved,
+                    _ => AnswerStatus::Unsure,
+                }
             };
-            match status.as_str() {
-                "Solved" => AnswerStatus::Solved,
-                "Unsolved" => AnswerStatus::Unsolved,
-                _ => AnswerStatus::Unsure,
-            }
-        };
         if answer_status == AnswerStatus::Solved {
             return Ok((true, answer_status, asked));
         }
@@ -413,10 +418,10 @@ impl Judge {
 
     /// Judges an example `k` times; it passes when it passed at least as often as it failed.
     pub fn judge(&self, item: &Item) -> Result<Decision, JudgeError> {
-        if item.final_answer.trim().is_empty() {
+        if item.final_answer.is_none() {
             return Ok(Decision {
                 passed: false,
-                verdict: "empty_answer".into(),
+                verdict: "no_answer".into(),
                 requests: 0,
             });
         }

@@ -11,21 +11,31 @@ use super::Event;
 use crate::config::RunConfig;
 use crate::data::toolbench::{Trajectory, MAX_OBSERVATION_CHARS};
 use crate::data::{self, Example, GoldCall, Turn, EOS_ID};
+use crate::eval::llm_judge::{self, Judge};
+use crate::eval::parse_react;
 use crate::eval::toolbench::{judge_turn, replay_observation, TurnOutcome};
 use crate::model::{self, Decoding, GenerateOptions, Opt};
 use crate::store::Record;
 use crate::train::TrainError;
 
-/// Runs every trajectory's episode; returns how many passed.
+/// How many episodes passed ToolEval's rules (`episode`) and, with a judge, the LLM
+/// judge's pass-rate procedure on the whole path (`llm_judge`).
+pub struct EpisodeScores {
+    pub rules: usize,
+    pub judged: Option<usize>,
+}
+
+/// Runs every trajectory's episode.
 pub fn run_episodes(
-    run_id: &str,
+    ctx: &super::RunContext,
     model: &Opt,
     tok: &tokenizers::Tokenizer,
     trajectories: &[Trajectory],
-    cfg: &RunConfig,
-    cancel: &AtomicBool,
-    emit: &dyn Fn(Event),
-) -> Result<usize, RunError> {
+    llm: Option<&Judge>,
+) -> Result<EpisodeScores, RunError> {
+    let (run_id, cfg, cancel, emit): (&str, &RunConfig, &AtomicBool, &dyn Fn(Event)) =
+        (ctx.run_id, ctx.config, ctx.cancel, ctx.emit);
+    let mut judged = llm.map(|_| 0usize);
     emit(Event::Phase {
         run_id: run_id.to_string(),
         phase: "episodes",
@@ -41,6 +51,10 @@ pub fn run_episodes(
         let mut used = vec![false; traj.steps.len()];
         let mut transcript = String::new();
         let mut verdict = "no_finish";
+        // The answer given with Finish (None: the episode never finished), and the path as
+        // ToolEval's nodes, for the judge.
+        let mut final_answer: Option<String> = None;
+        let mut nodes: Vec<Value> = Vec::new();
         for turn in 0..cfg.eval.max_turns {
             let example = Example {
                 id: format!("{}-turn{turn}", traj.id),
@@ -77,9 +91,11 @@ pub fn run_episodes(
             let out = model::generate(model, &[prompt], &opts, &|_| false)?;
             let text = data::decode(tok, &out[0])?;
             transcript.push_str(&format!("<|assistant|>\n{text}\n"));
+            nodes.push(serde_json::json!({"role": "assistant", "message": text}));
             match judge_turn(&text, traj) {
                 TurnOutcome::End(v) => {
                     verdict = v;
+                    final_answer = finish_answer(&text, v);
                     break;
                 }
                 TurnOutcome::Call {
@@ -89,6 +105,8 @@ pub fn run_episodes(
                 } => {
                     let obs = replay_observation(traj, &mut used, &name, &arguments);
                     let obs: String = obs.chars().take(MAX_OBSERVATION_CHARS).collect();
+                    nodes.push(serde_json::json!({"role": "tool", "message": {
+                        "name": name, "arguments": arguments, "response": obs}}));
                     transcript.push_str(&format!("<|function|>\n{obs}\n"));
                     history.push(Turn {
                         assistant: text,
@@ -100,6 +118,27 @@ pub fn run_episodes(
         let ok = verdict == "pass";
         passed += ok as usize;
         let gold = traj.steps.last().map(|s| s.action_input.clone());
+        if let (Some(j), Some(count)) = (llm, judged.as_mut()) {
+            let d = j.judge(&llm_judge::Item {
+                id: &traj.id,
+                query: &traj.query,
+                tools: &traj.functions,
+                final_answer: final_answer.as_deref(),
+                details: chain(nodes),
+            })?;
+            *count += d.passed as usize;
+            emit(Event::Record(Record::Verdict {
+                run_id: run_id.to_string(),
+                dataset: "toolbench".into(),
+                example_id: traj.id.clone(),
+                category: traj.group.clone(),
+                evaluator: "llm_judge".into(),
+                verdict: d.verdict,
+                passed: d.passed,
+                prediction: transcript.clone(),
+                gold: gold.clone().unwrap_or_default(),
+            }));
+        }
         emit(Event::Record(Record::Verdict {
             run_id: run_id.to_string(),
             dataset: "toolbench".into(),
@@ -117,5 +156,71 @@ pub fn run_episodes(
             message: format!("episodes passed {passed}/{}", n + 1),
         });
     }
-    Ok(passed)
+    Ok(EpisodeScores {
+        rules: passed,
+        judged,
+    })
+}
+
+/// The final answer of a `Finish` call that ended an episode with `verdict`: the answer
+/// given, "give_up_and_restart" for a give-up; None when the episode never finished.
+fn finish_answer(text: &str, verdict: &str) -> Option<String> {
+    match verdict {
+        "gave_up" => Some("give_up_and_restart".into()),
+        "pass" | "empty_answer" => {
+            let step = parse_react(text).ok()?;
+            let args: Value = serde_json::from_str(&step.action_input).ok()?;
+            Some(
+                args["final_answer"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// ToolEval's `answer_details`: the path's nodes, each the parent of the next.
+fn chain(nodes: Vec<Value>) -> Value {
+    nodes
+        .into_iter()
+        .rev()
+        .fold(Value::Array(vec![]), |next, mut node| {
+            node["next"] = next;
+            Value::Array(vec![node])
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_final_answer_is_what_finish_gave() {
+        let finish = r#"Thought: done
+Action: Finish
+Action Input: {"return_type": "give_answer", "final_answer": "Paris"}"#;
+        assert_eq!(finish_answer(finish, "pass").as_deref(), Some("Paris"));
+        assert_eq!(
+            finish_answer(finish, "gave_up").as_deref(),
+            Some("give_up_and_restart")
+        );
+        let empty = r#"Action: Finish
+Action Input: {"return_type": "give_answer", "final_answer": ""}"#;
+        assert_eq!(finish_answer(empty, "empty_answer").as_deref(), Some(""));
+        assert_eq!(finish_answer("gibberish", "bad_format"), None);
+    }
+
+    #[test]
+    fn the_path_is_a_chain_of_nodes() {
+        let v = chain(vec![
+            serde_json::json!({"role": "assistant", "message": "a"}),
+            serde_json::json!({"role": "tool", "message": {"name": "t"}}),
+        ]);
+        assert_eq!(v[0]["role"], "assistant");
+        assert_eq!(v[0]["next"][0]["role"], "tool");
+        assert_eq!(v[0]["next"][0]["next"], serde_json::json!([]));
+        assert_eq!(chain(vec![]), serde_json::json!([]));
+    }
 }

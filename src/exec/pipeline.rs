@@ -258,7 +258,11 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
     } else {
         None
     };
-    let mut scores = evaluate(ctx, &loaded.model, &tokenizer, &eval_ex, judge.as_ref())?;
+    // With ToolBench episodes, the judge reads whole episodes (as ToolEval does), not steps.
+    let episodes = cfg.eval.evaluators.iter().any(|e| e == "episode")
+        && matches!(eval_source, Source::ToolBench(_));
+    let step_judge = judge.as_ref().filter(|_| !episodes);
+    let mut scores = evaluate(ctx, &loaded.model, &tokenizer, &eval_ex, step_judge)?;
     if cfg.eval.evaluators.iter().any(|e| e == "episode") {
         if let Source::ToolBench(dir) = &eval_source {
             let mut trajectories = data::toolbench::load_answers(dir)?;
@@ -266,15 +270,16 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
                 trajectories.truncate(cfg.eval.limit);
             }
             let passed = super::episode::run_episodes(
-                run_id,
+                ctx,
                 &loaded.model,
                 &tokenizer,
                 &trajectories,
-                cfg,
-                cancel,
-                emit,
+                judge.as_ref(),
             )?;
-            scores.insert("episode".into(), (passed, trajectories.len()));
+            scores.insert("episode".into(), (passed.rules, trajectories.len()));
+            if let Some(j) = passed.judged {
+                scores.insert("llm_judge".into(), (j, trajectories.len()));
+            }
         }
     }
     // The first evaluator's rate is `pass_rate` (what reports compare); each evaluator's
@@ -301,11 +306,12 @@ fn evaluate(
     llm: Option<&llm_judge::Judge>,
 ) -> Result<BTreeMap<String, (usize, usize)>, RunError> {
     let (run_id, cfg, cancel, emit) = (ctx.run_id, ctx.config, ctx.cancel, ctx.emit);
+    // Episodes are judged apart; so is the LLM judge when it reads episodes instead.
     let step_wise: Vec<&String> = cfg
         .eval
         .evaluators
         .iter()
-        .filter(|e| *e != "episode")
+        .filter(|e| *e != "episode" && (*e != "llm_judge" || llm.is_some()))
         .collect();
     let mut scores: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     if step_wise.is_empty() {
@@ -353,7 +359,7 @@ fn evaluate(
                             id: &e.id,
                             query: &e.query,
                             tools: &e.tools,
-                            final_answer: &text,
+                            final_answer: Some(text.as_str()).filter(|t| !t.trim().is_empty()),
                             details: serde_json::json!([
                                 {"role": "assistant", "message": text, "next": []}
                             ]),

@@ -127,7 +127,7 @@ fn item<'a>(id: &'a str, answer: &'a str, tools: &'a [ToolSpec]) -> Item<'a> {
         id,
         query: "What is the capital of France?",
         tools,
-        final_answer: answer,
+        final_answer: Some(answer),
         details: json!([{"role": "assistant", "message": answer, "next": []}]),
     }
 }
@@ -222,14 +222,29 @@ fn the_judge_follows_tooleval_and_asks_each_question_once() {
     };
     assert!(judge.judge(&unsolvable).unwrap().passed);
 
-    // An empty answer fails without a question.
+    // A path that never finished fails without a question.
     let before = server.seen().len();
-    let d = judge.judge(&item("q5", "  ", &t)).unwrap();
+    let unfinished = Item {
+        final_answer: None,
+        ..item("q5", "", &t)
+    };
+    let d = judge.judge(&unfinished).unwrap();
     assert_eq!(
         (d.passed, d.verdict.as_str(), d.requests),
-        (false, "empty_answer", 0)
+        (false, "no_answer", 0)
     );
     assert_eq!(server.seen().len(), before);
+    // Giving up is Unsolved without a question about the answer; solvability is still
+    // asked, on another task than before (the same question would come from the cache).
+    let other = Item {
+        query: "What is the capital of Peru?",
+        ..item("q6", "give_up_and_restart", &t)
+    };
+    let d = judge.judge(&other).unwrap();
+    assert_eq!((d.passed, d.requests), (false, 3));
+    assert!(server.seen()[before..]
+        .iter()
+        .all(|s| s.function == "check_task_solvable"));
 
     // Every answer is cached in the database, and the key is nowhere in it.
     let c = rusqlite::Connection::open(&db).unwrap();
@@ -394,4 +409,64 @@ k = 2
     drop(c);
     // Not in the database, the run folders, the reports or the logs.
     assert_no_key(d, key);
+}
+
+/// With ToolBench episodes the judge reads whole episodes, as ToolEval does: one verdict
+/// per trajectory, and an episode that never called Finish fails without a question.
+#[test]
+fn with_episodes_the_judge_reads_whole_episodes() {
+    let server = Server::start(|_, _| Ok(json!({"answer_status": "Solved", "reason": ""})));
+    let answers = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/toolbench/ToolBench/data_example/answer");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("experiments")).unwrap();
+    std::fs::write(
+        d.join("experiments/episodes.toml"),
+        format!(
+            "[model]\nname = \"tiny\"\n[data]\ntrain = \"{0}\"\neval = \"{0}\"\nvocab_size = 400\n\
+             [train]\nepochs = 0\n[eval]\nevaluators = [\"episode\", \"rules\", \"llm_judge\"]\n\
+             limit = 2\nmax_turns = 2\nmax_new_tokens = 6\nbatch_size = 1\n\
+             [eval.judge]\nurl = \"{1}\"\nmodel = \"judge-1\"\n",
+            answers.display(),
+            server.url
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .current_dir(d)
+        .args(["run", "experiments/episodes.toml", "--no-report"])
+        .env_remove("ABLATE_DB")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = rusqlite::Connection::open(d.join("results/ablate.db")).unwrap();
+    let rows: Vec<(String, String)> = c
+        .prepare(
+            "SELECT j.verdict, e.verdict FROM eval_results j
+             JOIN eval_results e ON e.run_id = j.run_id AND e.example_id = j.example_id
+              AND e.evaluator = 'episode'
+             WHERE j.evaluator = 'llm_judge' ORDER BY j.example_id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rows.len(),
+        2,
+        "one judged verdict per trajectory, none per step"
+    );
+    // An untrained model never calls Finish: no answer, and nothing asked.
+    for (judged, episode) in &rows {
+        assert_ne!(episode, "pass");
+        assert_eq!(judged, "no_answer");
+    }
+    assert!(server.seen().is_empty());
 }
