@@ -194,18 +194,7 @@ pub fn execute_runs(
         Some(d) => d.len().max(1),
         None => opts.jobs.max(1),
     };
-    // Free device ordinals, lowest first; a run's need is capped at the pool's size (the
-    // command line refuses a plan that needs more before anything runs).
-    let mut free: Vec<usize> = opts.devices.clone().unwrap_or_default();
-    let pool = free.len();
-    let need = |r: &PlannedRun| {
-        if opts.devices.is_some() {
-            r.devices.clamp(1, pool.max(1))
-        } else {
-            0
-        }
-    };
-    let mut held: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    let mut devices = Devices::new(opts.devices.as_deref());
 
     std::thread::scope(|scope| -> Result<(), StoreError> {
         for _ in 0..jobs {
@@ -263,20 +252,19 @@ pub fn execute_runs(
                             waiting: &mut Vec<String>,
                             outcome: &mut SweepOutcome,
                             reporter: &mut dyn Reporter,
-                            free: &mut Vec<usize>,
-                            held: &mut std::collections::HashMap<String, Vec<usize>>|
+                            devices: &mut Devices|
          -> Result<bool, StoreError> {
             while let Some(&r) = queue.last() {
                 if opts.cancel.load(Ordering::Relaxed) {
                     queue.clear();
                     return Ok(false);
                 }
-                if need(r) > free.len() {
-                    return Ok(false); // the next run waits for devices to free up
-                }
+                // The next run waits for devices to free up; later runs wait behind it.
+                let Some(taken) = devices.peek(r.devices) else {
+                    return Ok(false);
+                };
                 queue.pop();
-                let taken: Vec<usize> = free[..need(r)].to_vec();
-                let devices = (!taken.is_empty()).then(|| {
+                let pinned_to = (!taken.is_empty()).then(|| {
                     taken
                         .iter()
                         .map(|d| d.to_string())
@@ -288,11 +276,10 @@ pub fn execute_runs(
                     &host,
                     opts.git_rev.as_deref(),
                     opts.ownership,
-                    devices.as_deref(),
+                    pinned_to.as_deref(),
                 )? {
                     Claim::Claimed => {
-                        free.drain(..taken.len());
-                        held.insert(r.id.clone(), taken.clone());
+                        devices.take(&r.id, &taken);
                         reporter.event(&Event::RunStarted {
                             run_id: r.id.clone(),
                             label: label(r),
@@ -329,8 +316,7 @@ pub fn execute_runs(
                     &mut waiting,
                     &mut outcome,
                     reporter,
-                    &mut free,
-                    &mut held,
+                    &mut devices,
                 )? {
                     in_flight += 1;
                 }
@@ -370,10 +356,7 @@ pub fn execute_runs(
                                 _ => outcome.failed += 1,
                             }
                             in_flight -= 1;
-                            if let Some(d) = held.remove(run_id) {
-                                free.extend(d);
-                                free.sort_unstable();
-                            }
+                            devices.give_back(run_id);
                             reporter.event(&ev);
                             // A freed device may let several queued runs start.
                             while dispatch(
@@ -382,8 +365,7 @@ pub fn execute_runs(
                                 &mut waiting,
                                 &mut outcome,
                                 reporter,
-                                &mut free,
-                                &mut held,
+                                &mut devices,
                             )? {
                                 in_flight += 1;
                             }
@@ -409,6 +391,46 @@ pub fn execute_runs(
     })?;
     reporter.event(&Event::SweepFinished(outcome.clone()));
     Ok(outcome)
+}
+
+/// The `--devices` pool: which ordinals are free and which run holds which. Without a
+/// pool every run takes none and starts at once (`jobs` bounds concurrency instead).
+struct Devices {
+    pool: Option<usize>,
+    free: Vec<usize>,
+    held: std::collections::HashMap<String, Vec<usize>>,
+}
+
+impl Devices {
+    fn new(ordinals: Option<&[usize]>) -> Devices {
+        Devices {
+            pool: ordinals.map(<[usize]>::len),
+            free: ordinals.map(<[usize]>::to_vec).unwrap_or_default(),
+            held: Default::default(),
+        }
+    }
+
+    /// The lowest free devices for a run that needs `n`, if that many are free. A need is
+    /// capped at the pool's size (the command line refuses such a plan before it runs).
+    fn peek(&self, n: usize) -> Option<Vec<usize>> {
+        let need = match self.pool {
+            Some(pool) => n.clamp(1, pool.max(1)),
+            None => 0,
+        };
+        (need <= self.free.len()).then(|| self.free[..need].to_vec())
+    }
+
+    fn take(&mut self, run_id: &str, taken: &[usize]) {
+        self.free.retain(|d| !taken.contains(d));
+        self.held.insert(run_id.to_string(), taken.to_vec());
+    }
+
+    fn give_back(&mut self, run_id: &str) {
+        if let Some(d) = self.held.remove(run_id) {
+            self.free.extend(d);
+            self.free.sort_unstable();
+        }
+    }
 }
 
 /// The config a run executes with: a GPU run pinned by `--devices` runs on its first

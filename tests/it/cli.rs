@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-const MICRO: &str = r#"
+/// Four tiny runs (epochs × clip norm) on the synthetic task: seconds each.
+pub(crate) const MICRO: &str = r#"
 [experiment]
 name = "micro"
 description = "micro sweep for tests"

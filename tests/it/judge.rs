@@ -282,6 +282,19 @@ fn endpoint_errors_name_the_endpoint_and_never_the_key() {
     assert!(e.contains("Probably"), "{e}");
 }
 
+/// Runs ablate in `dir`, with the judge's key in ABLATE_TEST_JUDGE_KEY if given.
+fn run(dir: &Path, args: &[&str], key: Option<&str>) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ablate"));
+    c.current_dir(dir)
+        .args(args)
+        .env_remove("ABLATE_DB")
+        .stdin(Stdio::null());
+    if let Some(k) = key {
+        c.env("ABLATE_TEST_JUDGE_KEY", k);
+    }
+    c.output().unwrap()
+}
+
 /// No file under `dir` holds `key`.
 fn assert_no_key(dir: &Path, key: &str) {
     for entry in walk(dir) {
@@ -354,14 +367,7 @@ k = 2
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
-        .current_dir(d)
-        .args(["run", "experiments/judged.toml", "--json"])
-        .env("ABLATE_TEST_JUDGE_KEY", key)
-        .env_remove("ABLATE_DB")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run(d, &["run", "experiments/judged.toml", "--json"], Some(key));
     assert!(
         out.status.success(),
         "{}",
@@ -433,13 +439,11 @@ fn with_episodes_the_judge_reads_whole_episodes() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
-        .current_dir(d)
-        .args(["run", "experiments/episodes.toml", "--no-report"])
-        .env_remove("ABLATE_DB")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run(
+        d,
+        &["run", "experiments/episodes.toml", "--no-report"],
+        None,
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -10,33 +10,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use serde_json::Value;
 
+use crate::cli::MICRO;
 use crate::reliability::content;
-
-const MICRO: &str = r#"
-[experiment]
-name = "micro"
-baseline = { "train.epochs" = 1, "train.clip_norm" = 0.3 }
-
-[model]
-name = "tiny"
-
-[data]
-n_train = 48
-n_test = 6
-vocab_size = 320
-max_seq_len = 96
-
-[train]
-lr = 3e-3
-batch_size = 16
-
-[eval]
-max_new_tokens = 10
-
-[grid]
-"train.epochs" = [1, 2]
-"train.clip_norm" = [0.3, "none"]
-"#;
 
 /// One run of 30 epochs of 3 steps with a checkpoint every 2 steps: long enough to be
 /// cancelled mid-training.
