@@ -369,9 +369,10 @@ pub fn cmd_collect(db: &Path, json: bool) -> Result<u8, Failure> {
             let headers = ["run", "task", "state", "detail"].map(String::from);
             print!("{}", ui::table(&headers, &task_rows(&not_done)));
         }
+        let merged = count(&|r| r.merged);
         println!(
-            "merged {} runs ({} were merged before); {} failed, {} missing, {} queued or running",
-            count(&|r| r.merged),
+            "merged {merged} run{} ({} were merged before); {} failed, {} missing, {} queued or running",
+            if merged == 1 { "" } else { "s" },
             count(&|r| r.state == TaskState::Done && !r.merged),
             count(&|r| matches!(r.state, TaskState::Failed { .. })),
             count(&|r| r.state == TaskState::Missing),

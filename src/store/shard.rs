@@ -157,6 +157,7 @@ impl Store {
             )
             .map_err(err(shard))?;
         let rows = shard_rows(&src, run_id).map_err(err(shard))?;
+        let judged = judge_rows(&src).map_err(err(shard))?;
         drop(src);
 
         let path = self.path.clone();
@@ -175,6 +176,21 @@ impl Store {
         tx.execute("DELETE FROM eval_results WHERE run_id = ?1", [run_id])
             .map_err(err(&path))?;
         write_records(&tx, &rows).map_err(err(&path))?;
+        // The task's LLM-judge answers, so that judging the same prompts again from the
+        // main database asks nothing. A key is a hash of what was asked: same key, same row.
+        {
+            let mut ins = tx
+                .prepare(
+                    "INSERT OR IGNORE INTO judge_cache
+                     (key, endpoint, model, function, response, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(err(&path))?;
+            for row in &judged {
+                ins.execute(rusqlite::params_from_iter(row))
+                    .map_err(err(&path))?;
+            }
+        }
         let sets = RUN_COLUMNS
             .split(", ")
             .enumerate()
@@ -214,6 +230,15 @@ impl Store {
             .optional()
             .map_err(err(&self.path))
     }
+}
+
+/// Every row of a shard's `judge_cache`, column by column.
+fn judge_rows(src: &Store) -> rusqlite::Result<Vec<Vec<rusqlite::types::Value>>> {
+    let mut stmt = src
+        .conn
+        .prepare("SELECT key, endpoint, model, function, response, created_at FROM judge_cache")?;
+    let rows = stmt.query_map([], |r| (0..6).map(|i| r.get(i)).collect())?;
+    rows.collect()
 }
 
 /// Every metric and verdict of one run in a shard, as records.
@@ -310,12 +335,28 @@ mod tests {
         assert!(dump(&main).iter().all(|l| !l.starts_with("loss")));
 
         shard
+            .conn
+            .execute(
+                "INSERT INTO judge_cache VALUES ('k1', 'http://j/v1', 'm', 'check_answer_status', '{}', 'now')",
+                [],
+            )
+            .unwrap();
+        shard
             .finish("r", RunStatus::Done, None, 1.5, &[metric(2, 0.25)])
             .unwrap();
         assert_eq!(
             main.merge_shard(&shard_path, "r").unwrap(),
             Merge::Merged(RunStatus::Done)
         );
+        let judged: i64 = main
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM judge_cache WHERE key = 'k1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(judged, 1, "the shard's judge answers come along");
         let merged = dump(&main);
         assert_eq!(merged, dump(&shard));
         assert_eq!(
