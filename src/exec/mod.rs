@@ -190,11 +190,8 @@ pub fn execute_runs(
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
     let (work_tx, work_rx) = mpsc::channel::<(PlannedRun, Vec<usize>)>();
     let work_rx = Arc::new(Mutex::new(work_rx));
-    let jobs = match &opts.devices {
-        Some(d) => d.len().max(1),
-        None => opts.jobs.max(1),
-    };
-    let mut devices = Devices::new(opts.devices.as_deref());
+    let mut slots = Slots::new(opts.devices.as_deref(), opts.jobs);
+    let jobs = slots.size;
 
     std::thread::scope(|scope| -> Result<(), StoreError> {
         for _ in 0..jobs {
@@ -252,20 +249,22 @@ pub fn execute_runs(
                             waiting: &mut Vec<String>,
                             outcome: &mut SweepOutcome,
                             reporter: &mut dyn Reporter,
-                            devices: &mut Devices|
+                            slots: &mut Slots|
          -> Result<bool, StoreError> {
             while let Some(&r) = queue.last() {
                 if opts.cancel.load(Ordering::Relaxed) {
                     queue.clear();
                     return Ok(false);
                 }
-                // The next run waits for devices to free up; later runs wait behind it.
-                let Some(taken) = devices.peek(r.devices) else {
+                // The next run waits for a slot (its devices) to free up; later runs wait
+                // behind it.
+                let Some(taken) = slots.peek(r.devices) else {
                     return Ok(false);
                 };
                 queue.pop();
-                let pinned_to = (!taken.is_empty()).then(|| {
-                    taken
+                let devices = slots.pinned(&taken);
+                let pinned_to = (!devices.is_empty()).then(|| {
+                    devices
                         .iter()
                         .map(|d| d.to_string())
                         .collect::<Vec<_>>()
@@ -279,13 +278,13 @@ pub fn execute_runs(
                     pinned_to.as_deref(),
                 )? {
                     Claim::Claimed => {
-                        devices.take(&r.id, &taken);
+                        slots.take(&r.id, &taken);
                         reporter.event(&Event::RunStarted {
                             run_id: r.id.clone(),
                             label: label(r),
-                            devices: taken.clone(),
+                            devices: devices.clone(),
                         });
-                        let _ = work_tx.send((r.clone(), taken));
+                        let _ = work_tx.send((r.clone(), devices));
                         return Ok(true);
                     }
                     Claim::AlreadyDone => {
@@ -309,19 +308,18 @@ pub fn execute_runs(
             Ok(false)
         };
         loop {
-            for _ in 0..jobs {
-                if dispatch(
-                    store,
-                    &mut queue,
-                    &mut waiting,
-                    &mut outcome,
-                    reporter,
-                    &mut devices,
-                )? {
-                    in_flight += 1;
-                }
+            while dispatch(
+                store,
+                &mut queue,
+                &mut waiting,
+                &mut outcome,
+                reporter,
+                &mut slots,
+            )? {
+                in_flight += 1;
             }
             if in_flight > 0 {
+                // Events until a run finishes: its slot may let queued runs start.
                 for ev in ev_rx.iter() {
                     match &ev {
                         Event::Record(r) => {
@@ -356,26 +354,14 @@ pub fn execute_runs(
                                 _ => outcome.failed += 1,
                             }
                             in_flight -= 1;
-                            devices.give_back(run_id);
+                            slots.give_back(run_id);
                             reporter.event(&ev);
-                            // A freed device may let several queued runs start.
-                            while dispatch(
-                                store,
-                                &mut queue,
-                                &mut waiting,
-                                &mut outcome,
-                                reporter,
-                                &mut devices,
-                            )? {
-                                in_flight += 1;
-                            }
+                            break;
                         }
                         _ => reporter.event(&ev),
                     }
-                    if in_flight == 0 {
-                        break;
-                    }
                 }
+                continue;
             }
             if waiting.is_empty() || opts.cancel.load(Ordering::Relaxed) {
                 break;
@@ -393,36 +379,56 @@ pub fn execute_runs(
     Ok(outcome)
 }
 
-/// The `--devices` pool: which ordinals are free and which run holds which. Without a
-/// pool every run takes none and starts at once (`jobs` bounds concurrency instead).
-struct Devices {
-    pool: Option<usize>,
+/// Run slots. Without `--devices`, `jobs` anonymous slots and a run takes one; with it,
+/// the device ordinals, a run takes its `devices` and is pinned to them. A slot is held
+/// from the run's claim to its end, so no more runs are claimed than can run.
+struct Slots {
+    /// Whether slots are devices the runs are pinned to.
+    pinned: bool,
+    size: usize,
+    /// Free slots, lowest first.
     free: Vec<usize>,
     held: std::collections::HashMap<String, Vec<usize>>,
 }
 
-impl Devices {
-    fn new(ordinals: Option<&[usize]>) -> Devices {
-        Devices {
-            pool: ordinals.map(<[usize]>::len),
-            free: ordinals.map(<[usize]>::to_vec).unwrap_or_default(),
+impl Slots {
+    fn new(devices: Option<&[usize]>, jobs: usize) -> Slots {
+        let free: Vec<usize> = match devices {
+            Some(d) => d.to_vec(),
+            None => (0..jobs.max(1)).collect(),
+        };
+        Slots {
+            pinned: devices.is_some(),
+            size: free.len().max(1),
+            free,
             held: Default::default(),
         }
     }
 
-    /// The lowest free devices for a run that needs `n`, if that many are free. A need is
-    /// capped at the pool's size (the command line refuses such a plan before it runs).
-    fn peek(&self, n: usize) -> Option<Vec<usize>> {
-        let need = match self.pool {
-            Some(pool) => n.clamp(1, pool.max(1)),
-            None => 0,
+    /// The lowest free slots for a run that needs `devices`, if that many are free. A
+    /// need is capped at the pool's size (the command line refuses such a plan before it
+    /// runs); without `--devices` every run needs one.
+    fn peek(&self, devices: usize) -> Option<Vec<usize>> {
+        let need = if self.pinned {
+            devices.clamp(1, self.size)
+        } else {
+            1
         };
         (need <= self.free.len()).then(|| self.free[..need].to_vec())
     }
 
-    fn take(&mut self, run_id: &str, taken: &[usize]) {
-        self.free.retain(|d| !taken.contains(d));
-        self.held.insert(run_id.to_string(), taken.to_vec());
+    /// The devices a run holding `slots` is pinned to: none without `--devices`.
+    fn pinned(&self, slots: &[usize]) -> Vec<usize> {
+        if self.pinned {
+            slots.to_vec()
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn take(&mut self, run_id: &str, slots: &[usize]) {
+        self.free.retain(|d| !slots.contains(d));
+        self.held.insert(run_id.to_string(), slots.to_vec());
     }
 
     fn give_back(&mut self, run_id: &str) {
@@ -587,5 +593,40 @@ mod tests {
             )
             .unwrap();
         assert_eq!(pinned, 12);
+    }
+
+    #[test]
+    fn without_devices_no_more_runs_are_claimed_than_jobs() {
+        let text = "[model]\nname = \"tiny\"\n[grid]\n\"train.seed\" = [1, 2, 3, 4, 5, 6, 7, 8]\n";
+        let exp =
+            crate::config::load_experiment_text(std::path::Path::new("t.toml"), text, None, &[])
+                .unwrap();
+        let plan = crate::plan::expand(&exp).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("a.db")).unwrap();
+        let opts = ExecOptions {
+            jobs: 2,
+            devices: None,
+            ownership: Ownership::CheckOwner,
+            results: dir.path().to_path_buf(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            git_rev: None,
+            db: None,
+            runner: nap,
+        };
+        let mut ledger = Ledger {
+            held: HashMap::new(),
+            max_runs: 0,
+            started: vec![],
+            violations: vec![],
+        };
+        let outcome = execute(&plan, &mut store, &opts, &mut ledger).unwrap();
+        assert_eq!(outcome.done, 8);
+        // A run is claimed (and announced) only when a worker is free for it.
+        assert_eq!(ledger.max_runs, 2);
+        assert!(
+            ledger.started.iter().all(|(_, d)| d.is_empty()),
+            "not pinned"
+        );
     }
 }
