@@ -14,7 +14,7 @@ use crate::exec::collect::{task_states, TaskReport, TaskState};
 use crate::exec::slurm::{self, Manifest, ManifestTask, ScriptInputs, SlurmError};
 use crate::exec::{self, ExecOptions};
 use crate::plan::{canonical_json, PlannedRun};
-use crate::store::{Ownership, RunStatus, SlurmTask, Store};
+use crate::store::{Ownership, RunStatus, SlurmTask, Store, StoreError};
 use crate::ui;
 
 /// sbatch options on the command line; each wins over the experiment's `[slurm]` table.
@@ -339,7 +339,13 @@ fn task_rows(reports: &[&TaskReport]) -> Vec<Vec<String>> {
 }
 
 pub fn cmd_collect(db: &Path, json: bool) -> Result<u8, Failure> {
-    let mut store = Store::open_for_reading(db).map_err(store_failure)?;
+    // Collecting into a database that does not exist is a mistake, not a new database.
+    if !db.exists() {
+        return Err(store_failure(StoreError::Missing(db.display().to_string())));
+    }
+    // Opening a current database writes nothing, so a collect with nothing to merge
+    // leaves the file as it was.
+    let mut store = Store::open(db).map_err(store_failure)?;
     if store.slurm_tasks().map_err(store_failure)?.is_empty() {
         if !json {
             eprintln!(
@@ -351,8 +357,6 @@ pub fn cmd_collect(db: &Path, json: bool) -> Result<u8, Failure> {
         }
         return Ok(exit::OK);
     }
-    drop(store);
-    store = Store::open(db).map_err(store_failure)?;
     let queue = queue_or_warn();
     let reports = task_states(&mut store, queue.as_ref(), true).map_err(store_failure)?;
     let count = |f: &dyn Fn(&TaskReport) -> bool| reports.iter().filter(|r| f(r)).count();

@@ -123,6 +123,7 @@ pub fn task_states(
         } else {
             shard_view(&task)?
         };
+        let shard_done = view.as_ref().is_some_and(|v| v.status == RunStatus::Done);
         let terminal = view
             .as_ref()
             .is_some_and(|v| !matches!(v.status, RunStatus::Pending | RunStatus::Running));
@@ -176,7 +177,8 @@ pub fn task_states(
                 },
             },
         };
-        let collected = store.run_status(&task.run_id)?.map(|(s, _)| s) == Some(RunStatus::Done);
+        // Done in the main database: before this call, or by the merge just made.
+        let collected = main == Some(RunStatus::Done) || (merged && shard_done);
         out.push(TaskReport {
             task,
             state,
