@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::{BfclTruth, DataError, Example, GoldCall, ToolSpec};
-use crate::eval::bfcl::{category_of, load_jsonl, Answer, BfclError, Question};
+use crate::eval::bfcl::python::json_dumps;
+use crate::eval::bfcl::{
+    as_literals, category_of, load_jsonl, Answer, BfclError, Language, Question,
+};
 
 /// Keeps the file (and line) in front, where `DataError` prints its path.
 fn file_err(e: BfclError) -> DataError {
@@ -69,8 +72,100 @@ pub fn load(questions: &Path) -> Result<Vec<Example>, DataError> {
         .collect())
 }
 
+/// A possible answer made concrete: each parameter (and each key of a dict parameter)
+/// takes its first allowed value; optional ones (`""` allowed) are left out.
+fn concrete(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter_map(|(k, allowed)| {
+                    let list = allowed.as_array()?;
+                    if list.iter().any(|v| v == "") {
+                        return None;
+                    }
+                    list.first().map(|first| (k.clone(), concrete(first)))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(concrete).collect()),
+        other => other.clone(),
+    }
+}
+
+/// BFCL's `_func_doc_language_specific_pre_processing`, applied to the documents a
+/// model is shown (the checker keeps the originals): a language note on each function,
+/// and in Java and JavaScript every parameter becomes a `string` whose description names
+/// the real type, since the model writes each argument as a source literal.
+pub fn prompt_function(doc: &Value, lang: Language) -> Value {
+    let mut doc = doc.clone();
+    let hint = match lang {
+        Language::Java => " Note that the provided function is in Java 8 SDK syntax.",
+        Language::JavaScript => " Note that the provided function is in JavaScript syntax.",
+        Language::Python => " Note that the provided function is in Python 3 syntax.",
+    };
+    let description = format!("{}{hint}", doc["description"].as_str().unwrap_or_default());
+    doc["description"] = Value::String(description);
+    let name = match lang {
+        Language::Java => "Java",
+        Language::JavaScript => "JavaScript",
+        Language::Python => return doc,
+    };
+    if let Some(props) = doc["parameters"]["properties"].as_object_mut() {
+        for p in props.values_mut() {
+            let Some(p) = p.as_object_mut() else { continue };
+            let ty = p
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let mut d = p
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if ty == "any" {
+                d += &format!(
+                    " This parameter can be of any type of {name} object in string representation."
+                );
+            } else {
+                d += &format!(" This is {name} {ty} type parameter in string representation.");
+            }
+            let listy = match lang {
+                Language::Java => ty == "ArrayList" || ty == "Array",
+                _ => ty == "array",
+            };
+            if listy {
+                let items = p
+                    .get("items")
+                    .map(|i| i["type"].as_str().unwrap_or_default().to_string());
+                d += &format!(
+                    " The list elements are of type {}; they are not in string representation.",
+                    items.unwrap_or_default()
+                );
+                p.remove("items");
+            }
+            if lang == Language::JavaScript && ty == "dict" {
+                if let Some(schema) = p.remove("properties") {
+                    d += &format!(
+                        " The dictionary entries have the following schema; they are not in string representation. {}",
+                        json_dumps(&schema)
+                    );
+                }
+            }
+            p.insert("description".into(), Value::String(d));
+            p.insert("type".into(), Value::String("string".into()));
+        }
+    }
+    doc
+}
+
 fn example(q: Question, ground_truth: Vec<Map<String, Value>>) -> Example {
-    let tools = q.function.iter().map(ToolSpec::from_json).collect();
+    let lang = Language::of(category_of(&q.id));
+    let tools = q
+        .function
+        .iter()
+        .map(|f| ToolSpec::from_json(&prompt_function(f, lang)))
+        .collect();
     // The user messages of the (single) turn.
     let query = q.question[0]
         .as_array()
@@ -82,27 +177,17 @@ fn example(q: Question, ground_truth: Vec<Map<String, Value>>) -> Example {
                 .join("\n")
         })
         .unwrap_or_default();
+    // Java and JavaScript arguments are written as source literals, as the model must.
+    let literal = |name: &str, args: Value| match q.function.iter().find(|d| d["name"] == name) {
+        Some(doc) => as_literals(lang, doc, &args),
+        None => args,
+    };
     let gold = ground_truth
         .first()
         .and_then(|g| g.iter().next())
         .map(|(name, params)| GoldCall {
             name: name.clone(),
-            arguments: Value::Object(
-                params
-                    .as_object()
-                    .map(|p| {
-                        p.iter()
-                            .filter_map(|(k, allowed)| {
-                                let list = allowed.as_array()?;
-                                (!list.iter().any(|v| v == ""))
-                                    .then(|| list.first().cloned())
-                                    .flatten()
-                                    .map(|v| (k.clone(), v))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            ),
+            arguments: literal(name, concrete(params)),
         })
         .unwrap_or(GoldCall {
             name: String::new(),

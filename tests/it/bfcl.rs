@@ -284,6 +284,49 @@ fn bfcl_files_load_as_examples_and_model_text_is_judged_as_bfcl_would() {
             assert!(e.tools.iter().all(|t| prompt.contains(&t.name)));
         }
     }
+    // Java and JavaScript: the tools offered carry BFCL's language notes and every
+    // parameter as a string; the model's literals are read back before the checks.
+    for (cat, note) in [
+        ("simple_java", "Java 8 SDK syntax"),
+        ("simple_javascript", "JavaScript syntax"),
+    ] {
+        let ex = data_bfcl::load(&data().join(format!("bfcl/BFCL_v4_{cat}.json"))).unwrap();
+        assert_eq!(ex.len(), questions(cat).len(), "{cat}");
+        for e in &ex {
+            assert_eq!(e.category, cat);
+            assert!(
+                e.tools.iter().all(|t| t.description.contains(note)),
+                "{}",
+                e.id
+            );
+            assert!(e.tools.iter().all(|t| t.parameters["properties"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(|p| p["type"] == "string"
+                    && p["description"]
+                        .as_str()
+                        .unwrap()
+                        .contains("in string representation"))));
+        }
+    }
+    let java = data_bfcl::load(&data().join("bfcl/BFCL_v4_simple_java.json")).unwrap();
+    let e = &java[22]; // ids: ArrayList<long> [101, 202, 303]
+    assert_eq!(
+        e.gold.arguments["ids"],
+        "new ArrayList<>(Arrays.asList(101L, 202L, 303L))"
+    );
+    let args = serde_json::to_string(&e.gold.arguments).unwrap();
+    let right = format!(
+        "Thought: go.\nAction: {}\nAction Input: {args}",
+        e.gold.name
+    );
+    assert_eq!(judge("bfcl", &right, e).verdict, "pass");
+    // A long written without its L stays the string "101", which the nested type check
+    // of ArrayList<long> refuses.
+    let ints = right.replace("101L", "101");
+    assert_eq!(judge("bfcl", &ints, e).verdict, "type_error:nested");
+
     let ex = data_bfcl::load(&data().join("bfcl/BFCL_v4_simple_python.json")).unwrap();
     let e = &ex[0]; // calculate_triangle_area(base=10, height=5)
     let right = "Thought: area.\nAction: calculate_triangle_area\nAction Input: {\"base\": 10, \"height\": 5}";
@@ -309,4 +352,185 @@ fn bfcl_files_load_as_examples_and_model_text_is_judged_as_bfcl_would() {
     assert!(judge("bfcl", "Thought: none of these fit.", &irr[0]).passed);
     assert!(judge("bfcl", broken, &irr[0]).passed);
     assert!(!judge("bfcl", right, &irr[0]).passed);
+}
+
+/// `tests/fixtures/bfcl`: BFCL's own checker (bfcl-eval 2026.3.23, through
+/// `scripts/bfcl-reference.sh`) on predictions for every Java and JavaScript question.
+fn fixture(name: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/bfcl/{name}"));
+    bfcl::load_jsonl(&path).unwrap()
+}
+
+const KINDS: &[&str] = &[
+    "a_exact",
+    "b_alt_syntax",
+    "c_untyped",
+    "d_wrong_value",
+    "e_wrong_name",
+    "f_missing",
+    "g_quoted",
+];
+
+/// Our verdicts on one kind of prediction, beside BFCL's, in file order.
+fn java_js_verdicts(cat: &str, kind: &str) -> Vec<(bfcl::Scored, Value)> {
+    let rows: Vec<Value> = fixture(&format!("{cat}.jsonl"))
+        .into_iter()
+        .filter(|r| r["kind"] == kind)
+        .collect();
+    let preds: Vec<Prediction> = rows
+        .iter()
+        .map(|r| serde_json::from_value(r.clone()).unwrap())
+        .collect();
+    let score = bfcl::score(&questions(cat), &answers(cat), &preds).unwrap();
+    assert_eq!(score.verdicts.len(), rows.len(), "{cat} {kind}");
+    score.verdicts.into_iter().zip(rows).collect()
+}
+
+#[test]
+fn java_and_javascript_verdicts_agree_with_bfcl_on_every_prediction() {
+    let mut compared = 0;
+    for cat in ["simple_java", "simple_javascript"] {
+        for kind in KINDS {
+            let mut disagreements = Vec::new();
+            for (ours, theirs) in java_js_verdicts(cat, kind) {
+                assert_eq!(ours.id, theirs["id"].as_str().unwrap());
+                let their_type = match theirs["error_type"].as_str().unwrap() {
+                    t if t.starts_with("exception:") => "ast_checker:converter_raised",
+                    t => t,
+                };
+                if ours.verdict.valid != theirs["valid"].as_bool().unwrap()
+                    || ours.verdict.error_type != their_type
+                {
+                    disagreements.push(format!(
+                        "{}: ours {} {:?} ({}) / BFCL {} {:?}: {}",
+                        ours.id,
+                        ours.verdict.valid,
+                        ours.verdict.error_type,
+                        ours.verdict.error,
+                        theirs["valid"],
+                        their_type,
+                        theirs["error"]
+                    ));
+                }
+                compared += 1;
+            }
+            assert!(
+                disagreements.is_empty(),
+                "{cat} {kind}: {} disagree:\n{}",
+                disagreements.len(),
+                disagreements.join("\n")
+            );
+        }
+    }
+    assert_eq!(compared, 150 * KINDS.len());
+}
+
+#[test]
+fn java_and_javascript_possible_answers_pass_and_perturbations_fail_for_their_reason() {
+    for (cat, lang_error) in [
+        ("simple_java", "type_error:java"),
+        ("simple_javascript", "type_error:js"),
+    ] {
+        // Every possible answer written as source literals passes, in both syntaxes,
+        // except two Java questions that no output can pass under BFCL's rules: their
+        // ArrayList<any> answers hold a number and booleans, and BFCL's converter reads
+        // every element of an `any` list as a string ("42" is not 42).
+        for kind in ["a_exact", "b_alt_syntax"] {
+            let failed: Vec<(String, String)> = java_js_verdicts(cat, kind)
+                .into_iter()
+                .filter(|(v, _)| !v.verdict.valid)
+                .map(|(v, _)| (v.id, v.verdict.error_type))
+                .collect();
+            let expected: Vec<(String, String)> = if cat == "simple_java" {
+                ["simple_java_36", "simple_java_65"]
+                    .iter()
+                    .map(|id| (id.to_string(), "value_error:list/tuple".to_string()))
+                    .collect()
+            } else {
+                vec![]
+            };
+            assert_eq!(failed, expected, "{cat} {kind}");
+        }
+        // The same from ablate's side: the gold call of each loaded example, its
+        // arguments written as literals by the port's own writer.
+        let examples =
+            ablate::data::bfcl::load(&data().join(format!("bfcl/BFCL_v4_{cat}.json"))).unwrap();
+        let gold: Vec<Prediction> = examples
+            .iter()
+            .map(|e| Prediction {
+                id: e.id.clone(),
+                calls: vec![Call {
+                    name: e.gold.name.clone(),
+                    arguments: e.gold.arguments.clone(),
+                }],
+            })
+            .collect();
+        assert!(gold.iter().all(|p| p.calls[0]
+            .arguments
+            .as_object()
+            .unwrap()
+            .values()
+            .all(Value::is_string)));
+        let score = bfcl::score(&questions(cat), &answers(cat), &gold).unwrap();
+        let failed: Vec<&str> = score
+            .verdicts
+            .iter()
+            .filter(|v| !v.verdict.valid)
+            .map(|v| v.id.as_str())
+            .collect();
+        let expected: &[&str] = if cat == "simple_java" {
+            &["simple_java_36", "simple_java_65"]
+        } else {
+            &[]
+        };
+        assert_eq!(failed, expected, "{cat}: gold calls of the loaded examples");
+        let all_fail_with = |kind: &str, ok: &dyn Fn(&str) -> bool| {
+            for (v, _) in java_js_verdicts(cat, kind) {
+                assert!(
+                    !v.verdict.valid && ok(&v.verdict.error_type),
+                    "{cat} {kind} {}: {:?}",
+                    v.id,
+                    v.verdict
+                );
+            }
+        };
+        // An argument given as a JSON value, not a source string.
+        all_fail_with("c_untyped", &|t| t == lang_error);
+        // A value not allowed: the string, list, dict or other-value rule says which.
+        all_fail_with("d_wrong_value", &|t| t.starts_with("value_error:"));
+        all_fail_with("e_wrong_name", &|t| {
+            t == "simple_function_checker:wrong_func_name"
+        });
+        all_fail_with("f_missing", &|t| {
+            t == "simple_function_checker:missing_required"
+        });
+    }
+}
+
+#[test]
+fn java_and_javascript_literals_convert_as_bfcl_converts_them() {
+    use ablate::eval::bfcl::{Language, Raised};
+    let rows = fixture("converters.jsonl");
+    assert!(rows.len() > 90);
+    for r in rows {
+        let lang = match r["lang"].as_str().unwrap() {
+            "java" => Language::Java,
+            _ => Language::JavaScript,
+        };
+        let ours = lang.convert(
+            r["value"].as_str().unwrap(),
+            r["type"].as_str().unwrap(),
+            r["nested"].as_str(),
+        );
+        match (&ours, r.get("result"), r.get("raised")) {
+            // Value equality keeps 1 and 1.0 apart, as BFCL's type check does.
+            (Ok(v), Some(expected), None) => assert_eq!(v, expected, "{r}"),
+            (Err(Raised(why)), None, Some(raised)) => {
+                let raised = raised.as_str().unwrap();
+                let message = raised.split_once(": ").map_or(raised, |(_, m)| m);
+                assert_eq!(why.replace('"', "'"), message.replace('"', "'"), "{r}");
+            }
+            _ => panic!("{r}: ours {ours:?}"),
+        }
+    }
 }

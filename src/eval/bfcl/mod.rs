@@ -1,8 +1,14 @@
 //! A port of BFCL's AST checker (`bfcl_eval/eval_checker/ast_eval/ast_checker.py`,
-//! bfcl-eval 2026.3.23) for its Python categories, rule for rule, odd ones included (see
+//! bfcl-eval 2026.3.23), rule for rule, odd ones included (see
 //! `../shared/notes/bfcl-checker.md`): values are compared with Python's semantics
 //! (`type(v) == T`, `1 == 1.0 == True`), strings and list elements after BFCL's
-//! `standardize_string`, parallel calls matched greedily in gold order.
+//! `standardize_string`, parallel calls matched greedily in gold order. In the Java and
+//! JavaScript categories every argument is a source literal inside a string, read back
+//! by ports of BFCL's converters (`java`, `js`) before the same checks.
+
+mod java;
+mod js;
+pub mod python;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -107,6 +113,100 @@ pub fn load_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>,
 }
 
 /// The category of an id (`parallel_multiple_12` → `parallel_multiple`).
+/// Which of BFCL's type systems a category uses; BFCL decides by substring
+/// (`is_java`, `is_js`), and so does this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    Python,
+    Java,
+    JavaScript,
+}
+
+impl Language {
+    pub fn of(category: &str) -> Language {
+        if category.contains("javascript") {
+            Language::JavaScript
+        } else if category.contains("java") {
+            Language::Java
+        } else {
+            Language::Python
+        }
+    }
+
+    /// `PYTHON_TYPE_MAPPING`, `JAVA_TYPE_CONVERSION`, `JS_TYPE_CONVERSION`. Java's `Set`
+    /// (a Python set) is never compared: its converter raises first.
+    fn expected(self, t: &str) -> Option<PyType> {
+        Some(match (self, t) {
+            (Language::Python, _) => return schema_type(t),
+            (Language::Java, "byte" | "short" | "integer" | "long") => PyType::Int,
+            (Language::Java, "float" | "double") => PyType::Float,
+            (Language::Java, "boolean") => PyType::Bool,
+            (Language::Java, "char" | "String" | "any") => PyType::Str,
+            (Language::Java, "Array" | "ArrayList" | "Queue" | "Stack" | "Set") => PyType::List,
+            (Language::Java, "HashMap" | "Hashtable") => PyType::Dict,
+            (Language::JavaScript, "String" | "any") => PyType::Str,
+            (Language::JavaScript, "integer" | "Bigint") => PyType::Int,
+            (Language::JavaScript, "float") => PyType::Float,
+            (Language::JavaScript, "Boolean") => PyType::Bool,
+            (Language::JavaScript, "dict") => PyType::Dict,
+            (Language::JavaScript, "array") => PyType::List,
+            _ => return None,
+        })
+    }
+
+    /// `NESTED_CONVERSION_TYPE_LIST` for Java and JavaScript, `PYTHON_NESTED_TYPE_CHECK_LIST`
+    /// for Python: the types whose items' type is read from the schema.
+    fn nests(self, t: &str) -> bool {
+        match self {
+            Language::Python => matches!(t, "array" | "tuple"),
+            _ => matches!(t, "Array" | "ArrayList" | "array"),
+        }
+    }
+
+    /// The source literal for a typed value that `convert` reads back as it (Java and
+    /// JavaScript); Python's values are written as JSON.
+    pub fn literal(self, v: &Value, t: &str, items: Option<&str>) -> Value {
+        match self {
+            Language::Java => Value::String(java::literal(v, t, items)),
+            Language::JavaScript => Value::String(js::literal(v, t, items)),
+            Language::Python => v.clone(),
+        }
+    }
+
+    /// Reads a source literal back as a value, as BFCL's `java_type_converter` /
+    /// `js_type_converter` do; Python's values are not literals and stay as they are.
+    pub fn convert(self, value: &str, t: &str, items: Option<&str>) -> Result<Value, Raised> {
+        match self {
+            Language::Java => java::convert(value, t, items),
+            Language::JavaScript => js::convert(value, t, items),
+            Language::Python => Ok(Value::String(value.to_string())),
+        }
+    }
+}
+
+/// A call's arguments as a model writes them for `doc` in this language: in Java and
+/// JavaScript every value becomes its source literal, by the parameter's schema type.
+pub fn as_literals(lang: Language, doc: &Value, args: &Value) -> Value {
+    let Some(args) = args.as_object() else {
+        return args.clone();
+    };
+    let props = &doc["parameters"]["properties"];
+    Value::Object(
+        args.iter()
+            .map(|(k, v)| {
+                let t = props[k]["type"].as_str().unwrap_or("any");
+                let items = props[k]["items"]["type"].as_str();
+                (k.clone(), lang.literal(v, t, items))
+            })
+            .collect(),
+    )
+}
+
+/// Where BFCL's converter raises (a type it has no conversion for) instead of deciding;
+/// BFCL's run stops there, the port fails the example with the message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Raised(pub String);
+
 pub fn category_of(id: &str) -> &str {
     match id.rsplit_once('_') {
         Some((c, n)) if n.chars().all(|c| c.is_ascii_digit()) => c,
@@ -223,6 +323,16 @@ fn repr(v: &Value) -> String {
 
 fn is_marker(v: &Value) -> bool {
     v.as_str() == Some("")
+}
+
+/// BFCL's `"" in allowed`: a list holding the `""` marker, or any string at all (for a
+/// string, `in` is a substring test, and the empty string is in every one).
+fn allows_omission(allowed: &Value) -> bool {
+    match allowed {
+        Value::String(_) => true,
+        Value::Array(a) => a.iter().any(is_marker),
+        _ => false,
+    }
 }
 
 /// `get_possible_answer_type`: the type of the first allowed value that is not `""`.
@@ -378,7 +488,7 @@ fn dict_checker(value: &Map<String, Value>, allowed: &[Value]) -> Verdict {
             }
         }
         for (key, key_allowed) in answer {
-            let optional = as_items(key_allowed).iter().any(is_marker);
+            let optional = allows_omission(key_allowed);
             if !value.contains_key(key) && !optional {
                 result = Verdict::fail(
                     "value_error:dict_key",
@@ -423,7 +533,12 @@ fn list_dict_checker(value: &[Value], allowed: &[Value]) -> Verdict {
 }
 
 /// `simple_function_checker`: one call against one function document and one gold call.
-pub fn simple_function_checker(doc: &Value, call: &Call, gold: &Map<String, Value>) -> Verdict {
+pub fn simple_function_checker(
+    lang: Language,
+    doc: &Value,
+    call: &Call,
+    gold: &Map<String, Value>,
+) -> Verdict {
     let empty = Map::new();
     let answer = gold
         .values()
@@ -467,15 +582,18 @@ pub fn simple_function_checker(doc: &Value, call: &Call, gold: &Map<String, Valu
         };
         let allowed = as_items(allowed);
         let desc = detail["type"].as_str().unwrap_or_default();
-        let Some(expected) = schema_type(desc) else {
+        let Some(expected) = lang.expected(desc) else {
             return Verdict::fail(
                 "ast_checker:unknown_type",
                 format!("Unknown schema type '{desc}' for parameter '{param}'."),
             );
         };
-        let nested = if desc == "array" || desc == "tuple" {
-            let inner = detail["items"]["type"].as_str().unwrap_or_default();
-            match schema_type(inner) {
+        let items = lang
+            .nests(desc)
+            .then(|| detail["items"]["type"].as_str().unwrap_or_default());
+        let nested = match items {
+            None => None,
+            Some(inner) => match lang.expected(inner) {
                 Some(t) => Some(t),
                 None => {
                     return Verdict::fail(
@@ -483,18 +601,37 @@ pub fn simple_function_checker(doc: &Value, call: &Call, gold: &Map<String, Valu
                         format!("Unknown item type '{inner}' for parameter '{param}'."),
                     )
                 }
-            }
-        } else {
-            None
+            },
         };
-        // Python's int → float promotion, at the top level only.
-        let promoted;
-        let value = match value {
-            Value::Number(n) if desc == "float" && !n.is_f64() => {
-                promoted = Value::from(n.as_f64().unwrap_or_default());
-                &promoted
+        let converted;
+        let value = match (lang, value) {
+            // Python's int → float promotion, at the top level only.
+            (Language::Python, Value::Number(n)) if desc == "float" && !n.is_f64() => {
+                converted = Value::from(n.as_f64().unwrap_or_default());
+                &converted
             }
-            v => v,
+            (Language::Python, v) => v,
+            (_, Value::String(s)) => match lang.convert(s, desc, items) {
+                Ok(v) => {
+                    converted = v;
+                    &converted
+                }
+                Err(Raised(why)) => return Verdict::fail("ast_checker:converter_raised", why),
+            },
+            (_, v) => {
+                return Verdict::fail(
+                    if lang == Language::Java {
+                        "type_error:java"
+                    } else {
+                        "type_error:js"
+                    },
+                    format!(
+                        "Incorrect type for parameter '{param}'. Expected type String, got {}. Parameter value: {}.",
+                        py_type_name(py_type(v)),
+                        repr(v)
+                    ),
+                )
+            }
         };
         let tc = type_checker(param, value, &allowed, desc, expected, nested);
         if !tc.valid {
@@ -526,7 +663,7 @@ pub fn simple_function_checker(doc: &Value, call: &Call, gold: &Map<String, Valu
         }
     }
     for (param, allowed) in answer {
-        if !model_params.contains_key(param) && !as_items(allowed).iter().any(is_marker) {
+        if !model_params.contains_key(param) && !allows_omission(allowed) {
             return Verdict::fail(
                 "simple_function_checker:missing_optional",
                 format!("Optional parameter '{param}' not provided and not marked as optional."),
@@ -563,6 +700,7 @@ pub fn check(
     calls: &[Call],
     gold: &[Map<String, Value>],
 ) -> Verdict {
+    let lang = Language::of(category);
     if category.contains("irrelevance") {
         return if calls.is_empty() {
             Verdict::ok()
@@ -594,7 +732,7 @@ pub fn check(
                 if matched.contains(&j) {
                     continue;
                 }
-                let r = simple_function_checker(doc, c, g);
+                let r = simple_function_checker(lang, doc, c, g);
                 if r.valid {
                     matched.push(j);
                     found = true;
@@ -630,7 +768,7 @@ pub fn check(
                 "No function document for the expected call.".into(),
             );
         };
-        return simple_function_checker(doc, &calls[0], &gold[0]);
+        return simple_function_checker(lang, doc, &calls[0], &gold[0]);
     }
     if calls.len() != 1 {
         return Verdict::fail(
@@ -639,7 +777,7 @@ pub fn check(
         );
     }
     match (docs.first(), gold.first()) {
-        (Some(doc), Some(g)) => simple_function_checker(doc, &calls[0], g),
+        (Some(doc), Some(g)) => simple_function_checker(lang, doc, &calls[0], g),
         _ => Verdict::fail(
             "simple_function_checker:wrong_count",
             "No function document or possible answer.".into(),
@@ -675,7 +813,7 @@ pub struct CategoryScore {
 
 /// Scores predictions (matched by id; a missing one fails) against questions and their
 /// possible answers (paired by line, as BFCL pairs them). `answers` may be empty for
-/// `irrelevance`. Java and JavaScript categories are refused for now.
+/// `irrelevance`.
 pub fn score(
     questions: &[Question],
     answers: &[Answer],
@@ -686,12 +824,6 @@ pub fn score(
     let mut verdicts = Vec::with_capacity(questions.len());
     for (i, q) in questions.iter().enumerate() {
         let category = category_of(&q.id).to_string();
-        if category.ends_with("_java") || category.ends_with("_javascript") {
-            return Err(BfclError::Unsupported(format!(
-                "{}: the {category} category needs BFCL's Java/JavaScript literal conversion, which is not ported yet",
-                q.id
-            )));
-        }
         let gold: &[Map<String, Value>] = if category.contains("irrelevance") {
             &[]
         } else {
@@ -766,7 +898,7 @@ mod tests {
             name: "f".into(),
             arguments: args,
         };
-        simple_function_checker(&doc(), &call, &gold())
+        simple_function_checker(Language::Python, &doc(), &call, &gold())
     }
 
     #[test]
@@ -791,7 +923,7 @@ mod tests {
             arguments: json!({"x": 5, "l": [1, 2]}),
         };
         assert_eq!(
-            simple_function_checker(&doc(), &call, &strict).error_type,
+            simple_function_checker(Language::Python, &doc(), &call, &strict).error_type,
             "type_error:nested"
         );
         assert!(check1(json!({"x": 5, "s": "new york ny"})).valid); // standardised
@@ -811,7 +943,7 @@ mod tests {
             arguments: json!({"x": 5}),
         };
         assert_eq!(
-            simple_function_checker(&doc(), &wrong, &gold()).error_type,
+            simple_function_checker(Language::Python, &doc(), &wrong, &gold()).error_type,
             "simple_function_checker:wrong_func_name"
         );
     }
