@@ -633,6 +633,13 @@ fn a_sweep_evaluates_on_a_bfcl_file_and_stores_bfcl_verdicts() {
         err.contains("data.eval") && err.contains("BFCL_v4_nope"),
         "{err}"
     );
+
+    // A Java file evaluates the same way; its verdicts carry the Java category.
+    let (_dir, db) = run_ok(&text.replace("BFCL_v4_simple_python", "BFCL_v4_simple_java"));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM eval_results WHERE evaluator = 'bfcl' AND category = 'simple_java'"),
+        5
+    );
 }
 
 #[test]
