@@ -145,6 +145,13 @@ pub(super) fn float(s: &str) -> Option<Value> {
 
 /// `json.dumps(v)` with its defaults: `", "` and `": "` separators, non-ASCII escaped.
 pub fn json_dumps(v: &Value) -> String {
+    fn separator<W: ?Sized + std::io::Write>(w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
     struct PyFormatter;
     impl serde_json::ser::Formatter for PyFormatter {
         fn begin_array_value<W: ?Sized + std::io::Write>(
@@ -152,22 +159,14 @@ pub fn json_dumps(v: &Value) -> String {
             w: &mut W,
             first: bool,
         ) -> std::io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
+            separator(w, first)
         }
         fn begin_object_key<W: ?Sized + std::io::Write>(
             &mut self,
             w: &mut W,
             first: bool,
         ) -> std::io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
+            separator(w, first)
         }
         fn begin_object_value<W: ?Sized + std::io::Write>(
             &mut self,
