@@ -308,12 +308,7 @@ impl Store {
         tx.execute("DELETE FROM sweep_runs WHERE sweep = ?1", [&exp.name])
             .map_err(err(&path))?;
         {
-            let mut ins_run = tx
-                .prepare(&format!(
-                    "INSERT OR IGNORE INTO runs (id, config_json, status, created_at)
-                     VALUES (?1, ?2, 'pending', {NOW})"
-                ))
-                .map_err(err(&path))?;
+            let mut ins_run = tx.prepare(&insert_pending_run()).map_err(err(&path))?;
             let mut ins_member = tx
                 .prepare(
                     "INSERT INTO sweep_runs (sweep, run_id, axes_json, is_baseline, position)
@@ -468,6 +463,15 @@ impl Store {
             .map_err(err(&self.path))?;
         Ok((cols, rows))
     }
+}
+
+/// Registers a run (id, canonical config) as pending unless it already has a row: the
+/// plan's runs, and a shard's one run.
+pub(crate) fn insert_pending_run() -> String {
+    format!(
+        "INSERT OR IGNORE INTO runs (id, config_json, status, created_at)
+         VALUES (?1, ?2, 'pending', {NOW})"
+    )
 }
 
 /// Metric rows per multi-row INSERT: one statement step for many rows costs SQLite far

@@ -54,13 +54,7 @@ impl Store {
     /// Makes sure a run has a row (a shard's one run, registered before it is claimed).
     pub fn ensure_run(&mut self, run_id: &str, config_json: &str) -> Result<()> {
         self.conn
-            .execute(
-                &format!(
-                    "INSERT OR IGNORE INTO runs (id, config_json, status, created_at)
-                     VALUES (?1, ?2, 'pending', {NOW})"
-                ),
-                params![run_id, config_json],
-            )
+            .execute(&super::insert_pending_run(), params![run_id, config_json])
             .map(drop)
             .map_err(err(&self.path))
     }
