@@ -494,8 +494,23 @@ mod tests {
         Ok(())
     }
 
+    /// Options that run every run as a short nap.
+    fn nap_options(dir: &std::path::Path, jobs: usize, devices: Option<Vec<usize>>) -> ExecOptions {
+        ExecOptions {
+            jobs,
+            devices,
+            ownership: Ownership::CheckOwner,
+            results: dir.to_path_buf(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            git_rev: None,
+            db: None,
+            runner: nap,
+        }
+    }
+
     /// Every device held by a running run, replayed from the events in the order the
     /// executor emitted them.
+    #[derive(Default)]
     struct Ledger {
         held: HashMap<String, Vec<usize>>,
         max_runs: usize,
@@ -554,22 +569,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("a.db")).unwrap();
         let pool = vec![3, 5, 7];
-        let opts = ExecOptions {
-            jobs: 1,
-            devices: Some(pool.clone()),
-            ownership: Ownership::CheckOwner,
-            results: dir.path().to_path_buf(),
-            cancel: Arc::new(AtomicBool::new(false)),
-            git_rev: None,
-            db: None,
-            runner: nap,
-        };
-        let mut ledger = Ledger {
-            held: HashMap::new(),
-            max_runs: 0,
-            started: vec![],
-            violations: vec![],
-        };
+        let opts = nap_options(dir.path(), 1, Some(pool.clone()));
+        let mut ledger = Ledger::default();
         let outcome = execute(&plan, &mut store, &opts, &mut ledger).unwrap();
         assert_eq!(outcome.done, 12);
         assert!(ledger.violations.is_empty(), "{:?}", ledger.violations);
@@ -604,22 +605,8 @@ mod tests {
         let plan = crate::plan::expand(&exp).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("a.db")).unwrap();
-        let opts = ExecOptions {
-            jobs: 2,
-            devices: None,
-            ownership: Ownership::CheckOwner,
-            results: dir.path().to_path_buf(),
-            cancel: Arc::new(AtomicBool::new(false)),
-            git_rev: None,
-            db: None,
-            runner: nap,
-        };
-        let mut ledger = Ledger {
-            held: HashMap::new(),
-            max_runs: 0,
-            started: vec![],
-            violations: vec![],
-        };
+        let opts = nap_options(dir.path(), 2, None);
+        let mut ledger = Ledger::default();
         let outcome = execute(&plan, &mut store, &opts, &mut ledger).unwrap();
         assert_eq!(outcome.done, 8);
         // A run is claimed (and announced) only when a worker is free for it.
