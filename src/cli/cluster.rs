@@ -130,7 +130,8 @@ pub fn cmd_submit(
         Some(slurm::squeue().map_err(slurm_failure)?)
     };
     // Finished shards first, so that only what is really not done is submitted again.
-    let states: HashMap<String, TaskState> = task_states(&mut store, queue.as_ref(), true)
+    let tasks = store.slurm_tasks().map_err(store_failure)?;
+    let states: HashMap<String, TaskState> = task_states(&mut store, tasks, queue.as_ref(), true)
         .map_err(store_failure)?
         .into_iter()
         .map(|r| (r.task.run_id, r.state))
@@ -346,7 +347,8 @@ pub fn cmd_collect(db: &Path, json: bool) -> Result<u8, Failure> {
     // Opening a current database writes nothing, so a collect with nothing to merge
     // leaves the file as it was.
     let mut store = Store::open(db).map_err(store_failure)?;
-    if store.slurm_tasks().map_err(store_failure)?.is_empty() {
+    let tasks = store.slurm_tasks().map_err(store_failure)?;
+    if tasks.is_empty() {
         if !json {
             eprintln!(
                 "no Slurm tasks in {} (submit with `ablate submit --slurm`)",
@@ -358,7 +360,7 @@ pub fn cmd_collect(db: &Path, json: bool) -> Result<u8, Failure> {
         return Ok(exit::OK);
     }
     let queue = queue_or_warn();
-    let reports = task_states(&mut store, queue.as_ref(), true).map_err(store_failure)?;
+    let reports = task_states(&mut store, tasks, queue.as_ref(), true).map_err(store_failure)?;
     let count = |f: &dyn Fn(&TaskReport) -> bool| reports.iter().filter(|r| f(r)).count();
     let bad = count(&|r| r.state.needs_resubmit());
     if json {
@@ -399,13 +401,18 @@ pub fn cmd_status(db: &Path, sweeps: &[String], json: bool) -> Result<u8, Failur
     } else {
         sweeps.to_vec()
     };
-    let has_tasks = !store.slurm_tasks().map_err(store_failure)?.is_empty();
-    let queue = if has_tasks { queue_or_warn() } else { None };
-    let reports: HashMap<String, TaskReport> = task_states(&mut store, queue.as_ref(), false)
-        .map_err(store_failure)?
-        .into_iter()
-        .map(|r| (r.task.run_id.clone(), r))
-        .collect();
+    let tasks = store.slurm_tasks().map_err(store_failure)?;
+    let queue = if tasks.is_empty() {
+        None
+    } else {
+        queue_or_warn()
+    };
+    let reports: HashMap<String, TaskReport> =
+        task_states(&mut store, tasks, queue.as_ref(), false)
+            .map_err(store_failure)?
+            .into_iter()
+            .map(|r| (r.task.run_id.clone(), r))
+            .collect();
     let mut out = Vec::new();
     let mut text = String::new();
     for sweep in &sweeps {

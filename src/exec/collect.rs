@@ -100,17 +100,19 @@ fn shard_view(task: &SlurmTask) -> Result<Option<ShardView>, StoreError> {
     }))
 }
 
-/// The state of every run ever submitted (its newest task). With `merge`, finished shards
-/// are merged into `store` first; merging is idempotent, so collecting twice changes
-/// nothing the second time. `queue` is None when squeue could not be asked: tasks not
-/// finished in their shards are then `Other`.
+/// The state of every run ever submitted: `tasks` is `store.slurm_tasks()` (each run's
+/// newest task), read by the caller, who also decides from it whether squeue is worth
+/// asking. With `merge`, finished shards are merged into `store` first; merging is
+/// idempotent, so collecting twice changes nothing the second time. `queue` is None when
+/// squeue could not be asked: tasks not finished in their shards are then `Other`.
 pub fn task_states(
     store: &mut Store,
+    tasks: Vec<SlurmTask>,
     queue: Option<&Queue>,
     merge: bool,
 ) -> Result<Vec<TaskReport>, StoreError> {
     let mut out = Vec::new();
-    for task in store.slurm_tasks()? {
+    for task in tasks {
         let main = store.run_status(&task.run_id)?.map(|(s, _)| s);
         let mut merged = false;
         let view = if main == Some(RunStatus::Done) {
