@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::{BfclTruth, DataError, Example, GoldCall, ToolSpec};
 use crate::eval::bfcl::python::json_dumps;
 use crate::eval::bfcl::{
-    as_literals, category_of, load_jsonl, Answer, BfclError, Language, Question,
+    as_literals, category_of, find_description, load_jsonl, Answer, BfclError, Language, Question,
 };
 
 /// Keeps the file (and line) in front, where `DataError` prints its path.
@@ -178,7 +178,7 @@ fn example(q: Question, ground_truth: Vec<Map<String, Value>>) -> Example {
         })
         .unwrap_or_default();
     // Java and JavaScript arguments are written as source literals, as the model must.
-    let literal = |name: &str, args: Value| match q.function.iter().find(|d| d["name"] == name) {
+    let literal = |name: &str, args: Value| match find_description(&q.function, name) {
         Some(doc) => as_literals(lang, doc, &args),
         None => args,
     };

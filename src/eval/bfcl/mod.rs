@@ -684,7 +684,8 @@ fn others(param: &str, value: &Value, allowed: &[Value]) -> Verdict {
     )
 }
 
-fn find_description<'a>(docs: &'a [Value], name: &str) -> Option<&'a Value> {
+/// The function document named `name` (BFCL's `find_description`).
+pub fn find_description<'a>(docs: &'a [Value], name: &str) -> Option<&'a Value> {
     docs.iter().find(|d| d["name"].as_str() == Some(name))
 }
 
