@@ -112,7 +112,6 @@ pub fn load_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>,
         .collect()
 }
 
-/// The category of an id (`parallel_multiple_12` → `parallel_multiple`).
 /// Which of BFCL's type systems a category uses; BFCL decides by substring
 /// (`is_java`, `is_js`), and so does this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +136,12 @@ impl Language {
     /// (a Python set) is never compared: its converter raises first.
     fn expected(self, t: &str) -> Option<PyType> {
         Some(match (self, t) {
-            (Language::Python, _) => return schema_type(t),
+            (Language::Python, "string" | "any") => PyType::Str,
+            (Language::Python, "integer") => PyType::Int,
+            (Language::Python, "float") => PyType::Float,
+            (Language::Python, "boolean") => PyType::Bool,
+            (Language::Python, "array" | "tuple") => PyType::List,
+            (Language::Python, "dict") => PyType::Dict,
             (Language::Java, "byte" | "short" | "integer" | "long") => PyType::Int,
             (Language::Java, "float" | "double") => PyType::Float,
             (Language::Java, "boolean") => PyType::Bool,
@@ -207,6 +211,7 @@ pub fn as_literals(lang: Language, doc: &Value, args: &Value) -> Value {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Raised(pub String);
 
+/// The category of an id (`parallel_multiple_12` → `parallel_multiple`).
 pub fn category_of(id: &str) -> &str {
     match id.rsplit_once('_') {
         Some((c, n)) if n.chars().all(|c| c.is_ascii_digit()) => c,
@@ -248,19 +253,6 @@ fn py_type_name(t: PyType) -> &'static str {
         PyType::Dict => "dict",
         PyType::None => "NoneType",
     }
-}
-
-/// `PYTHON_TYPE_MAPPING`.
-fn schema_type(t: &str) -> Option<PyType> {
-    Some(match t {
-        "string" | "any" => PyType::Str,
-        "integer" => PyType::Int,
-        "float" => PyType::Float,
-        "boolean" => PyType::Bool,
-        "array" | "tuple" => PyType::List,
-        "dict" => PyType::Dict,
-        _ => return None,
-    })
 }
 
 /// Python's `==` on decoded JSON: numbers and booleans compare by value (`1 == 1.0 ==
