@@ -25,8 +25,7 @@ impl Re {
 
     /// Group `i` of the first match.
     pub(super) fn group<'s>(&self, s: &'s str, i: usize) -> Option<&'s str> {
-        let caps = self.0.captures(s).ok()??;
-        caps.get(i).map(|m| m.as_str())
+        self.groups(s)?.get(i).copied().flatten()
     }
 
     /// Whether the first match exists and which of its groups took part.
