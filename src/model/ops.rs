@@ -116,7 +116,7 @@ pub(crate) fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Resul
 }
 
 /// `(max, log Σ exp(x − max))` of one row, so `logsumexp = max + lse`.
-fn row_lse(row: &[f32]) -> (f32, f32) {
+pub(crate) fn row_lse(row: &[f32]) -> (f32, f32) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
     (max, sum.ln())
@@ -211,6 +211,79 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+/// LayerNorm of each `w.len()`-wide row of `x` into `out`: `(x − mean) · rstd · w + b`.
+pub(crate) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .for_each(|(o, row)| {
+            let (mean, rstd) = row_stats(row, eps);
+            for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
+                *o = (v - mean) * rstd * w + b;
+            }
+        });
+}
+
+/// LayerNorm's backward over rows: `dx = rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂))`
+/// written to `dx` (or added to it with `accumulate`), and `Σ g·x̂`, `Σ g` added to `dw`
+/// and `db`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_norm_backward_rows(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    accumulate: bool,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let d = w.len();
+    // Blocks of rows in parallel, each summing its share of dw and db; the partial
+    // sums are then added in block order, so the result does not depend on how rayon
+    // split the work (exact resume needs bit-identical steps).
+    const ROWS: usize = 32;
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(ROWS * d)
+        .zip(x.par_chunks(ROWS * d).zip(g.par_chunks(ROWS * d)))
+        .map(|(dxb, (xb, gb))| {
+            let mut acc = vec![0f32; 2 * d];
+            for ((dxr, xr), gr) in dxb.chunks_mut(d).zip(xb.chunks(d)).zip(gb.chunks(d)) {
+                let (mean, rstd) = row_stats(xr, eps);
+                let mut m1 = 0f32;
+                let mut m2 = 0f32;
+                for i in 0..d {
+                    let xhat = (xr[i] - mean) * rstd;
+                    let gw = gr[i] * w[i];
+                    m1 += gw;
+                    m2 += gw * xhat;
+                    acc[i] += gr[i] * xhat;
+                    acc[d + i] += gr[i];
+                }
+                let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                for i in 0..d {
+                    let xhat = (xr[i] - mean) * rstd;
+                    let v = rstd * (gr[i] * w[i] - m1 - xhat * m2);
+                    if accumulate {
+                        dxr[i] += v;
+                    } else {
+                        dxr[i] = v;
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    for p in &partials {
+        for (a, b) in dw.iter_mut().zip(&p[..d]) {
+            *a += b;
+        }
+        for (a, b) in db.iter_mut().zip(&p[d..]) {
+            *a += b;
+        }
+    }
+}
+
 impl candle_core::CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "layer-norm"
@@ -230,16 +303,8 @@ impl candle_core::CustomOp3 for LayerNormOp {
             contiguous_f32(sw, lw)?,
             contiguous_f32(sb, lb)?,
         );
-        let d = w.len();
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(d)
-            .zip(x.par_chunks(d))
-            .for_each(|(o, row)| {
-                let (mean, rstd) = row_stats(row, self.eps);
-                for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
-                    *o = (v - mean) * rstd * w + b;
-                }
-            });
+        layer_norm_rows(x, w, b, self.eps, &mut out);
         Ok((CpuStorage::F32(out), lx.shape().clone()))
     }
 
@@ -296,43 +361,8 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         let n = x.len() / d;
         let mut out = vec![0f32; (n + 2) * d];
         let (dx, sums) = out.split_at_mut(n * d);
-        // Blocks of rows in parallel, each summing its share of dw and db; the partial
-        // sums are then added in block order, so the result does not depend on how rayon
-        // split the work (exact resume needs bit-identical steps).
-        const ROWS: usize = 32;
-        let partials: Vec<Vec<f32>> = dx
-            .par_chunks_mut(ROWS * d)
-            .zip(x.par_chunks(ROWS * d).zip(g.par_chunks(ROWS * d)))
-            .map(|(dxb, (xb, gb))| {
-                let mut acc = vec![0f32; 2 * d];
-                for ((dxr, xr), gr) in dxb.chunks_mut(d).zip(xb.chunks(d)).zip(gb.chunks(d)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    let mut m1 = 0f32;
-                    let mut m2 = 0f32;
-                    for i in 0..d {
-                        let xhat = (xr[i] - mean) * rstd;
-                        let gw = gr[i] * w[i];
-                        m1 += gw;
-                        m2 += gw * xhat;
-                        acc[i] += gr[i] * xhat;
-                        acc[d + i] += gr[i];
-                    }
-                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
-                    for i in 0..d {
-                        let xhat = (xr[i] - mean) * rstd;
-                        dxr[i] = rstd * (gr[i] * w[i] - m1 - xhat * m2);
-                    }
-                }
-                acc
-            })
-            .collect();
-        let mut partial = vec![0f32; 2 * d];
-        for p in &partials {
-            for (a, b) in partial.iter_mut().zip(p) {
-                *a += b;
-            }
-        }
-        sums.copy_from_slice(&partial);
+        let (dw, db) = sums.split_at_mut(d);
+        layer_norm_backward_rows(x, w, g, self.eps, dx, false, dw, db);
         Ok((CpuStorage::F32(out), Shape::from((n + 2, d))))
     }
 }

@@ -326,7 +326,7 @@ impl PaddingMask {
     }
 
     /// `cumsum(mask) * mask - 1 + 2` for the last `t` positions: padding reads row 1.
-    fn position_rows(&self, t: usize) -> Vec<u32> {
+    pub(crate) fn position_rows(&self, t: usize) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.rows.len() * t);
         for row in &self.rows {
             let mut c: i64 = 0;
@@ -346,6 +346,13 @@ impl PaddingMask {
     fn additive(&self, t: usize, dev: &Device) -> Result<Tensor> {
         let b = self.rows.len();
         let tk = self.rows.first().map_or(0, Vec::len);
+        Tensor::from_vec(self.additive_rows(t), (b, 1, t, tk), dev)
+    }
+
+    /// The additive mask's values, row-major `[B, t, T]`.
+    pub(crate) fn additive_rows(&self, t: usize) -> Vec<f32> {
+        let b = self.rows.len();
+        let tk = self.rows.first().map_or(0, Vec::len);
         let past = tk - t;
         let mut data = vec![0f32; b * t * tk];
         for (bi, row) in self.rows.iter().enumerate() {
@@ -358,7 +365,7 @@ impl PaddingMask {
                 }
             }
         }
-        Tensor::from_vec(data, (b, 1, t, tk), dev)
+        data
     }
 }
 
@@ -527,19 +534,26 @@ pub fn causal_lm_loss_sum(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tenso
     if labels.len() != b || labels.iter().any(|r| r.len() != t) {
         candle_core::bail!("labels do not match logits {b}x{t}");
     }
-    // Every position gets a row (the last one of each sequence with weight 0), so the
-    // logits are used in place instead of copied into a shifted tensor.
-    let mut targets = Vec::with_capacity(b * t);
-    let mut weights = Vec::with_capacity(b * t);
-    for row in labels {
-        for &l in row[1..].iter().chain(std::iter::once(&-100)) {
-            let keep = l != -100 && l >= 0 && (l as usize) < v;
-            targets.push(if keep { l as u32 } else { 0 });
-            weights.push(if keep { 1f32 } else { 0f32 });
-        }
-    }
+    let (targets, weights) = shifted_targets(labels, v);
     let count = weights.iter().filter(|w| **w > 0.0).count();
     let rows = logits.reshape((b * t, v))?;
     let sum = super::ops::cross_entropy_rows(&rows, &targets, &weights)?.sum_all()?;
     Ok((sum, count))
+}
+
+/// The target of every position (the next token's label) and its weight, 1 or 0 (ignored
+/// label, or the last position). Every position gets a row, so logits are used in place
+/// instead of copied into a shifted tensor.
+pub(crate) fn shifted_targets(labels: &[Vec<i64>], vocab: usize) -> (Vec<u32>, Vec<f32>) {
+    let n = labels.iter().map(Vec::len).sum();
+    let mut targets = Vec::with_capacity(n);
+    let mut weights = Vec::with_capacity(n);
+    for row in labels.iter().filter(|r| !r.is_empty()) {
+        for &l in row.iter().skip(1).chain(std::iter::once(&-100)) {
+            let keep = l != -100 && l >= 0 && (l as usize) < vocab;
+            targets.push(if keep { l as u32 } else { 0 });
+            weights.push(if keep { 1f32 } else { 0f32 });
+        }
+    }
+    (targets, weights)
 }

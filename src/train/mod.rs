@@ -2,8 +2,11 @@
 //! counted token of the step (as HF with `num_items_in_batch`), torch's step order
 //! (backward → clip → AdamW → schedule), events instead of printing.
 
+pub mod backprop;
 pub mod checkpoint;
+pub mod matmul;
 pub mod optim;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,8 +89,21 @@ fn batch_loss_sum(model: &Opt, b: &Batch) -> candle_core::Result<(Tensor, usize)
 
 /// Forward + backward of one accumulated step: returns the mean loss and the gradients
 /// by parameter name, summed over micro-batches with each loss divided by the step's
-/// total token count.
+/// total token count. On the CPU the hand-written pass of `backprop`; elsewhere candle's
+/// autograd.
 pub fn loss_and_grads(
+    model: &Opt,
+    params: &[(String, candle_core::Var)],
+    micro: &[Batch],
+) -> candle_core::Result<(f64, HashMap<String, Tensor>)> {
+    if backprop::applies(model.config(), params) {
+        return backprop::loss_and_grads(model.config(), params, micro);
+    }
+    loss_and_grads_autograd(model, params, micro)
+}
+
+/// `loss_and_grads` through candle's autograd: every device and config.
+pub fn loss_and_grads_autograd(
     model: &Opt,
     params: &[(String, candle_core::Var)],
     micro: &[Batch],
@@ -272,5 +288,7 @@ pub fn train(
             last_saved = step;
         }
     }
+    // The backward pass's buffers are kept between steps only.
+    pool::release();
     Ok(())
 }

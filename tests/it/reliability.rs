@@ -246,7 +246,7 @@ fn chaos_dir(text: &str) -> (tempfile::TempDir, PathBuf) {
 fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_database() {
     let text = format!(
         "{}\n[run]\ncheckpoint_every = 1\nval_every = 2\n[grid]\n\"train.epochs\" = [1, 2]\n\"train.clip_norm\" = [0.3, \"none\"]\n",
-        BASE.replace("n_train = 48", "n_train = 96").replace("n_test = 6", "n_test = 24").replace("max_new_tokens = 10", "max_new_tokens = 24")
+        BASE.replace("n_train = 48", "n_train = 320").replace("n_test = 6", "n_test = 24").replace("max_new_tokens = 10", "max_new_tokens = 24")
     );
     let (reference, ref_db) = chaos_dir(&text);
     run_to_end(reference.path());
@@ -267,9 +267,10 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_database() {
     assert_eq!(integrity(&db), "ok");
     let (a, b) = (content(&ref_db), content(&db));
     assert_eq!(a.len(), b.len(), "row counts differ");
+    let diff: Vec<_> = a.iter().zip(&b).filter(|(x, y)| x != y).take(6).collect();
     assert!(
-        a == b,
-        "the resumed database differs from the uninterrupted one"
+        diff.is_empty(),
+        "the resumed database differs from the uninterrupted one: {diff:#?}"
     );
     // No run was lost or doubled.
     assert_eq!(q(&db, "SELECT count(*) FROM runs WHERE status = 'done'"), 4);

@@ -1,0 +1,1021 @@
+//! OPT's training loss and every parameter's gradient, written out by hand for the CPU.
+//!
+//! candle's autograd builds a graph each step, allocates a zeroed gradient for every node
+//! and adds into it, copies tensors around every head split and merge, and keeps the whole
+//! `[tokens, vocab]` logits and their gradient alive at once. On the CPU that overhead cost
+//! more than the matmuls themselves. This pass does the same arithmetic (the `gemm` crate
+//! that candle's own matmul calls, the LayerNorm and cross-entropy row kernels of
+//! `model::ops`) with none of it:
+//!
+//! - heads are read and written in place through strides, never split into copies;
+//! - biases are the initial value of their matmul's output, not a separate pass;
+//! - the vocabulary projection runs over row blocks of the scored positions only, so the
+//!   logits never exist whole and prompt tokens of a completion-only loss cost nothing;
+//! - gradients accumulate straight into one buffer per parameter across micro-batches.
+//!
+//! It covers the OPT layouts the study uses (pre- and post-LayerNorm, with or without
+//! `project_in`/`project_out`, tied or untied head, biases and affine LayerNorms); other
+//! configs and other devices keep candle's autograd. The tests below check it against
+//! autograd, and the parity tests check it against PyTorch.
+
+use std::collections::HashMap;
+
+use candle_core::{Result, Storage, Tensor, Var};
+use rayon::prelude::*;
+
+use super::matmul::{matmul, matmul_serial, SharedMut, View};
+use super::pool::Buf;
+use crate::data::Batch;
+use crate::model::ops::{contiguous_f32, layer_norm_backward_rows, layer_norm_rows, row_lse};
+use crate::model::{shifted_targets, OptConfig, PaddingMask, POSITION_OFFSET};
+
+const LN_EPS: f32 = 1e-5;
+/// Scored positions per block of the vocabulary projection: large enough for an efficient
+/// matmul, small enough that a block of opt-125m logits is 50 MB, not the batch's 200+.
+const HEAD_ROWS: usize = 256;
+
+/// Whether this path computes `cfg`'s gradients for parameters on this device.
+pub fn applies(cfg: &OptConfig, params: &[(String, Var)]) -> bool {
+    cfg.enable_bias
+        && cfg.layer_norm_elementwise_affine
+        && cfg.activation_function == "relu"
+        && !params.is_empty()
+        && params.iter().all(|(_, v)| {
+            v.as_tensor().device().is_cpu() && v.as_tensor().dtype() == candle_core::DType::F32
+        })
+}
+
+/// The mean loss over every scored token of the micro-batches, and each parameter's
+/// gradient: the same contract as `train::loss_and_grads`.
+pub fn loss_and_grads(
+    cfg: &OptConfig,
+    params: &[(String, Var)],
+    micro: &[Batch],
+) -> Result<(f64, HashMap<String, Tensor>)> {
+    let guards: Vec<_> = params
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_tensor().storage_and_layout()))
+        .collect();
+    let mut weights: HashMap<&str, &[f32]> = HashMap::new();
+    for (name, (storage, layout)) in &guards {
+        let Storage::Cpu(cpu) = &**storage else {
+            candle_core::bail!("{name} is not on the CPU");
+        };
+        weights.insert(name, contiguous_f32(cpu, layout)?);
+    }
+    let net = Net::new(cfg, &weights)?;
+    let mut grads: HashMap<String, Vec<f32>> = weights
+        .iter()
+        .map(|(n, w)| (n.to_string(), zeros(w.len())))
+        .collect();
+    let total: usize = micro.iter().map(Batch::loss_tokens).sum::<usize>().max(1);
+    let mut loss = 0f64;
+    for b in micro {
+        loss += net.step(b, total, &mut Grads(&mut grads))? as f64;
+    }
+    drop(weights);
+    let out = params
+        .iter()
+        .map(|(name, v)| {
+            let g = grads.remove(name).expect("one buffer per parameter");
+            Ok((
+                name.clone(),
+                Tensor::from_vec(g, v.as_tensor().shape(), &candle_core::Device::Cpu)?,
+            ))
+        })
+        .collect::<Result<HashMap<_, _>>>()?;
+    drop(guards);
+    Ok((loss, out))
+}
+
+/// `len` zeros written, not `calloc`ed: a calloc'd page is first mapped to the shared
+/// zero page, and the first write into it (here, a matmul accumulating into the gradient)
+/// then takes a copy-on-write fault that flushes every core's TLB.
+fn zeros(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    v.resize(len, 0f32);
+    v
+}
+
+/// Gradient buffers by parameter name.
+struct Grads<'a>(&'a mut HashMap<String, Vec<f32>>);
+
+impl Grads<'_> {
+    fn get(&mut self, name: &str) -> &mut [f32] {
+        self.0
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no gradient buffer for {name}"))
+    }
+
+    fn pair(&mut self, a: &str, b: &str) -> [&mut Vec<f32>; 2] {
+        let [a, b] = self.0.get_disjoint_mut([a, b]);
+        [a.expect("gradient buffer"), b.expect("gradient buffer")]
+    }
+}
+
+/// A linear layer's weight `[out, in]` and bias `[out]`, with its parameter names.
+struct Lin<'a> {
+    w: &'a [f32],
+    b: Option<&'a [f32]>,
+    w_name: String,
+    b_name: String,
+    inp: usize,
+    out: usize,
+}
+
+struct Ln<'a> {
+    w: &'a [f32],
+    b: &'a [f32],
+    w_name: String,
+    b_name: String,
+}
+
+struct Layer<'a> {
+    q: Lin<'a>,
+    k: Lin<'a>,
+    v: Lin<'a>,
+    o: Lin<'a>,
+    ln1: Ln<'a>,
+    fc1: Lin<'a>,
+    fc2: Lin<'a>,
+    ln2: Ln<'a>,
+}
+
+struct Net<'a> {
+    cfg: &'a OptConfig,
+    embed: &'a [f32],
+    embed_name: String,
+    positions: &'a [f32],
+    positions_name: String,
+    project_in: Option<Lin<'a>>,
+    project_out: Option<Lin<'a>>,
+    layers: Vec<Layer<'a>>,
+    final_ln: Option<Ln<'a>>,
+    /// The untied head's weight; `None` reads the token embeddings.
+    head: Option<(&'a [f32], String)>,
+}
+
+/// What a layer's backward pass needs from its forward pass.
+struct Saved {
+    /// The layer's input.
+    x: Buf,
+    /// The attention block's input: LayerNorm(x) before the block (pre-LN), else `None` (x).
+    attn_in: Option<Buf>,
+    q: Buf,
+    k: Buf,
+    v: Buf,
+    /// Softmax probabilities, `[B, heads, T, T]`.
+    probs: Buf,
+    /// Attention output with heads merged, the input of `out_proj`.
+    o: Buf,
+    /// x + attention: LN2's input (pre-LN) or LN1's (post-LN).
+    res1: Buf,
+    /// The feed-forward block's input: LN2(res1) (pre-LN) or LN1(res1) (post-LN).
+    ffn_in: Buf,
+    /// relu(fc1(ffn_in)).
+    r: Buf,
+    /// Post-LN only: ffn_in + fc2(r), LN2's input.
+    res2: Option<Buf>,
+}
+
+impl<'a> Net<'a> {
+    fn new(cfg: &'a OptConfig, w: &HashMap<&str, &'a [f32]>) -> Result<Self> {
+        let get = |name: &str, len: usize| -> Result<&'a [f32]> {
+            match w.get(name) {
+                Some(s) if s.len() == len => Ok(*s),
+                Some(s) => candle_core::bail!("{name} has {} values, expected {len}", s.len()),
+                None => candle_core::bail!("parameter {name} is missing"),
+            }
+        };
+        let lin = |prefix: &str, inp: usize, out: usize, bias: bool| -> Result<Lin<'a>> {
+            let (w_name, b_name) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
+            Ok(Lin {
+                w: get(&w_name, inp * out)?,
+                b: if bias { Some(get(&b_name, out)?) } else { None },
+                w_name,
+                b_name,
+                inp,
+                out,
+            })
+        };
+        let ln = |prefix: &str, d: usize| -> Result<Ln<'a>> {
+            let (w_name, b_name) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
+            Ok(Ln {
+                w: get(&w_name, d)?,
+                b: get(&b_name, d)?,
+                w_name,
+                b_name,
+            })
+        };
+        let (h, p, f) = (cfg.hidden_size, cfg.proj_dim(), cfg.ffn_dim);
+        let d = "model.decoder";
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = format!("{d}.layers.{i}");
+                Ok(Layer {
+                    q: lin(&format!("{l}.self_attn.q_proj"), h, h, true)?,
+                    k: lin(&format!("{l}.self_attn.k_proj"), h, h, true)?,
+                    v: lin(&format!("{l}.self_attn.v_proj"), h, h, true)?,
+                    o: lin(&format!("{l}.self_attn.out_proj"), h, h, true)?,
+                    ln1: ln(&format!("{l}.self_attn_layer_norm"), h)?,
+                    fc1: lin(&format!("{l}.fc1"), h, f, true)?,
+                    fc2: lin(&format!("{l}.fc2"), f, h, true)?,
+                    ln2: ln(&format!("{l}.final_layer_norm"), h)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (project_in, project_out) = if p != h {
+            (
+                Some(lin(&format!("{d}.project_in"), p, h, false)?),
+                Some(lin(&format!("{d}.project_out"), h, p, false)?),
+            )
+        } else {
+            (None, None)
+        };
+        let final_ln = if cfg.do_layer_norm_before && !cfg._remove_final_layer_norm {
+            Some(ln(&format!("{d}.final_layer_norm"), h)?)
+        } else {
+            None
+        };
+        // As `Opt::new`: an explicit head only when untied and present.
+        let head = if !cfg.tie_word_embeddings && w.contains_key("lm_head.weight") {
+            Some((
+                get("lm_head.weight", cfg.vocab_size * p)?,
+                "lm_head.weight".into(),
+            ))
+        } else {
+            None
+        };
+        let embed_name = format!("{d}.embed_tokens.weight");
+        let positions_name = format!("{d}.embed_positions.weight");
+        let net = Net {
+            cfg,
+            embed: get(&embed_name, cfg.vocab_size * p)?,
+            embed_name,
+            positions: get(
+                &positions_name,
+                (cfg.max_position_embeddings + POSITION_OFFSET) * h,
+            )?,
+            positions_name,
+            project_in,
+            project_out,
+            layers,
+            final_ln,
+            head,
+        };
+        // Every parameter must be one this pass writes a gradient for.
+        let used = net.names();
+        if let Some(extra) = w.keys().find(|k| !used.contains(&k.to_string())) {
+            candle_core::bail!("parameter {extra} is not part of the OPT graph");
+        }
+        Ok(net)
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut out = vec![self.embed_name.clone(), self.positions_name.clone()];
+        let lin = |l: &Lin, out: &mut Vec<String>| {
+            out.push(l.w_name.clone());
+            if l.b.is_some() {
+                out.push(l.b_name.clone());
+            }
+        };
+        let ln = |l: &Ln, out: &mut Vec<String>| {
+            out.push(l.w_name.clone());
+            out.push(l.b_name.clone());
+        };
+        for l in &self.layers {
+            for x in [&l.q, &l.k, &l.v, &l.o, &l.fc1, &l.fc2] {
+                lin(x, &mut out);
+            }
+            ln(&l.ln1, &mut out);
+            ln(&l.ln2, &mut out);
+        }
+        for x in self.project_in.iter().chain(&self.project_out) {
+            lin(x, &mut out);
+        }
+        if let Some(l) = &self.final_ln {
+            ln(l, &mut out);
+        }
+        if let Some((_, n)) = &self.head {
+            out.push(n.clone());
+        }
+        out
+    }
+
+    /// Forward and backward of one micro-batch: adds `∂(loss_sum / total)` to `grads` and
+    /// returns `loss_sum / total`.
+    fn step(&self, b: &Batch, total: usize, grads: &mut Grads) -> Result<f32> {
+        let cfg = self.cfg;
+        let (rows, t) = (b.rows, b.len);
+        let n = rows * t;
+        let (h, p, vocab) = (cfg.hidden_size, cfg.proj_dim(), cfg.vocab_size);
+        if b.ids.len() != n || b.mask.len() != rows || b.labels.len() != rows {
+            candle_core::bail!("batch is not {rows}x{t}");
+        }
+        if let Some(&bad) = b.ids.iter().find(|&&i| i as usize >= vocab) {
+            candle_core::bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        let mask = PaddingMask {
+            rows: b.mask.clone(),
+        };
+        let pos = mask.position_rows(t);
+        if let Some(&max) = pos.iter().max() {
+            if max as usize >= cfg.max_position_embeddings + POSITION_OFFSET {
+                candle_core::bail!(
+                    "sequence of {} tokens exceeds max_position_embeddings {}",
+                    max as usize - 1,
+                    cfg.max_position_embeddings
+                );
+            }
+        }
+        let additive = mask.additive_rows(t);
+
+        // Embeddings.
+        let mut e0 = Buf::scratch(n * p);
+        e0.par_chunks_mut(p)
+            .zip(b.ids.par_iter())
+            .for_each(|(row, &id)| {
+                row.copy_from_slice(&self.embed[id as usize * p..(id as usize + 1) * p]);
+            });
+        // project_in's backward needs its input; without it, e0 is the first activation.
+        let (mut x, e0) = match &self.project_in {
+            Some(l) => (linear(l, &e0, n), Some(e0)),
+            None => (e0, None),
+        };
+        x.par_chunks_mut(h)
+            .zip(pos.par_iter())
+            .for_each(|(row, &q)| {
+                let src = &self.positions[q as usize * h..(q as usize + 1) * h];
+                for (a, b) in row.iter_mut().zip(src) {
+                    *a += b;
+                }
+            });
+
+        // Decoder layers.
+        let mut saved = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (out, s) = self.layer_forward(layer, x, rows, t, &additive);
+            saved.push(s);
+            x = out;
+        }
+        let ln_in = x;
+        let ln_out = match &self.final_ln {
+            Some(ln) => {
+                let mut y = Buf::scratch(n * h);
+                layer_norm_rows(&ln_in, ln.w, ln.b, LN_EPS, &mut y);
+                Some(y)
+            }
+            None => None,
+        };
+        let proj_in = ln_out.as_ref().unwrap_or(&ln_in);
+        let head_in = self.project_out.as_ref().map(|l| linear(l, proj_in, n));
+        let xf = head_in.as_ref().unwrap_or(proj_in);
+
+        // Head and loss, then the backward pass from its gradient.
+        let (loss, dxf) = self.head_loss_and_grad(xf, &b.labels, total, grads);
+        let mut dx = match &self.project_out {
+            Some(l) => linear_backward(l, proj_in, &dxf, n, grads),
+            None => dxf,
+        };
+        if let (Some(ln), Some(_)) = (&self.final_ln, &ln_out) {
+            let [dw, db] = grads.pair(&ln.w_name, &ln.b_name);
+            let g = std::mem::take(&mut dx);
+            dx = Buf::scratch(n * h);
+            layer_norm_backward_rows(&ln_in, ln.w, &g, LN_EPS, &mut dx, false, dw, db);
+        }
+        for (layer, s) in self.layers.iter().zip(saved).rev() {
+            dx = self.layer_backward(layer, s, dx, rows, t, grads);
+        }
+
+        // Embedding gradients, row by row in order so the sums are deterministic.
+        {
+            let dpos = grads.get(&self.positions_name);
+            for (row, &q) in dx.chunks(h).zip(&pos) {
+                let dst = &mut dpos[q as usize * h..(q as usize + 1) * h];
+                for (a, b) in dst.iter_mut().zip(row) {
+                    *a += b;
+                }
+            }
+        }
+        let de0 = match (&self.project_in, &e0) {
+            (Some(l), Some(e0)) => linear_backward(l, e0, &dx, n, grads),
+            _ => dx,
+        };
+        let demb = grads.get(&self.embed_name);
+        for (row, &id) in de0.chunks(p).zip(&b.ids) {
+            let dst = &mut demb[id as usize * p..(id as usize + 1) * p];
+            for (a, b) in dst.iter_mut().zip(row) {
+                *a += b;
+            }
+        }
+        Ok(loss)
+    }
+
+    fn layer_forward(
+        &self,
+        l: &Layer,
+        x: Buf,
+        rows: usize,
+        t: usize,
+        additive: &[f32],
+    ) -> (Buf, Saved) {
+        let pre = self.cfg.do_layer_norm_before;
+        let (n, h) = (rows * t, self.cfg.hidden_size);
+        let attn_in = pre.then(|| {
+            let mut y = Buf::scratch(n * h);
+            layer_norm_rows(&x, l.ln1.w, l.ln1.b, LN_EPS, &mut y);
+            y
+        });
+        let a_in = attn_in.as_ref().unwrap_or(&x);
+        let scale = (self.cfg.head_dim() as f32).powf(-0.5);
+        // transformers scales q after adding its bias.
+        let mut q = linear(&l.q, a_in, n);
+        q.par_iter_mut().for_each(|v| *v *= scale);
+        let k = linear(&l.k, a_in, n);
+        let v = linear(&l.v, a_in, n);
+        let (probs, o) = self.attention(&q, &k, &v, rows, t, additive);
+        // res1 = x + o·Woᵀ + bo: the residual and the bias are the matmul's starting value.
+        let mut res1 = Buf::copy_of(&x);
+        add_to_rows(&mut res1, l.o.b.expect("bias"));
+        matmul(
+            &mut res1,
+            n,
+            h,
+            View::of(&o, n, h),
+            View::of(l.o.w, h, h).t(),
+            true,
+            1.0,
+        );
+        let ffn_in = if pre {
+            let mut y = Buf::scratch(n * h);
+            layer_norm_rows(&res1, l.ln2.w, l.ln2.b, LN_EPS, &mut y);
+            y
+        } else {
+            let mut y = Buf::scratch(n * h);
+            layer_norm_rows(&res1, l.ln1.w, l.ln1.b, LN_EPS, &mut y);
+            y
+        };
+        let mut r = linear(&l.fc1, &ffn_in, n);
+        r.par_iter_mut().for_each(|v| *v = v.max(0.0));
+        let residual = if pre { &res1 } else { &ffn_in };
+        let mut out = Buf::copy_of(residual);
+        add_to_rows(&mut out, l.fc2.b.expect("bias"));
+        let f = self.cfg.ffn_dim;
+        matmul(
+            &mut out,
+            n,
+            h,
+            View::of(&r, n, f),
+            View::of(l.fc2.w, h, f).t(),
+            true,
+            1.0,
+        );
+        let res2 = if pre {
+            None
+        } else {
+            let mut y = Buf::scratch(n * h);
+            layer_norm_rows(&out, l.ln2.w, l.ln2.b, LN_EPS, &mut y);
+            Some(std::mem::replace(&mut out, y))
+        };
+        let saved = Saved {
+            x,
+            attn_in,
+            q,
+            k,
+            v,
+            probs,
+            o,
+            res1,
+            ffn_in,
+            r,
+            res2,
+        };
+        (out, saved)
+    }
+
+    /// Returns `dx` for the layer's input, given `dout` for its output.
+    fn layer_backward(
+        &self,
+        l: &Layer,
+        s: Saved,
+        dout: Buf,
+        rows: usize,
+        t: usize,
+        grads: &mut Grads,
+    ) -> Buf {
+        let (n, h, f) = (rows * t, self.cfg.hidden_size, self.cfg.ffn_dim);
+        let ln_back = |x: &[f32], ln: &Ln, g: &[f32], dx: &mut [f32], acc: bool, gr: &mut Grads| {
+            let [dw, db] = gr.pair(&ln.w_name, &ln.b_name);
+            layer_norm_backward_rows(x, ln.w, g, LN_EPS, dx, acc, dw, db);
+        };
+        // The gradient at the feed-forward block's output sum (pre-LN: the layer output;
+        // post-LN: through LN2).
+        let d2 = match &s.res2 {
+            Some(res2) => {
+                let mut d = Buf::scratch(n * h);
+                ln_back(res2, &l.ln2, &dout, &mut d, false, grads);
+                d
+            }
+            None => dout,
+        };
+        // relu(fc1) → fc2
+        let mut dr = linear_backward(&l.fc2, &s.r, &d2, n, grads);
+        dr.par_iter_mut().zip(s.r.par_iter()).for_each(|(g, &r)| {
+            if r <= 0.0 {
+                *g = 0.0;
+            }
+        });
+        debug_assert_eq!(dr.len(), n * f);
+        let dffn_in = linear_backward(&l.fc1, &s.ffn_in, &dr, n, grads);
+        drop(dr);
+        // The gradient at res1.
+        let mut d1 = d2;
+        if s.res2.is_some() {
+            // post-LN: ffn_in = LN1(res1), and the FFN's residual is ffn_in.
+            add(&mut d1, &dffn_in);
+            let g = std::mem::take(&mut d1);
+            d1 = Buf::scratch(n * h);
+            ln_back(&s.res1, &l.ln1, &g, &mut d1, false, grads);
+        } else {
+            // pre-LN: ffn_in = LN2(res1), and res1 is also the residual.
+            ln_back(&s.res1, &l.ln2, &dffn_in, &mut d1, true, grads);
+        }
+        drop(dffn_in);
+        // res1 = x + out_proj(attention(attn_in))
+        let d_o = linear_backward(&l.o, &s.o, &d1, n, grads);
+        let (dq, dk, dv) = self.attention_backward(&s, &d_o, rows, t);
+        let a_in = s.attn_in.as_ref().unwrap_or(&s.x);
+        let mut da = linear_backward(&l.q, a_in, &dq, n, grads);
+        linear_backward_into(&l.k, a_in, &dk, n, grads, &mut da);
+        linear_backward_into(&l.v, a_in, &dv, n, grads, &mut da);
+        match &s.attn_in {
+            // pre-LN: attn_in = LN1(x); x is the residual.
+            Some(_) => ln_back(&s.x, &l.ln1, &da, &mut d1, true, grads),
+            None => add(&mut d1, &da),
+        }
+        d1
+    }
+
+    /// Scaled-dot-product attention per (row, head), reading q, k, v `[n, hidden]` in
+    /// place: the probabilities `[B, heads, T, T]` and the merged output `[n, hidden]`.
+    fn attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        rows: usize,
+        t: usize,
+        additive: &[f32],
+    ) -> (Buf, Buf) {
+        let (h, heads, hd) = (
+            self.cfg.hidden_size,
+            self.cfg.num_attention_heads,
+            self.cfg.head_dim(),
+        );
+        let mut probs = Buf::scratch(rows * heads * t * t);
+        let mut o = Buf::scratch(rows * t * h);
+        let o_ptr = SharedMut(o.as_mut_ptr(), o.len());
+        probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
+            let (bi, hi) = (bh / heads, bh % heads);
+            let qb = View::block(q, h, bi * t, t, hi * hd, hd);
+            let kb = View::block(k, h, bi * t, t, hi * hd, hd);
+            matmul_serial(p, t, t, qb, kb.t(), false, 1.0);
+            let mask = &additive[bi * t * t..(bi + 1) * t * t];
+            for (row, m) in p.chunks_mut(t).zip(mask.chunks(t)) {
+                for (a, &m) in row.iter_mut().zip(m) {
+                    *a += m;
+                }
+                softmax_in_place(row);
+            }
+            let vb = View::block(v, h, bi * t, t, hi * hd, hd);
+            // SAFETY: each (row, head) writes its own columns of its own rows of `o`.
+            unsafe {
+                o_ptr.matmul_block(h, bi * t, t, hi * hd, hd, View::of(p, t, t), vb, 1.0);
+            }
+        });
+        (probs, o)
+    }
+
+    /// The attention core's backward: `dq` (for q before scaling), `dk`, `dv`, each
+    /// `[n, hidden]`, from `d_o` for the merged output.
+    fn attention_backward(&self, s: &Saved, d_o: &[f32], rows: usize, t: usize) -> (Buf, Buf, Buf) {
+        let (h, heads, hd) = (
+            self.cfg.hidden_size,
+            self.cfg.num_attention_heads,
+            self.cfg.head_dim(),
+        );
+        let n = rows * t;
+        let scale = (hd as f32).powf(-0.5);
+        let (mut dq, mut dk, mut dv) = (
+            Buf::scratch(n * h),
+            Buf::scratch(n * h),
+            Buf::scratch(n * h),
+        );
+        let (pq, pk, pv) = (
+            SharedMut(dq.as_mut_ptr(), dq.len()),
+            SharedMut(dk.as_mut_ptr(), dk.len()),
+            SharedMut(dv.as_mut_ptr(), dv.len()),
+        );
+        s.probs.par_chunks(t * t).enumerate().for_each_init(
+            || Buf::scratch(t * t),
+            |dp, (bh, p)| {
+                let (bi, hi) = (bh / heads, bh % heads);
+                let blk = |m: &[f32]| View::block(m, h, bi * t, t, hi * hd, hd);
+                let (qb, kb, vb, gb) = (blk(&s.q), blk(&s.k), blk(&s.v), blk(d_o));
+                let pm = View::of(p, t, t);
+                // SAFETY: each (row, head) writes its own block of dq, dk and dv.
+                unsafe {
+                    pv.matmul_block(h, bi * t, t, hi * hd, hd, pm.t(), gb, 1.0);
+                }
+                matmul_serial(dp, t, t, gb, vb.t(), false, 1.0);
+                // Softmax backward: ds = p ⊙ (dp − Σ dp⊙p), in place.
+                for (d, pr) in dp.chunks_mut(t).zip(p.chunks(t)) {
+                    let dot: f32 = d.iter().zip(pr).map(|(a, b)| a * b).sum();
+                    for (d, &pr) in d.iter_mut().zip(pr) {
+                        *d = pr * (*d - dot);
+                    }
+                }
+                let ds = View::of(dp, t, t);
+                // q was scaled after its projection, so its gradient is scaled too.
+                unsafe {
+                    pq.matmul_block(h, bi * t, t, hi * hd, hd, ds, kb, scale);
+                    pk.matmul_block(h, bi * t, t, hi * hd, hd, ds.t(), qb, 1.0);
+                }
+            },
+        );
+        (dq, dk, dv)
+    }
+
+    /// The vocabulary projection and cross-entropy over the scored positions, in row
+    /// blocks: returns `loss_sum / total` and the gradient for the head's input, and adds
+    /// the head weight's gradient.
+    fn head_loss_and_grad(
+        &self,
+        xf: &[f32],
+        labels: &[Vec<i64>],
+        total: usize,
+        grads: &mut Grads,
+    ) -> (f32, Buf) {
+        let (p, vocab) = (self.cfg.proj_dim(), self.cfg.vocab_size);
+        let (targets, weights) = shifted_targets(labels, vocab);
+        let (head, head_name) = match &self.head {
+            Some((w, n)) => (*w, n.as_str()),
+            None => (self.embed, self.embed_name.as_str()),
+        };
+        let scored: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0.0).collect();
+        let mut dxf = Buf::zeroed(xf.len());
+        let mut loss_rows = Vec::with_capacity(scored.len());
+        let scale = 1.0 / total as f32;
+        let dhead = grads.get(head_name);
+        let mut x_blk = Buf::scratch(HEAD_ROWS.min(scored.len()) * p);
+        let mut dx_blk = Buf::scratch(x_blk.len());
+        let mut logits = Buf::scratch(HEAD_ROWS.min(scored.len()) * vocab);
+        for blk in scored.chunks(HEAD_ROWS) {
+            let m = blk.len();
+            for (dst, &i) in x_blk.chunks_mut(p).zip(blk) {
+                dst.copy_from_slice(&xf[i * p..(i + 1) * p]);
+            }
+            let xb = View::of(&x_blk[..m * p], m, p);
+            let lg = &mut logits[..m * vocab];
+            matmul(lg, m, vocab, xb, View::of(head, vocab, p).t(), false, 1.0);
+            // Loss, then the logits become their gradient: scale · (softmax − onehot).
+            let losses: Vec<f32> = lg
+                .par_chunks_mut(vocab)
+                .zip(blk.par_iter())
+                .map(|(row, &i)| {
+                    let tgt = targets[i] as usize;
+                    let (max, lse) = row_lse(row);
+                    let loss = weights[i] * (lse - (row[tgt] - max));
+                    let s = weights[i] * scale;
+                    for x in row.iter_mut() {
+                        *x = s * (*x - max - lse).exp();
+                    }
+                    row[tgt] -= s;
+                    loss
+                })
+                .collect();
+            loss_rows.extend(losses);
+            let gl = View::of(lg, m, vocab);
+            matmul(dhead, vocab, p, gl.t(), xb, true, 1.0);
+            matmul(
+                &mut dx_blk[..m * p],
+                m,
+                p,
+                gl,
+                View::of(head, vocab, p),
+                false,
+                1.0,
+            );
+            for (src, &i) in dx_blk.chunks(p).zip(blk) {
+                dxf[i * p..(i + 1) * p].copy_from_slice(src);
+            }
+        }
+        // Summed in f32 in row order, as the fused kernel's `sum_all` does.
+        let sum: f32 = loss_rows.iter().sum();
+        (sum / total as f32, dxf)
+    }
+}
+
+/// `x·Wᵀ + b` for `n` rows.
+fn linear(l: &Lin, x: &[f32], n: usize) -> Buf {
+    let mut y = Buf::scratch(n * l.out);
+    if let Some(b) = l.b {
+        y.par_chunks_mut(b.len())
+            .for_each(|row| row.copy_from_slice(b));
+    }
+    matmul(
+        &mut y,
+        n,
+        l.out,
+        View::of(x, n, l.inp),
+        View::of(l.w, l.out, l.inp).t(),
+        l.b.is_some(),
+        1.0,
+    );
+    y
+}
+
+/// Adds `dyᵀ·x` and `Σ dy` to the layer's gradients and returns `dx = dy·W`.
+fn linear_backward(l: &Lin, x: &[f32], dy: &[f32], n: usize, grads: &mut Grads) -> Buf {
+    let mut dx = Buf::scratch(n * l.inp);
+    linear_grads(l, x, dy, n, grads);
+    matmul(
+        &mut dx,
+        n,
+        l.inp,
+        View::of(dy, n, l.out),
+        View::of(l.w, l.out, l.inp),
+        false,
+        1.0,
+    );
+    dx
+}
+
+/// As `linear_backward`, adding `dx` into `acc`.
+fn linear_backward_into(
+    l: &Lin,
+    x: &[f32],
+    dy: &[f32],
+    n: usize,
+    grads: &mut Grads,
+    acc: &mut [f32],
+) {
+    linear_grads(l, x, dy, n, grads);
+    matmul(
+        acc,
+        n,
+        l.inp,
+        View::of(dy, n, l.out),
+        View::of(l.w, l.out, l.inp),
+        true,
+        1.0,
+    );
+}
+
+fn linear_grads(l: &Lin, x: &[f32], dy: &[f32], n: usize, grads: &mut Grads) {
+    let dyv = View::of(dy, n, l.out);
+    matmul(
+        grads.get(&l.w_name),
+        l.out,
+        l.inp,
+        dyv.t(),
+        View::of(x, n, l.inp),
+        true,
+        1.0,
+    );
+    if l.b.is_some() {
+        add_column_sums(grads.get(&l.b_name), dy);
+    }
+}
+
+/// `db += Σ_rows dy`, in column blocks so each sum runs over the rows in order.
+fn add_column_sums(db: &mut [f32], dy: &[f32]) {
+    let d = db.len();
+    const COLS: usize = 64;
+    db.par_chunks_mut(COLS).enumerate().for_each(|(c, dst)| {
+        let (c0, w) = (c * COLS, dst.len());
+        for row in dy.chunks(d) {
+            for (a, b) in dst.iter_mut().zip(&row[c0..c0 + w]) {
+                *a += b;
+            }
+        }
+    });
+}
+
+fn add_to_rows(y: &mut [f32], b: &[f32]) {
+    y.par_chunks_mut(b.len()).for_each(|row| {
+        for (a, b) in row.iter_mut().zip(b) {
+            *a += b;
+        }
+    });
+}
+
+fn add(a: &mut [f32], b: &[f32]) {
+    a.par_iter_mut()
+        .zip(b.par_iter())
+        .for_each(|(a, b)| *a += b);
+}
+
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in row.iter_mut() {
+        *x /= sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{build, OptConfig};
+    use candle_core::Device;
+
+    /// A model with every parameter moved off its init (biases and LayerNorm weights are
+    /// 0 and 1 there, which would hide their gradients' mistakes).
+    fn model(cfg: &OptConfig) -> crate::model::LoadedModel {
+        let loaded = build(cfg, &[], 11, &Device::Cpu).unwrap();
+        for (_, v) in loaded.params.all() {
+            let t = v.as_tensor();
+            let noise = Tensor::randn(0f32, 0.08, t.shape(), &Device::Cpu).unwrap();
+            v.set(&(t + noise).unwrap()).unwrap();
+        }
+        loaded
+    }
+
+    /// Two micro-batches: right- and left-padded rows with prompt tokens masked out of
+    /// the loss, then full rows scored everywhere.
+    fn batches(vocab: u32) -> Vec<Batch> {
+        let id = |i: usize| 3 + (i as u32 * 37) % (vocab - 3);
+        let padded = Batch {
+            ids: (0..14)
+                .map(|i| if i == 5 || i == 6 || i == 7 { 1 } else { id(i) })
+                .collect(),
+            mask: vec![vec![1, 1, 1, 1, 1, 0, 0], vec![0, 1, 1, 1, 1, 1, 1]],
+            labels: vec![
+                vec![
+                    -100,
+                    -100,
+                    id(2) as i64,
+                    id(3) as i64,
+                    id(4) as i64,
+                    -100,
+                    -100,
+                ],
+                vec![
+                    -100,
+                    -100,
+                    -100,
+                    id(10) as i64,
+                    -100,
+                    id(12) as i64,
+                    id(13) as i64,
+                ],
+            ],
+            rows: 2,
+            len: 7,
+        };
+        let ids: Vec<u32> = (0..15).map(|i| id(100 + i)).collect();
+        let full = Batch {
+            labels: ids
+                .chunks(5)
+                .map(|r| r.iter().map(|&i| i as i64).collect())
+                .collect(),
+            mask: vec![vec![1; 5]; 3],
+            ids,
+            rows: 3,
+            len: 5,
+        };
+        vec![padded, full]
+    }
+
+    fn agrees_with_autograd(cfg: OptConfig) {
+        let loaded = model(&cfg);
+        let named = loaded.params.all();
+        let micro = batches(cfg.vocab_size as u32);
+        assert!(applies(&cfg, &named));
+        let (loss, grads) = loss_and_grads(&cfg, &named, &micro).unwrap();
+        let (want_loss, want) =
+            crate::train::loss_and_grads_autograd(&loaded.model, &named, &micro).unwrap();
+        assert!(
+            (loss - want_loss).abs() < 2e-5,
+            "loss {loss} vs {want_loss}"
+        );
+        assert_eq!(grads.len(), want.len());
+        for (name, w) in &want {
+            let g = &grads[name];
+            assert_eq!(g.shape(), w.shape(), "{name}");
+            let scale = w
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(scale > 0.0, "{name} has no gradient to compare");
+            let diff = (g - w)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 1e-6 + 1e-4 * scale,
+                "{name}: max diff {diff}, scale {scale}"
+            );
+        }
+    }
+
+    #[test]
+    fn pre_layer_norm_gradients_match_autograd() {
+        let mut cfg = OptConfig::preset("tiny").unwrap();
+        cfg.vocab_size = 97;
+        cfg.hidden_size = 32;
+        cfg.word_embed_proj_dim = Some(32);
+        cfg.ffn_dim = 48;
+        agrees_with_autograd(cfg);
+    }
+
+    #[test]
+    fn post_layer_norm_with_projections_matches_autograd() {
+        let mut cfg = OptConfig::preset("tiny").unwrap();
+        cfg.vocab_size = 89;
+        cfg.hidden_size = 32;
+        cfg.word_embed_proj_dim = Some(16);
+        cfg.ffn_dim = 40;
+        cfg.do_layer_norm_before = false;
+        agrees_with_autograd(cfg);
+    }
+
+    #[test]
+    fn a_parameter_outside_the_graph_is_refused() {
+        let cfg = OptConfig::preset("tiny").unwrap();
+        let loaded = build(&cfg, &[], 1, &Device::Cpu).unwrap();
+        let mut named = loaded.params.all();
+        let stray =
+            Var::from_tensor(&Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap())
+                .unwrap();
+        named.push(("stray.weight".into(), stray));
+        let err = loss_and_grads(&cfg, &named, &batches(cfg.vocab_size as u32)).unwrap_err();
+        assert!(err.to_string().contains("stray.weight"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod determinism {
+    use super::*;
+    use crate::model::{build, OptConfig};
+    use candle_core::Device;
+
+    /// Buffers come back from the pool holding an earlier step's values; nothing may
+    /// read them, or a resumed run would not repeat an uninterrupted one.
+    #[test]
+    fn repeated_steps_are_bit_identical() {
+        let cfg = OptConfig::preset("tiny").unwrap();
+        let loaded = build(&cfg, &[], 5, &Device::Cpu).unwrap();
+        let named = loaded.params.all();
+        let (rows, len) = (6, 48);
+        let ids: Vec<u32> = (0..rows * len).map(|i| 3 + (i as u32 * 7) % 400).collect();
+        let mut mask = vec![vec![1u8; len]; rows];
+        mask[1][40..].fill(0);
+        let labels = ids
+            .chunks(len)
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .map(|(j, &i)| if j < 10 { -100 } else { i as i64 })
+                    .collect()
+            })
+            .collect();
+        let b = Batch {
+            ids,
+            mask,
+            labels,
+            rows,
+            len,
+        };
+        let run = || {
+            let (loss, g) = loss_and_grads(&cfg, &named, std::slice::from_ref(&b)).unwrap();
+            let mut v: Vec<(String, Vec<f32>)> = g
+                .into_iter()
+                .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            (loss, v)
+        };
+        let first = run();
+        for _ in 0..3 {
+            let again = run();
+            assert_eq!(first.0.to_bits(), again.0.to_bits());
+            for ((n, a), (_, b)) in first.1.iter().zip(&again.1) {
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{n} differs between identical steps");
+            }
+        }
+    }
+}
