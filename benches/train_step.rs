@@ -75,6 +75,8 @@ fn main() {
             // 6 N flops per token (forward + backward), as the PyTorch script's MFU.
             "model_tflops": 6.0 * params as f64 * (batch * seq) as f64 / median / 1e12,
             "peak_rss_mb": peak_rss_mb(),
+            // Which matmuls the CPU backward pass used (train::matmul).
+            "blas": ablate::train::matmul::blas().map(|b| b.path.clone()),
         })
     );
 }

@@ -17,6 +17,12 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, transfo
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q torch transformers
 fi
+# The CPU backward pass uses OpenBLAS when it is installed (src/train/matmul.rs): install
+# Debian's threaded build where we can, and measure ablate with and without it.
+if [ ! -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "installing libopenblas0-pthread" >&2
+  { apt-get update -qq && apt-get install -y -qq libopenblas0-pthread; } >/dev/null 2>&1 || echo "could not install OpenBLAS" >&2
+fi
 cargo bench --no-run --bench train_step >/dev/null 2>&1
 out="${BENCH_OUT:-results/bench}"
 mkdir -p "$out"
@@ -24,15 +30,19 @@ run() { # name, batch, torch config, ablate config, steps, warmup
   local name=$1 batch=$2 tcfg=$3 acfg=$4 steps=$5 warm=$6
   RAYON_NUM_THREADS="$threads" cargo bench -q --bench train_step -- --config "$acfg" \
     --batch "$batch" --seq 256 --steps "$steps" --warmup "$warm" 2>/dev/null | tail -1 >"$out/$name-ablate.json"
+  ABLATE_BLAS=off RAYON_NUM_THREADS="$threads" cargo bench -q --bench train_step -- --config "$acfg" \
+    --batch "$batch" --seq 256 --steps "$steps" --warmup "$warm" 2>/dev/null | tail -1 >"$out/$name-ablate-gemm.json"
   # dropout 0: ablate trains without dropout, so both do the same work.
   "$venv/bin/python" "$torch_script" --config "$tcfg" --batch "$batch" --seq 256 \
     --steps "$steps" --warmup "$warm" --threads "$threads" --dropout 0.0 2>/dev/null >"$out/$name-torch.json"
-  python3 - "$name" "$out/$name-ablate.json" "$out/$name-torch.json" <<'PY'
+  python3 - "$name" "$out/$name-ablate.json" "$out/$name-torch.json" "$out/$name-ablate-gemm.json" <<'PY'
 import json, sys
-name, a, t = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+name, a, t, g = sys.argv[1], *(json.load(open(p)) for p in sys.argv[2:5])
 print(f"{name:>16}: ablate {a['tokens_per_s']:8.1f} tok/s, {a['peak_rss_mb']:7.0f} MB | "
       f"torch {t['tokens_per_s']:8.1f} tok/s, {t['peak_rss_mb']:7.0f} MB | "
-      f"speed ratio {a['tokens_per_s'] / t['tokens_per_s']:.2f}, memory ratio {a['peak_rss_mb'] / t['peak_rss_mb']:.2f}")
+      f"speed ratio {a['tokens_per_s'] / t['tokens_per_s']:.2f}, memory ratio {a['peak_rss_mb'] / t['peak_rss_mb']:.2f} | "
+      f"matmuls: {a.get('blas') or 'gemm crate'}; without OpenBLAS {g['tokens_per_s']:.1f} tok/s "
+      f"(ratio {g['tokens_per_s'] / t['tokens_per_s']:.2f})")
 PY
 }
 run small-8x256 8 small small 10 2

@@ -116,7 +116,7 @@ pub(crate) fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Resul
 }
 
 /// `(max, log Σ exp(x − max))` of one row, so `logsumexp = max + lse`.
-pub(crate) fn row_lse(row: &[f32]) -> (f32, f32) {
+fn row_lse(row: &[f32]) -> (f32, f32) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
     (max, sum.ln())
