@@ -3,7 +3,7 @@
 # ../shared/bench/torch_train_bench.py beside `cargo bench --bench train_step`.
 #
 #   scripts/bench-train.sh                 # CPU: small 8x256 and opt-125m-shape 4x256
-#   BENCH_THREADS=2 scripts/bench-train.sh
+#   BENCH_THREADS=2 BENCH_ROUNDS=5 scripts/bench-train.sh
 #
 # PyTorch and transformers go into a virtual environment outside the project
 # ($ABLATE_BENCH_VENV, default ~/.cache/ablate/torch-venv), installed on first use.
@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${ABLATE_BENCH_VENV:-$HOME/.cache/ablate/torch-venv}"
 threads="${BENCH_THREADS:-$(nproc)}"
+rounds="${BENCH_ROUNDS:-3}"
 torch_script="${ABLATE_TORCH_BENCH:-../shared/bench/torch_train_bench.py}"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, transformers" 2>/dev/null; then
   echo "installing torch and transformers into $venv" >&2
@@ -27,22 +28,32 @@ cargo bench --no-run --bench train_step >/dev/null 2>&1
 out="${BENCH_OUT:-results/bench}"
 mkdir -p "$out"
 run() { # name, batch, torch config, ablate config, steps, warmup
-  local name=$1 batch=$2 tcfg=$3 acfg=$4 steps=$5 warm=$6
-  RAYON_NUM_THREADS="$threads" cargo bench -q --bench train_step -- --config "$acfg" \
-    --batch "$batch" --seq 256 --steps "$steps" --warmup "$warm" 2>/dev/null | tail -1 >"$out/$name-ablate.json"
-  ABLATE_BLAS=off RAYON_NUM_THREADS="$threads" cargo bench -q --bench train_step -- --config "$acfg" \
-    --batch "$batch" --seq 256 --steps "$steps" --warmup "$warm" 2>/dev/null | tail -1 >"$out/$name-ablate-gemm.json"
-  # dropout 0: ablate trains without dropout, so both do the same work.
-  "$venv/bin/python" "$torch_script" --config "$tcfg" --batch "$batch" --seq 256 \
-    --steps "$steps" --warmup "$warm" --threads "$threads" --dropout 0.0 2>/dev/null >"$out/$name-torch.json"
-  python3 - "$name" "$out/$name-ablate.json" "$out/$name-torch.json" "$out/$name-ablate-gemm.json" <<'PY'
-import json, sys
-name, a, t, g = sys.argv[1], *(json.load(open(p)) for p in sys.argv[2:5])
-print(f"{name:>16}: ablate {a['tokens_per_s']:8.1f} tok/s, {a['peak_rss_mb']:7.0f} MB | "
-      f"torch {t['tokens_per_s']:8.1f} tok/s, {t['peak_rss_mb']:7.0f} MB | "
-      f"speed ratio {a['tokens_per_s'] / t['tokens_per_s']:.2f}, memory ratio {a['peak_rss_mb'] / t['peak_rss_mb']:.2f} | "
-      f"matmuls: {a.get('blas') or 'gemm crate'}; without OpenBLAS {g['tokens_per_s']:.1f} tok/s "
-      f"(ratio {g['tokens_per_s'] / t['tokens_per_s']:.2f})")
+  local name=$1 batch=$2 tcfg=$3 acfg=$4 steps=$5 warm=$6 i
+  # This machine's speed drifts by tens of percent within minutes, so the three are
+  # measured in turn, $rounds times, and each side's median is compared.
+  for i in $(seq "$rounds"); do
+    RAYON_NUM_THREADS="$threads" cargo bench -q --bench train_step -- --config "$acfg" \
+      --batch "$batch" --seq 256 --steps "$steps" --warmup "$warm" 2>/dev/null | tail -1 >"$out/$name-ablate-$i.json"
+    # dropout 0: ablate trains without dropout, so both do the same work.
+    "$venv/bin/python" "$torch_script" --config "$tcfg" --batch "$batch" --seq 256 \
+      --steps "$steps" --warmup "$warm" --threads "$threads" --dropout 0.0 2>/dev/null >"$out/$name-torch-$i.json"
+    ABLATE_BLAS=off RAYON_NUM_THREADS="$threads" cargo bench -q --bench train_step -- --config "$acfg" \
+      --batch "$batch" --seq 256 --steps "$steps" --warmup "$warm" 2>/dev/null | tail -1 >"$out/$name-ablate-gemm-$i.json"
+  done
+  python3 - "$name" "$out" "$rounds" <<'PY'
+import json, statistics, sys
+name, out, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+load = lambda kind: [json.load(open(f"{out}/{name}-{kind}-{i}.json")) for i in range(1, rounds + 1)]
+a, t, g = load("ablate"), load("torch"), load("ablate-gemm")
+med = lambda runs, key: statistics.median(r[key] for r in runs)
+rounds_ratio = [x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(a, t)]
+print(f"{name:>16}: ablate {med(a, 'tokens_per_s'):8.1f} tok/s, {med(a, 'peak_rss_mb'):6.0f} MB | "
+      f"torch {med(t, 'tokens_per_s'):8.1f} tok/s, {med(t, 'peak_rss_mb'):6.0f} MB | "
+      f"speed ratio {med(a, 'tokens_per_s') / med(t, 'tokens_per_s'):.2f} "
+      f"(per round {', '.join(f'{r:.2f}' for r in rounds_ratio)}), "
+      f"memory ratio {med(a, 'peak_rss_mb') / med(t, 'peak_rss_mb'):.2f} | "
+      f"matmuls: {a[0].get('blas') or 'gemm crate'}; without OpenBLAS {med(g, 'tokens_per_s'):.1f} tok/s "
+      f"(ratio {med(g, 'tokens_per_s') / med(t, 'tokens_per_s'):.2f})")
 PY
 }
 run small-8x256 8 small small 10 2

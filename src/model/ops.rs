@@ -261,13 +261,15 @@ pub(crate) fn layer_norm_backward_rows(
                     acc[d + i] += gr[i];
                 }
                 let (m1, m2) = (m1 / d as f32, m2 / d as f32);
-                for i in 0..d {
-                    let xhat = (xr[i] - mean) * rstd;
-                    let v = rstd * (gr[i] * w[i] - m1 - xhat * m2);
-                    if accumulate {
-                        dxr[i] += v;
-                    } else {
-                        dxr[i] = v;
+                let v = |i: usize| rstd * (gr[i] * w[i] - m1 - (xr[i] - mean) * rstd * m2);
+                // Two loops rather than a branch per element, so each vectorizes.
+                if accumulate {
+                    for (i, dx) in dxr.iter_mut().enumerate() {
+                        *dx += v(i);
+                    }
+                } else {
+                    for (i, dx) in dxr.iter_mut().enumerate() {
+                        *dx = v(i);
                     }
                 }
             }

@@ -686,15 +686,10 @@ impl<'a> Net<'a> {
                 .zip(blk.par_iter())
                 .map(|(row, &i)| {
                     let tgt = targets[i] as usize;
-                    let picked = row[tgt];
                     // One exp per logit: e = exp(x − max) is kept, and both the loss
                     // (logsumexp) and the gradient (e / Σe) are read from it.
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for x in row.iter_mut() {
-                        *x = exp(*x - max);
-                        sum += *x;
-                    }
+                    let picked = row[tgt];
+                    let (max, sum) = exp_shifted(row);
                     let loss = weights[i] * (sum.ln() - (picked - max));
                     let s = weights[i] * scale / sum;
                     for x in row.iter_mut() {
@@ -858,15 +853,39 @@ fn add(a: &mut [f32], b: &[f32]) {
 }
 
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        *x = exp(*x - max);
-        sum += *x;
-    }
+    let (_, sum) = exp_shifted(row);
     for x in row.iter_mut() {
         *x /= sum;
     }
+}
+
+/// `x ← exp(x − max x)` over a row; returns the max and the new sum. In separate passes, each with
+/// eight independent lanes, so that they vectorize (a running float sum cannot).
+fn exp_shifted(row: &mut [f32]) -> (f32, f32) {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, &x) in m.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&m)
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    for x in row.iter_mut() {
+        *x = exp(*x - max);
+    }
+    let mut s = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (s, &x) in s.iter_mut().zip(c) {
+            *s += x;
+        }
+    }
+    let sum = chunks.remainder().iter().sum::<f32>() + s.iter().sum::<f32>();
+    (max, sum)
 }
 
 #[cfg(test)]

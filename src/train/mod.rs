@@ -185,6 +185,8 @@ pub fn train(
             },
         ));
     }
+    // The backward pass's buffers are kept between steps only, however training ends.
+    let _release = pool::ReleaseOnDrop;
     let named = params.all();
     let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
     let mut opt = AdamW::new(
@@ -288,7 +290,5 @@ pub fn train(
             last_saved = step;
         }
     }
-    // The backward pass's buffers are kept between steps only.
-    pool::release();
     Ok(())
 }

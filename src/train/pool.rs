@@ -102,9 +102,18 @@ impl Drop for Buf {
     }
 }
 
-/// Frees every pooled buffer (at the end of a run's training).
+/// Frees every pooled buffer.
 pub fn release() {
     POOL.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+/// Frees the pool when dropped: held for the length of a run's training.
+pub struct ReleaseOnDrop;
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        release();
+    }
 }
 
 #[cfg(test)]
