@@ -360,14 +360,7 @@ impl<'a> Net<'a> {
             x = out;
         }
         let ln_in = x;
-        let ln_out = match &self.final_ln {
-            Some(ln) => {
-                let mut y = Buf::scratch(n * h);
-                layer_norm_rows(&ln_in, ln.w, ln.b, LN_EPS, &mut y);
-                Some(y)
-            }
-            None => None,
-        };
+        let ln_out = self.final_ln.as_ref().map(|ln| layer_norm(&ln_in, ln));
         let proj_in = ln_out.as_ref().unwrap_or(&ln_in);
         let head_in = self.project_out.as_ref().map(|l| linear(l, proj_in, n));
         let xf = head_in.as_ref().unwrap_or(proj_in);
@@ -421,12 +414,8 @@ impl<'a> Net<'a> {
         additive: &[f32],
     ) -> (Buf, Saved) {
         let pre = self.cfg.do_layer_norm_before;
-        let (n, h) = (rows * t, self.cfg.hidden_size);
-        let attn_in = pre.then(|| {
-            let mut y = Buf::scratch(n * h);
-            layer_norm_rows(&x, l.ln1.w, l.ln1.b, LN_EPS, &mut y);
-            y
-        });
+        let n = rows * t;
+        let attn_in = pre.then(|| layer_norm(&x, &l.ln1));
         let a_in = attn_in.as_ref().unwrap_or(&x);
         let scale = (self.cfg.head_dim() as f32).powf(-0.5);
         // transformers scales q after adding its bias.
@@ -435,47 +424,15 @@ impl<'a> Net<'a> {
         let k = linear(&l.k, a_in, n);
         let v = linear(&l.v, a_in, n);
         let (probs, o) = self.attention(&q, &k, &v, rows, t, additive);
-        // res1 = x + o·Woᵀ + bo: the residual and the bias are the matmul's starting value.
-        let mut res1 = Buf::copy_of(&x);
-        add_to_rows(&mut res1, l.o.b.expect("bias"));
-        matmul(
-            &mut res1,
-            n,
-            h,
-            View::of(&o, n, h),
-            View::of(l.o.w, h, h).t(),
-            true,
-            1.0,
-        );
-        let ffn_in = if pre {
-            let mut y = Buf::scratch(n * h);
-            layer_norm_rows(&res1, l.ln2.w, l.ln2.b, LN_EPS, &mut y);
-            y
-        } else {
-            let mut y = Buf::scratch(n * h);
-            layer_norm_rows(&res1, l.ln1.w, l.ln1.b, LN_EPS, &mut y);
-            y
-        };
+        let res1 = residual_linear(&l.o, &x, &o, n);
+        let ffn_in = layer_norm(&res1, if pre { &l.ln2 } else { &l.ln1 });
         let mut r = linear(&l.fc1, &ffn_in, n);
         r.par_iter_mut().for_each(|v| *v = v.max(0.0));
-        let residual = if pre { &res1 } else { &ffn_in };
-        let mut out = Buf::copy_of(residual);
-        add_to_rows(&mut out, l.fc2.b.expect("bias"));
-        let f = self.cfg.ffn_dim;
-        matmul(
-            &mut out,
-            n,
-            h,
-            View::of(&r, n, f),
-            View::of(l.fc2.w, h, f).t(),
-            true,
-            1.0,
-        );
+        let mut out = residual_linear(&l.fc2, if pre { &res1 } else { &ffn_in }, &r, n);
         let res2 = if pre {
             None
         } else {
-            let mut y = Buf::scratch(n * h);
-            layer_norm_rows(&out, l.ln2.w, l.ln2.b, LN_EPS, &mut y);
+            let y = layer_norm(&out, &l.ln2);
             Some(std::mem::replace(&mut out, y))
         };
         let saved = Saved {
@@ -752,6 +709,24 @@ fn exp(x: f32) -> f32 {
     }
 }
 
+/// LayerNorm of each row of `x`.
+fn layer_norm(x: &[f32], ln: &Ln) -> Buf {
+    let mut y = Buf::scratch(x.len());
+    layer_norm_rows(x, ln.w, ln.b, LN_EPS, &mut y);
+    y
+}
+
+/// `residual + x·Wᵀ + b`: the residual and the bias are the matmul's starting value.
+fn residual_linear(l: &Lin, residual: &[f32], x: &[f32], n: usize) -> Buf {
+    let mut y = Buf::copy_of(residual);
+    if let Some(b) = l.b {
+        add_to_rows(&mut y, b);
+    }
+    let (xv, wt) = (View::of(x, n, l.inp), View::of(l.w, l.out, l.inp).t());
+    matmul(&mut y, n, l.out, xv, wt, true, 1.0);
+    y
+}
+
 /// `x·Wᵀ + b` for `n` rows.
 fn linear(l: &Lin, x: &[f32], n: usize) -> Buf {
     let mut y = Buf::scratch(n * l.out);
@@ -991,25 +966,26 @@ mod tests {
         }
     }
 
+    /// A 2-layer OPT, hidden 32, with the given vocabulary, embedding width and layout.
+    fn config(vocab: usize, proj: usize, ffn: usize, pre_norm: bool) -> OptConfig {
+        OptConfig {
+            vocab_size: vocab,
+            hidden_size: 32,
+            word_embed_proj_dim: Some(proj),
+            ffn_dim: ffn,
+            do_layer_norm_before: pre_norm,
+            ..OptConfig::preset("tiny").unwrap()
+        }
+    }
+
     #[test]
     fn pre_layer_norm_gradients_match_autograd() {
-        let mut cfg = OptConfig::preset("tiny").unwrap();
-        cfg.vocab_size = 97;
-        cfg.hidden_size = 32;
-        cfg.word_embed_proj_dim = Some(32);
-        cfg.ffn_dim = 48;
-        agrees_with_autograd(cfg);
+        agrees_with_autograd(config(97, 32, 48, true));
     }
 
     #[test]
     fn post_layer_norm_with_projections_matches_autograd() {
-        let mut cfg = OptConfig::preset("tiny").unwrap();
-        cfg.vocab_size = 89;
-        cfg.hidden_size = 32;
-        cfg.word_embed_proj_dim = Some(16);
-        cfg.ffn_dim = 40;
-        cfg.do_layer_norm_before = false;
-        agrees_with_autograd(cfg);
+        agrees_with_autograd(config(89, 16, 40, false));
     }
 
     #[test]

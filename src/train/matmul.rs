@@ -192,27 +192,7 @@ impl SharedMut {
             } else {
                 Parallelism::None
             };
-            gemm::gemm(
-                m,
-                n,
-                a.cols,
-                dst,
-                1,
-                stride as isize,
-                acc,
-                a.ptr,
-                a.cs,
-                a.rs,
-                b.ptr,
-                b.cs,
-                b.rs,
-                if acc { 1.0 } else { 0.0 },
-                beta,
-                false,
-                false,
-                false,
-                par,
-            );
+            crate_gemm(dst, stride, m, n, a, b, acc, beta, par);
             return;
         };
         let threads = if parallel {
@@ -244,6 +224,46 @@ impl SharedMut {
             (0..parts).into_par_iter().for_each(run);
         }
     }
+}
+
+/// `dst = beta·a·b` (or `+=` with `acc`) into the row-major block at `dst`, `stride`
+/// wide, through the gemm crate.
+///
+/// # Safety
+/// `dst` must hold an `m × n` block `stride` wide that nothing else touches meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn crate_gemm(
+    dst: *mut f32,
+    stride: usize,
+    m: usize,
+    n: usize,
+    a: View,
+    b: View,
+    acc: bool,
+    beta: f32,
+    par: Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        a.cols,
+        dst,
+        1,
+        stride as isize,
+        acc,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        if acc { 1.0 } else { 0.0 },
+        beta,
+        false,
+        false,
+        false,
+        par,
+    );
 }
 
 type CblasSgemm = unsafe extern "C" fn(
@@ -304,27 +324,7 @@ impl Blas {
     ) {
         let (Some((ta, lda)), Some((tb, ldb))) = (Self::operand(a), Self::operand(b)) else {
             // Not a CBLAS layout (no contiguous dimension): the gemm crate takes any strides.
-            gemm::gemm(
-                m,
-                n,
-                a.cols,
-                dst,
-                1,
-                stride as isize,
-                acc,
-                a.ptr,
-                a.cs,
-                a.rs,
-                b.ptr,
-                b.cs,
-                b.rs,
-                if acc { 1.0 } else { 0.0 },
-                beta,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
+            crate_gemm(dst, stride, m, n, a, b, acc, beta, Parallelism::None);
             return;
         };
         (self.sgemm)(
