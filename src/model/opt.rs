@@ -4,7 +4,7 @@
 //! do not, so softmax, LayerNorm and the loss use the kernels of `ops` (fused, with a
 //! backward pass of their own) or, off the CPU, differentiable primitives.
 
-use candle_core::{Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -197,6 +197,8 @@ struct Attention {
     heads: usize,
     head_dim: usize,
     scale: f64,
+    /// The dtype of the matmuls (see `Opt::with_compute_dtype`).
+    compute: DType,
 }
 
 impl Attention {
@@ -211,6 +213,7 @@ impl Attention {
             heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
             scale: (cfg.head_dim() as f64).powf(-0.5),
+            compute: DType::F32,
         })
     }
 
@@ -222,9 +225,10 @@ impl Attention {
                 .contiguous()
         };
         // transformers scales q after adding its bias.
-        let q = split((self.q_proj.forward(x)? * self.scale)?)?;
-        let mut k = split(self.k_proj.forward(x)?)?;
-        let mut v = split(self.v_proj.forward(x)?)?;
+        let dt = self.compute;
+        let q = split((project(&self.q_proj, x, dt)? * self.scale)?)?;
+        let mut k = split(project(&self.k_proj, x, dt)?)?;
+        let mut v = split(project(&self.v_proj, x, dt)?)?;
         if let Some(cache) = cache {
             if let Some((pk, pv)) = cache.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -232,14 +236,42 @@ impl Attention {
             }
             *cache = Some((k.clone(), v.clone()));
         }
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let scores = matmul_in(&q, &k.t()?, dt)?.broadcast_add(mask)?;
         let probs = super::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?;
+        let y = matmul_in(&probs, &v, dt)?;
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, self.heads * self.head_dim))?;
-        self.out_proj.forward(&y)
+        project(&self.out_proj, &y, dt)
     }
+}
+
+/// `x·Wᵀ + b` with the product in `dt`, as torch's autocast: for bf16, inputs and weight
+/// rounded to bf16, the product back in f32, the bias added in f32. Gradients flow back
+/// through the casts to the f32 weights (the master copy).
+fn project(l: &Linear, x: &Tensor, dt: DType) -> Result<Tensor> {
+    if dt == DType::F32 {
+        return l.forward(x);
+    }
+    let w = l.weight().to_dtype(dt)?;
+    let y = x
+        .to_dtype(dt)?
+        .broadcast_matmul(&w.t()?)?
+        .to_dtype(DType::F32)?;
+    match l.bias() {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// `a·b` with the product in `dt` (see `project`).
+fn matmul_in(a: &Tensor, b: &Tensor, dt: DType) -> Result<Tensor> {
+    if dt == DType::F32 {
+        return a.matmul(b);
+    }
+    a.to_dtype(dt)?
+        .matmul(&b.to_dtype(dt)?)?
+        .to_dtype(DType::F32)
 }
 
 #[derive(Debug, Clone)]
@@ -273,18 +305,19 @@ impl DecoderLayer {
                 mask,
                 cache,
             )?)?;
-            let f = self.fc2.forward(
-                &self
-                    .fc1
-                    .forward(&self.final_layer_norm.forward(&h)?)?
-                    .relu()?,
+            let dt = self.self_attn.compute;
+            let f = project(
+                &self.fc2,
+                &project(&self.fc1, &self.final_layer_norm.forward(&h)?, dt)?.relu()?,
+                dt,
             )?;
             h + f
         } else {
             let h = self
                 .self_attn_layer_norm
                 .forward(&(x + self.self_attn.forward(x, mask, cache)?)?)?;
-            let f = self.fc2.forward(&self.fc1.forward(&h)?.relu()?)?;
+            let dt = self.self_attn.compute;
+            let f = project(&self.fc2, &project(&self.fc1, &h, dt)?.relu()?, dt)?;
             self.final_layer_norm.forward(&(h + f)?)
         }
     }
@@ -310,6 +343,7 @@ pub struct Opt {
     final_layer_norm: Option<LayerNorm>,
     lm_head: Linear,
     device: Device,
+    compute: DType,
 }
 
 /// A batch's attention mask, kept on the host: 1 = real token, 0 = padding.
@@ -437,7 +471,25 @@ impl Opt {
             final_layer_norm,
             lm_head,
             device: vb.device().clone(),
+            compute: DType::F32,
         })
+    }
+
+    /// The same model (sharing its weights) with its matmuls in `dt`: `BF16` gives mixed
+    /// precision as torch's autocast does, with the f32 weights as the master copy and
+    /// LayerNorm, softmax and the loss in f32.
+    pub fn with_compute_dtype(&self, dt: DType) -> Opt {
+        let mut m = self.clone();
+        m.compute = dt;
+        for l in &mut m.layers {
+            l.self_attn.compute = dt;
+        }
+        m
+    }
+
+    /// The dtype of the matmuls.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
     }
 
     pub fn config(&self) -> &OptConfig {
@@ -494,7 +546,7 @@ impl Opt {
         let ids = input_ids.flatten_all()?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?;
         if let Some(p) = &self.project_in {
-            x = p.forward(&x)?;
+            x = project(p, &x, self.compute)?;
         }
         let x = (x + self.embed_positions.index_select(&pos, 0)?)?;
         let mut x = x.reshape((b, t, self.cfg.hidden_size))?;
@@ -513,12 +565,12 @@ impl Opt {
             x = ln.forward(&x)?;
         }
         if let Some(p) = &self.project_out {
-            x = p.forward(&x)?;
+            x = project(p, &x, self.compute)?;
         }
         if let Some(a) = acts {
             a.lm_head_input = Some(x.clone());
         }
-        self.lm_head.forward(&x)
+        project(&self.lm_head, &x, self.compute)
     }
 
     pub fn empty_cache(&self) -> Vec<LayerCache> {

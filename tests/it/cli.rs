@@ -490,6 +490,64 @@ fn a_diverging_run_is_marked_diverged_and_the_sweep_goes_on() {
 }
 
 #[test]
+fn precision_is_an_axis_bf16_trains_close_to_f32_and_f16_is_refused() {
+    let text = MICRO
+        .replace(
+            "baseline = { \"train.epochs\" = 1, \"train.clip_norm\" = 0.3 }",
+            "",
+        )
+        .replace(
+            "\"train.epochs\" = [1, 2]",
+            "\"train.precision\" = [\"f32\", \"bf16\", \"f16\"]",
+        )
+        .replace("\"train.clip_norm\" = [0.3, \"none\"]", "");
+    let (dir, _) = setup(&text);
+    let d = dir.path();
+    let out = ablate(d, &["run", "experiments/micro.toml", "--no-report"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the f16 run fails, the others finish"
+    );
+    let db = Connection::open(d.join("results/ablate.db")).unwrap();
+    let run = |p: &str| -> (String, Option<String>, Vec<f64>) {
+        let (id, status, error): (String, String, Option<String>) = db
+            .query_row(
+                "SELECT id, status, error FROM runs WHERE json_extract(config_json, '$.train.precision') = ?1",
+                [p],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        let mut s = db
+            .prepare("SELECT value FROM metrics WHERE run_id = ?1 AND name = 'loss' AND split = 'train' ORDER BY step")
+            .unwrap();
+        let losses = s
+            .query_map([&id], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        (status, error, losses)
+    };
+    let (s32, _, l32) = run("f32");
+    let (s16, _, l16) = run("bf16");
+    assert_eq!((s32.as_str(), s16.as_str()), ("done", "done"));
+    assert_eq!(l32.len(), l16.len());
+    assert!(!l32.is_empty());
+    // bf16 matmuls round their inputs to 8 bits of mantissa: the losses follow f32's
+    // closely, and are not f32's (the casts really happen).
+    assert_ne!(l32, l16, "bf16 computed exactly what f32 did");
+    for (a, b) in l32.iter().zip(&l16) {
+        assert!(
+            (a - b).abs() <= 0.05 * a.abs().max(0.1),
+            "f32 {a} vs bf16 {b}"
+        );
+    }
+    let (s, err, _) = run("f16");
+    assert_eq!(s, "failed");
+    assert!(err.unwrap().contains("loss scaling"));
+}
+
+#[test]
 fn score_bfcl_prints_accuracy_and_reasons() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     let q = data.join("bfcl/BFCL_v4_simple_python.json");
