@@ -24,7 +24,7 @@ use candle_core::{Result, Storage, Tensor, Var};
 use rayon::prelude::*;
 
 use super::matmul::{matmul, matmul_serial, SharedMut, View};
-use super::pool::Buf;
+use super::pool::{written_zeros, Buf};
 use crate::data::Batch;
 use crate::model::ops::{contiguous_f32, layer_norm_backward_rows, layer_norm_rows};
 use crate::model::{shifted_targets, OptConfig, PaddingMask, POSITION_OFFSET};
@@ -67,7 +67,7 @@ pub fn loss_and_grads(
     let net = Net::new(cfg, &weights)?;
     let mut grads: HashMap<String, Vec<f32>> = weights
         .iter()
-        .map(|(n, w)| (n.to_string(), zeros(w.len())))
+        .map(|(n, w)| (n.to_string(), written_zeros(w.len())))
         .collect();
     let total: usize = micro.iter().map(Batch::loss_tokens).sum::<usize>().max(1);
     let mut loss = 0f64;
@@ -87,15 +87,6 @@ pub fn loss_and_grads(
         .collect::<Result<HashMap<_, _>>>()?;
     drop(guards);
     Ok((loss, out))
-}
-
-/// `len` zeros written, not `calloc`ed: a calloc'd page is first mapped to the shared
-/// zero page, and the first write into it (here, a matmul accumulating into the gradient)
-/// then takes a copy-on-write fault that flushes every core's TLB.
-fn zeros(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    v.resize(len, 0f32);
-    v
 }
 
 /// Gradient buffers by parameter name.
@@ -381,27 +372,13 @@ impl<'a> Net<'a> {
             dx = self.layer_backward(layer, s, dx, rows, t, grads);
         }
 
-        // Embedding gradients, row by row in order so the sums are deterministic.
-        {
-            let dpos = grads.get(&self.positions_name);
-            for (row, &q) in dx.chunks(h).zip(&pos) {
-                let dst = &mut dpos[q as usize * h..(q as usize + 1) * h];
-                for (a, b) in dst.iter_mut().zip(row) {
-                    *a += b;
-                }
-            }
-        }
+        // Embedding gradients.
+        scatter_add_rows(grads.get(&self.positions_name), &dx, &pos);
         let de0 = match (&self.project_in, &e0) {
             (Some(l), Some(e0)) => linear_backward(l, e0, &dx, n, grads),
             _ => dx,
         };
-        let demb = grads.get(&self.embed_name);
-        for (row, &id) in de0.chunks(p).zip(&b.ids) {
-            let dst = &mut demb[id as usize * p..(id as usize + 1) * p];
-            for (a, b) in dst.iter_mut().zip(row) {
-                *a += b;
-            }
-        }
+        scatter_add_rows(grads.get(&self.embed_name), &de0, &b.ids);
         Ok(loss)
     }
 
@@ -504,8 +481,8 @@ impl<'a> Net<'a> {
         let (dq, dk, dv) = self.attention_backward(&s, &d_o, rows, t);
         let a_in = s.attn_in.as_ref().unwrap_or(&s.x);
         let mut da = linear_backward(&l.q, a_in, &dq, n, grads);
-        linear_backward_into(&l.k, a_in, &dk, n, grads, &mut da);
-        linear_backward_into(&l.v, a_in, &dv, n, grads, &mut da);
+        linear_backward_into(&l.k, a_in, &dk, n, grads, &mut da, true);
+        linear_backward_into(&l.v, a_in, &dv, n, grads, &mut da, true);
         match &s.attn_in {
             // pre-LN: attn_in = LN1(x); x is the residual.
             Some(_) => ln_back(&s.x, &l.ln1, &da, &mut d1, true, grads),
@@ -749,38 +726,23 @@ fn linear(l: &Lin, x: &[f32], n: usize) -> Buf {
 /// Adds `dyᵀ·x` and `Σ dy` to the layer's gradients and returns `dx = dy·W`.
 fn linear_backward(l: &Lin, x: &[f32], dy: &[f32], n: usize, grads: &mut Grads) -> Buf {
     let mut dx = Buf::scratch(n * l.inp);
-    linear_grads(l, x, dy, n, grads);
-    matmul(
-        &mut dx,
-        n,
-        l.inp,
-        View::of(dy, n, l.out),
-        View::of(l.w, l.out, l.inp),
-        false,
-        1.0,
-    );
+    linear_backward_into(l, x, dy, n, grads, &mut dx, false);
     dx
 }
 
-/// As `linear_backward`, adding `dx` into `acc`.
+/// As `linear_backward`, writing `dx` into `dst`, or adding it there with `acc`.
 fn linear_backward_into(
     l: &Lin,
     x: &[f32],
     dy: &[f32],
     n: usize,
     grads: &mut Grads,
-    acc: &mut [f32],
+    dst: &mut [f32],
+    acc: bool,
 ) {
     linear_grads(l, x, dy, n, grads);
-    matmul(
-        acc,
-        n,
-        l.inp,
-        View::of(dy, n, l.out),
-        View::of(l.w, l.out, l.inp),
-        true,
-        1.0,
-    );
+    let (dyv, w) = (View::of(dy, n, l.out), View::of(l.w, l.out, l.inp));
+    matmul(dst, n, l.inp, dyv, w, acc, 1.0);
 }
 
 fn linear_grads(l: &Lin, x: &[f32], dy: &[f32], n: usize, grads: &mut Grads) {
@@ -811,6 +773,18 @@ fn add_column_sums(db: &mut [f32], dy: &[f32]) {
             }
         }
     });
+}
+
+/// `dst[index[r]] += rows[r]` for each row `r`, in row order, so the sums are
+/// deterministic (an index may repeat).
+fn scatter_add_rows(dst: &mut [f32], rows: &[f32], index: &[u32]) {
+    let w = rows.len() / index.len().max(1);
+    for (row, &i) in rows.chunks(w).zip(index) {
+        let d = &mut dst[i as usize * w..(i as usize + 1) * w];
+        for (a, b) in d.iter_mut().zip(row) {
+            *a += b;
+        }
+    }
 }
 
 fn add_to_rows(y: &mut [f32], b: &[f32]) {

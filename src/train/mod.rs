@@ -170,11 +170,15 @@ pub fn train(
     cancel: &AtomicBool,
     emit: &mut dyn FnMut(TrainEvent),
 ) -> Result<(), TrainError> {
-    let model = &match cfg.precision {
-        Precision::F32 => model.clone(),
+    let bf16;
+    let model = match cfg.precision {
+        Precision::F32 => model,
         // On the CPU this is slower than f32 (candle widens bf16 matmuls to f32 there), but
         // it computes what a GPU run computes, which is what CPU tests need.
-        Precision::Bf16 => model.with_compute_dtype(candle_core::DType::BF16),
+        Precision::Bf16 => {
+            bf16 = model.with_compute_dtype(candle_core::DType::BF16);
+            &bf16
+        }
         Precision::F16 => {
             // Refused rather than silently trained otherwise: a run must be what its
             // config says.

@@ -33,13 +33,6 @@ impl Buf {
         if len < MIN_POOLED {
             return Buf(vec![0.0; len]);
         }
-        // New buffers are written, not calloc'd, so their pages are mapped writable at
-        // once (see `backprop::zeros`).
-        let fresh = || {
-            let mut v = Vec::with_capacity(len);
-            v.resize(len, 0f32);
-            Buf(v)
-        };
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         // The smallest pooled buffer that fits without wasting more than half of it.
         let best = pool
@@ -50,7 +43,7 @@ impl Buf {
             .map(|(i, _)| i);
         let mut v = match best {
             Some(i) => pool.swap_remove(i),
-            None => return fresh(),
+            None => return Buf(written_zeros(len)),
         };
         drop(pool);
         // Values past the old length were never written: zero them, never read them.
@@ -67,11 +60,6 @@ impl Buf {
         let mut b = Buf::scratch(src.len());
         b.copy_from_slice(src);
         b
-    }
-
-    /// The values, leaving the pool for good.
-    pub fn into_vec(mut self) -> Vec<f32> {
-        std::mem::take(&mut self.0)
     }
 }
 
@@ -102,17 +90,21 @@ impl Drop for Buf {
     }
 }
 
-/// Frees every pooled buffer.
-pub fn release() {
-    POOL.lock().unwrap_or_else(|e| e.into_inner()).clear();
+/// `len` zeros written, not `calloc`ed: a calloc'd page is first mapped to the shared
+/// zero page, and the first write into it (a matmul accumulating into a gradient, say)
+/// then takes a copy-on-write fault that flushes every core's TLB.
+pub fn written_zeros(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    v.resize(len, 0f32);
+    v
 }
 
-/// Frees the pool when dropped: held for the length of a run's training.
+/// Frees every pooled buffer when dropped: held for the length of a run's training.
 pub struct ReleaseOnDrop;
 
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
-        release();
+        POOL.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -138,8 +130,7 @@ mod tests {
         drop(taken);
         let z = Buf::zeroed(len);
         assert!(z.iter().all(|&v| v == 0.0));
-        // Growing within capacity zeroes the part never written.
-        let v = Buf::copy_of(&vec![1.0; len]).into_vec();
+        let v = Buf::copy_of(&vec![1.0; len]);
         assert_eq!(v.len(), len);
     }
 }
