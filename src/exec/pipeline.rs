@@ -111,8 +111,10 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
     };
 
     let source = ModelSource::resolve(&cfg.model.name)?;
-    let tokenizer = match source.tokenizer_file() {
-        Some(p) => data::load_tokenizer(&p)?,
+    // Only a preset gets a tokenizer trained on the data: a checkpoint brings its own
+    // (`tokenizer()` fails when it has none).
+    let tokenizer = match source.tokenizer()? {
+        Some(t) => t,
         None => {
             let texts: Vec<String> = train_ex
                 .iter()

@@ -5,10 +5,12 @@ mod generate;
 pub mod ops;
 mod opt;
 mod params;
+mod tokenizer;
 
 pub use generate::{generate, generate_greedy, Decoding, GenerateOptions};
 pub use opt::*;
 pub use params::Params;
+pub use tokenizer::{TokenizerFiles, TOKENIZER_FILES};
 
 use std::path::{Path, PathBuf};
 
@@ -28,7 +30,8 @@ pub enum ModelError {
 #[derive(Debug, Clone)]
 pub enum ModelSource {
     Preset(String),
-    /// A directory in HF layout (config.json, model.safetensors, tokenizer.json).
+    /// A directory in HF layout: config.json, weights (see `weight_files`), and a
+    /// tokenizer (see `TokenizerFiles`).
     Dir(PathBuf),
 }
 
@@ -82,70 +85,128 @@ impl ModelSource {
         }
     }
 
-    /// The safetensors files holding the weights (one file or HF shards).
+    /// The files holding the weights, in the order transformers looks for them:
+    /// `model.safetensors`, sharded safetensors (`model.safetensors.index.json`),
+    /// `pytorch_model.bin`, sharded pickles (`pytorch_model.bin.index.json`).
     pub fn weight_files(&self) -> Result<Vec<PathBuf>, ModelError> {
         let ModelSource::Dir(d) = self else {
             return Ok(vec![]);
         };
-        let single = d.join("model.safetensors");
-        if single.is_file() {
-            return Ok(vec![single]);
+        for (single, index) in [
+            ("model.safetensors", "model.safetensors.index.json"),
+            ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+        ] {
+            if d.join(single).is_file() {
+                return Ok(vec![d.join(single)]);
+            }
+            if d.join(index).is_file() {
+                return shard_files(&d.join(index));
+            }
         }
-        let mut shards: Vec<PathBuf> = std::fs::read_dir(d)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with("model-") && n.ends_with(".safetensors"))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        shards.sort();
-        if shards.is_empty() {
-            return Err(ModelError::BadCheckpoint {
-                path: d.display().to_string(),
-                message: "no model.safetensors (PyTorch .bin checkpoints are not read; convert them with safetensors)".into(),
-            });
-        }
-        Ok(shards)
+        Err(ModelError::BadCheckpoint {
+            path: d.display().to_string(),
+            message: "no weights: looked for model.safetensors, model.safetensors.index.json, \
+                      pytorch_model.bin and pytorch_model.bin.index.json"
+                .into(),
+        })
     }
 
     /// Checks a checkpoint without loading it: each weight file's header parses and the
     /// file is as long as the header says (a truncated download is caught here, not
-    /// half-way through a sweep), and a tokenizer.json loads and fits the vocabulary.
+    /// half-way through a sweep), and the tokenizer loads and fits the vocabulary. A
+    /// checkpoint folder must bring its own tokenizer: pairing its embeddings with a fresh
+    /// one would train on meaningless ids.
     pub fn check(&self, need_weights: bool) -> Result<(), ModelError> {
         let cfg = self.config()?;
         if need_weights {
             for f in self.weight_files()? {
-                check_safetensors(&f)?;
+                if f.extension().is_some_and(|e| e == "safetensors") {
+                    check_safetensors(&f)?;
+                } else {
+                    candle_core::pickle::PthTensors::new(&f, None).map_err(|e| {
+                        ModelError::BadCheckpoint {
+                            path: f.display().to_string(),
+                            message: format!("not a PyTorch checkpoint: {e}"),
+                        }
+                    })?;
+                }
             }
         }
-        if let Some(t) = self.tokenizer_file() {
-            let bad = |message: String| ModelError::BadCheckpoint {
-                path: t.display().to_string(),
-                message,
-            };
-            let tok = tokenizers::Tokenizer::from_file(&t)
-                .map_err(|e| bad(format!("not a tokenizer: {e}")))?;
+        if let Some(tok) = self.tokenizer()? {
             let n = tok.get_vocab_size(true);
             if n > cfg.vocab_size {
-                return Err(bad(format!(
-                    "has {n} tokens but the model's vocab_size is {}: it does not belong to this model",
-                    cfg.vocab_size
-                )));
+                return Err(ModelError::BadCheckpoint {
+                    path: self.dir().display().to_string(),
+                    message: format!(
+                        "its tokenizer has {n} tokens but the model's vocab_size is {}: \
+                         it does not belong to this model",
+                        cfg.vocab_size
+                    ),
+                });
             }
         }
         Ok(())
     }
 
-    pub fn tokenizer_file(&self) -> Option<PathBuf> {
+    /// The checkpoint folder (empty for a preset).
+    fn dir(&self) -> &Path {
         match self {
-            ModelSource::Dir(d) => Some(d.join("tokenizer.json")).filter(|p| p.is_file()),
-            ModelSource::Preset(_) => None,
+            ModelSource::Dir(d) => d,
+            ModelSource::Preset(_) => Path::new(""),
         }
     }
+
+    /// The checkpoint's own tokenizer; `None` for a preset, whose tokenizer is trained on
+    /// the run's data. A checkpoint folder without tokenizer files is an error.
+    pub fn tokenizer(&self) -> Result<Option<tokenizers::Tokenizer>, ModelError> {
+        match self {
+            ModelSource::Preset(_) => Ok(None),
+            ModelSource::Dir(d) => match TokenizerFiles::find(d) {
+                Some(files) => files.load().map(Some),
+                None => Err(ModelError::BadCheckpoint {
+                    path: d.display().to_string(),
+                    message: format!(
+                        "no tokenizer: looked for {TOKENIZER_FILES}; a checkpoint is never \
+                         paired with a freshly trained one"
+                    ),
+                }),
+            },
+        }
+    }
+}
+
+/// The files an HF shard index (`weight_map`: tensor name to file) names, each once.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let bad = |message: String| ModelError::BadCheckpoint {
+        path: index.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(index).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return Err(bad("weight_map names no files".into()));
+    }
+    let mut files = Vec::with_capacity(names.len());
+    for n in names {
+        // A shard is a file beside the index, never a path elsewhere.
+        if n.contains('/') || n.contains('\\') || n.starts_with('.') {
+            return Err(bad(format!("shard \"{n}\" is not a file name")));
+        }
+        let f = dir.join(n);
+        if !f.is_file() {
+            return Err(bad(format!("shard {n} is missing")));
+        }
+        files.push(f);
+    }
+    Ok(files)
 }
 
 /// A safetensors file's 8-byte header length, JSON header and data must add up to its size.

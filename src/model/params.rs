@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use candle_core::pickle::PthTensors;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
@@ -23,7 +24,61 @@ pub struct Params {
 struct Source {
     params: Params,
     seed: u64,
-    file: Option<Arc<MmapedSafetensors>>,
+    file: Option<Arc<Checkpoint>>,
+}
+
+/// The tensors of a checkpoint: safetensors files (one or HF shards, memory-mapped) or
+/// PyTorch pickles (`pytorch_model.bin`, read lazily a tensor at a time).
+enum Checkpoint {
+    Safetensors(MmapedSafetensors),
+    Pth(Vec<PthTensors>),
+}
+
+impl Checkpoint {
+    fn open(files: &[&Path]) -> Result<Checkpoint> {
+        let is_pth = |f: &&Path| f.extension().is_some_and(|e| e == "bin" || e == "pth");
+        if files.iter().all(is_pth) {
+            let parts = files
+                .iter()
+                .map(|f| {
+                    PthTensors::new(f, None).map_err(|e| {
+                        candle_core::Error::Msg(format!(
+                            "{}: not a PyTorch checkpoint ({e})",
+                            f.display()
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Checkpoint::Pth(parts));
+        }
+        // SAFETY: the files are mapped read-only and not modified while the map lives;
+        // this is how candle and safetensors load checkpoints.
+        Ok(Checkpoint::Safetensors(unsafe {
+            MmapedSafetensors::multi(files)?
+        }))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Checkpoint::Safetensors(st) => st.get(name).is_ok(),
+            Checkpoint::Pth(parts) => parts.iter().any(|p| p.tensor_infos().contains_key(name)),
+        }
+    }
+
+    fn load(&self, name: &str, dev: &Device) -> Result<Option<Tensor>> {
+        match self {
+            Checkpoint::Safetensors(st) if st.get(name).is_ok() => Ok(Some(st.load(name, dev)?)),
+            Checkpoint::Safetensors(_) => Ok(None),
+            Checkpoint::Pth(parts) => {
+                for p in parts {
+                    if let Some(t) = p.get(name)? {
+                        return Ok(Some(t.to_device(dev)?));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
 }
 
 impl Params {
@@ -64,20 +119,18 @@ impl Params {
         VarBuilder::from_backend(Box::new(src), DType::F32, device.clone())
     }
 
-    /// A VarBuilder reading a safetensors checkpoint (memory-mapped; one tensor is copied
-    /// at a time). Names with or without the `model.` prefix are accepted.
+    /// A VarBuilder reading a checkpoint: safetensors (memory-mapped; one tensor is copied
+    /// at a time) or PyTorch `.bin` pickles. Names with or without the `model.` prefix are
+    /// accepted (`OPTModel` saves `decoder.*`, `OPTForCausalLM` saves `model.decoder.*`).
     pub fn checkpoint_builder(
         &self,
         files: &[&Path],
         device: &Device,
     ) -> Result<VarBuilder<'static>> {
-        // SAFETY: the file is mapped read-only and not modified while the map lives; this
-        // is how candle and safetensors load checkpoints.
-        let st = unsafe { MmapedSafetensors::multi(files)? };
         let src = Source {
             params: self.clone(),
             seed: 0,
-            file: Some(Arc::new(st)),
+            file: Some(Arc::new(Checkpoint::open(files)?)),
         };
         Ok(VarBuilder::from_backend(
             Box::new(src),
@@ -166,8 +219,8 @@ impl Source {
         let Some(f) = &self.file else { return Ok(None) };
         let alt = name.strip_prefix("model.").unwrap_or(name).to_string();
         for cand in [name.to_string(), alt] {
-            if f.get(&cand).is_ok() {
-                return Ok(Some(f.load(&cand, dev)?.to_dtype(DType::F32)?));
+            if let Some(t) = f.load(&cand, dev)? {
+                return Ok(Some(t.to_dtype(DType::F32)?));
             }
         }
         Ok(None)
@@ -219,7 +272,7 @@ impl SimpleBackend for Source {
     fn contains_tensor(&self, name: &str) -> bool {
         self.params.get(name).is_some()
             || self.file.as_ref().is_some_and(|f| {
-                f.get(name).is_ok() || f.get(name.strip_prefix("model.").unwrap_or(name)).is_ok()
+                f.contains(name) || f.contains(name.strip_prefix("model.").unwrap_or(name))
             })
     }
 }

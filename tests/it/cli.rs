@@ -35,7 +35,7 @@ max_new_tokens = 10
 "train.clip_norm" = [0.3, "none"]
 "#;
 
-fn ablate(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn ablate(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ablate"))
         .current_dir(dir)
         .args(args)
@@ -45,7 +45,7 @@ fn ablate(dir: &Path, args: &[&str]) -> Output {
         .expect("ablate runs")
 }
 
-fn setup(text: &str) -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn setup(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("experiments")).unwrap();
     let f = dir.path().join("experiments/micro.toml");

@@ -4,6 +4,7 @@
 mod bad_input;
 mod bfcl;
 mod cli;
+mod hub;
 mod judge;
 mod model;
 mod parity;

@@ -1,0 +1,348 @@
+//! Checkpoints in the Hub's own layout (`$ABLATE_HUB_FIXTURES`, default
+//! `../shared/fixtures/opt-hub`): vocab.json + merges.txt without tokenizer.json, weights
+//! as `pytorch_model.bin` with `decoder.` keys or as sharded safetensors. Every variant
+//! folder found is checked against the token ids and logits transformers computed loading
+//! that very folder (the fixture README is the spec).
+
+use std::path::{Path, PathBuf};
+
+use ablate::model::{self, ModelSource, PaddingMask};
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+fn variants() -> Vec<PathBuf> {
+    let root = std::env::var("ABLATE_HUB_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/opt-hub")
+        });
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("hub fixtures {}: {e}", root.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    out.sort();
+    assert!(
+        !out.is_empty(),
+        "no variant folders under {}",
+        root.display()
+    );
+    for v in &out {
+        assert!(
+            !v.join("tokenizer.json").exists(),
+            "{}: the Hub layout has no tokenizer.json",
+            v.display()
+        );
+    }
+    out
+}
+
+fn reference(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
+}
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn token_ids_equal_transformers_on_every_probe() {
+    for dir in variants() {
+        let name = dir.display();
+        let tok = ModelSource::Dir(dir.clone()).tokenizer().unwrap().unwrap();
+        let r = reference(&dir);
+        let probes = r["probes"].as_array().unwrap();
+        assert!(probes.len() >= 10, "{name}: {} probes", probes.len());
+        for p in probes {
+            let text = p["text"].as_str().unwrap();
+            let enc = tok.encode(text, true).unwrap();
+            assert_eq!(enc.get_ids(), ids_of(&p["ids"]), "{name}: ids of {text:?}");
+            let back = tok.decode(enc.get_ids(), true).unwrap();
+            assert_eq!(
+                back,
+                p["decoded"].as_str().unwrap(),
+                "{name}: decode of {text:?}"
+            );
+        }
+    }
+}
+
+/// The reference batch, encoded by ablate and right-padded with the model's pad id.
+fn batch(dir: &Path, pad: u32) -> (Vec<Vec<u32>>, Vec<Vec<u8>>) {
+    let tok = ModelSource::Dir(dir.to_path_buf())
+        .tokenizer()
+        .unwrap()
+        .unwrap();
+    let r = reference(dir);
+    let rows: Vec<Vec<u32>> = r["batch"]["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            tok.encode(t.as_str().unwrap(), true)
+                .unwrap()
+                .get_ids()
+                .to_vec()
+        })
+        .collect();
+    let len = rows.iter().map(Vec::len).max().unwrap();
+    let ids = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat(pad))
+                .take(len)
+                .collect()
+        })
+        .collect();
+    let mask = rows
+        .iter()
+        .map(|r| (0..len).map(|i| (i < r.len()) as u8).collect())
+        .collect();
+    (ids, mask)
+}
+
+#[test]
+fn logits_equal_transformers_from_the_hub_weight_layouts() {
+    let mut layouts = Vec::new();
+    for dir in variants() {
+        let name = dir.display().to_string();
+        let src = ModelSource::Dir(dir.clone());
+        src.check(true).unwrap();
+        let cfg = src.config().unwrap();
+        let files = src.weight_files().unwrap();
+        layouts.push(files[0].extension().unwrap().to_string_lossy().into_owned());
+        let loaded = model::build(&cfg, &files, 0, &Device::Cpu).unwrap();
+
+        let (ids, mask) = batch(&dir, cfg.pad_token_id);
+        let r = reference(&dir);
+        assert_eq!(
+            serde_json::to_value(&ids).unwrap(),
+            r["batch"]["input_ids"],
+            "{name}: batch ids"
+        );
+        assert_eq!(
+            serde_json::to_value(&mask).unwrap(),
+            r["batch"]["attention_mask"],
+            "{name}: attention mask"
+        );
+        let (b, t) = (ids.len(), ids[0].len());
+        let flat: Vec<u32> = ids.concat();
+        let input = Tensor::from_vec(flat, (b, t), &Device::Cpu).unwrap();
+        let logits = loaded
+            .model
+            .forward(&input, &PaddingMask { rows: mask }, None)
+            .unwrap();
+        let refs = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+            .unwrap();
+        let want = &refs["logits"];
+        assert_eq!(logits.dims(), want.dims(), "{name}: logits shape");
+        let d: f32 = (logits - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d <= 2e-5, "{name}: logits differ from transformers' by {d}");
+    }
+    // The shipped fixtures cover both layouts; a hidden variant may add more.
+    if std::env::var_os("ABLATE_HUB_FIXTURES").is_none() {
+        layouts.sort();
+        assert_eq!(layouts, ["bin", "safetensors"]);
+    }
+}
+
+/// Copies a fixture folder so a test can damage one file of it.
+fn copy_variant(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/opt-hub")
+        .join(name)
+}
+
+#[test]
+fn a_damaged_merges_file_changes_the_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bin");
+    copy_variant(&fixture("bin"), &dir);
+    // Drop the first merge rule: every probe that used it tokenizes differently.
+    let merges = std::fs::read_to_string(dir.join("merges.txt")).unwrap();
+    let mut lines: Vec<&str> = merges.lines().collect();
+    lines.remove(1);
+    std::fs::write(dir.join("merges.txt"), lines.join("\n")).unwrap();
+    let tok = ModelSource::Dir(dir.clone()).tokenizer().unwrap().unwrap();
+    let r = reference(&dir);
+    let differ = r["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            tok.encode(p["text"].as_str().unwrap(), true)
+                .unwrap()
+                .get_ids()
+                != ids_of(&p["ids"])
+        })
+        .count();
+    assert!(differ >= 3, "only {differ} probes changed");
+}
+
+#[test]
+fn a_truncated_or_damaged_bin_is_refused_or_changes_the_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bin");
+    copy_variant(&fixture("bin"), &dir);
+    let bin = dir.join("pytorch_model.bin");
+    let bytes = std::fs::read(&bin).unwrap();
+    std::fs::write(&bin, &bytes[..bytes.len() / 2]).unwrap();
+    let err = ModelSource::Dir(dir.clone()).check(true).unwrap_err();
+    assert!(err.to_string().contains("pytorch_model.bin"), "{err}");
+
+    // Same length, one weight's bytes changed: loads, but the logits move.
+    let mut damaged = bytes.clone();
+    let name = b"/data/0";
+    let at = damaged
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("a pickle's first tensor record");
+    for b in &mut damaged[at + 200..at + 400] {
+        *b ^= 0x55;
+    }
+    std::fs::write(&bin, &damaged).unwrap();
+    let src = ModelSource::Dir(dir.clone());
+    let cfg = src.config().unwrap();
+    let good = model::build(
+        &cfg,
+        &[fixture("bin").join("pytorch_model.bin")],
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
+    // zip's CRC is checked only when an entry is read to its end, so a flipped byte either
+    // fails the load or reaches the weights; it must never load as the original.
+    let Ok(bad) = model::build(&cfg, &src.weight_files().unwrap(), 0, &Device::Cpu) else {
+        return;
+    };
+    let differs = good
+        .params
+        .all()
+        .iter()
+        .zip(bad.params.all())
+        .any(|((_, a), (_, b))| {
+            a.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                != b.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+        });
+    assert!(differs, "damaging the .bin changed no weight");
+}
+
+#[test]
+fn a_checkpoint_without_a_tokenizer_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bin");
+    copy_variant(&fixture("bin"), &dir);
+    std::fs::remove_file(dir.join("merges.txt")).unwrap();
+    let err = ModelSource::Dir(dir.clone())
+        .check(true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no tokenizer") && err.contains("merges.txt"),
+        "{err}"
+    );
+    assert!(err.contains(&dir.display().to_string()), "{err}");
+}
+
+/// A micro sweep fine-tuning the Hub-layout checkpoint at `model` (pretrained weights).
+fn hub_sweep(model: &Path) -> String {
+    crate::cli::MICRO
+        .replace(
+            "name = \"tiny\"",
+            &format!(
+                "name = {:?}\ninit = \"pretrained\"",
+                model.display().to_string()
+            ),
+        )
+        .replace("vocab_size = 320\n", "")
+        .replace("\"train.epochs\" = [1, 2]", "\"train.epochs\" = [1]")
+        .replace(", \"none\"]", "]")
+}
+
+#[test]
+fn plan_refuses_pretrained_weights_without_a_tokenizer_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("opt-no-tokenizer");
+    copy_variant(&fixture("bin"), &model);
+    std::fs::remove_file(model.join("vocab.json")).unwrap();
+    let (dir, _) = crate::cli::setup(&hub_sweep(&model));
+    let out = crate::cli::ablate(dir.path(), &["plan", "experiments/micro.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("model.name") && err.contains("no tokenizer"),
+        "{err}"
+    );
+    assert!(err.contains("opt-no-tokenizer"), "{err}");
+}
+
+#[test]
+fn a_hub_checkpoint_fine_tunes_with_its_own_tokenizer() {
+    let (dir, _) = crate::cli::setup(&hub_sweep(&fixture("bin")));
+    let out = crate::cli::ablate(
+        dir.path(),
+        &["run", "experiments/micro.toml", "--no-report"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The run's tokenizer is the checkpoint's (600 tokens), never a freshly trained one.
+    let runs = dir.path().join("results/runs");
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let saved = tokenizers::Tokenizer::from_file(run.join("model/tokenizer.json")).unwrap();
+    let own = ModelSource::Dir(fixture("bin"))
+        .tokenizer()
+        .unwrap()
+        .unwrap();
+    assert_eq!(saved.get_vocab(true), own.get_vocab(true));
+    let r = reference(&fixture("bin"));
+    for p in r["probes"].as_array().unwrap() {
+        let text = p["text"].as_str().unwrap();
+        assert_eq!(
+            saved.encode(text, true).unwrap().get_ids(),
+            ids_of(&p["ids"]),
+            "{text:?}"
+        );
+    }
+}
