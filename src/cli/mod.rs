@@ -228,9 +228,10 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
-    /// Convert ToolBench DFS answer files into ToolBench's `conversations` SFT format (a
-    /// JSON list of `{"id", "conversations": [{"from", "value"}]}`), which data.train and
-    /// data.eval also read.
+    /// Convert ToolBench DFS answer files into ToolBench's SFT format, as its preprocessing
+    /// writes `toolllama_G123_dfs_*.json`: a JSON list of `{"id": "Step N: <query>",
+    /// "conversations": [{"from", "value"}]}`, one entry per assistant step, the API list in
+    /// the system turn as a Python literal. data.train and data.eval read it.
     #[command(
         after_help = "Example:\n  ablate data convert ../shared/data/toolbench/ToolBench/data_example/answer --out train.json"
     )]
@@ -264,6 +265,10 @@ pub enum DataCommand {
         /// Loss on the completion only, or on every token.
         #[arg(long, default_value = "completion", value_parser = ["completion", "all"])]
         loss_on: String,
+        /// The chat template (`data.template`): `compact`, or `toolllama` for ToolBench's
+        /// SFT files.
+        #[arg(long, default_value = "compact", value_parser = ["compact", "toolllama"])]
+        template: String,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -380,6 +385,7 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
             tokenizer,
             vocab_size,
             loss_on,
+            template,
             json,
         }) => cmd_data_inspect(
             &source,
@@ -387,6 +393,7 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
             tokenizer.as_deref(),
             vocab_size,
             &loss_on,
+            &template,
             json,
         ),
         Command::Score(ScoreCommand::Bfcl {
@@ -400,15 +407,18 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
 
 fn cmd_data_convert(answers: &Path, out: &Path) -> Result<u8, Failure> {
     let trajectories = crate::data::toolbench::load_answers(answers).map_err(user)?;
-    let convs: Vec<_> = trajectories.iter().map(|t| t.to_conversation()).collect();
-    let text = serde_json::to_string_pretty(&convs).expect("json");
+    let entries: Vec<_> = trajectories
+        .iter()
+        .flat_map(|t| t.to_sft_entries())
+        .collect();
+    let text = serde_json::to_string_pretty(&entries).expect("json");
     std::fs::write(out, text)
         .with_context(|| format!("writing {}", out.display()))
         .map_err(internal)?;
-    let steps: usize = trajectories.iter().map(|t| t.steps.len()).sum();
     eprintln!(
-        "wrote {} conversations ({steps} assistant steps) to {}",
-        convs.len(),
+        "wrote {} entries (one per assistant step) of {} trajectories to {}",
+        entries.len(),
+        trajectories.len(),
         out.display()
     );
     Ok(exit::OK)
@@ -420,9 +430,12 @@ fn cmd_data_inspect(
     tokenizer: Option<&Path>,
     vocab_size: usize,
     loss_on: &str,
+    template: &str,
     json: bool,
 ) -> Result<u8, Failure> {
     use crate::data::{self, Source};
+    let template: data::Template =
+        serde_json::from_value(serde_json::Value::from(template)).map_err(user)?;
     let src = Source::parse(source);
     let examples = match src.load().map_err(user)? {
         Some(ex) => ex,
@@ -443,8 +456,15 @@ fn cmd_data_inspect(
         None => {
             let texts: Vec<String> = examples
                 .iter()
-                .map(|e| format!("{}{}", data::render_prompt(e), data::render_completion(e)))
-                .collect();
+                .map(|e| {
+                    Ok(format!(
+                        "{}{}",
+                        template.prompt(e)?,
+                        template.completion(e)?
+                    ))
+                })
+                .collect::<Result<_, data::DataError>>()
+                .map_err(user)?;
             data::train_tokenizer(&texts, vocab_size).map_err(user)?
         }
     };
@@ -453,13 +473,16 @@ fn cmd_data_inspect(
     } else {
         config::LossOn::Completion
     };
-    let enc = data::encode_example(&tok, e, loss, usize::MAX).map_err(internal)?;
+    let enc = data::encode_example(&tok, e, template, loss).map_err(user)?;
     let tokens: Vec<String> = enc
         .ids
         .iter()
         .map(|&i| tok.id_to_token(i).unwrap_or_else(|| format!("<{i}>")))
         .collect();
-    let (prompt, completion) = (data::render_prompt(e), data::render_completion(e));
+    let (prompt, completion) = (
+        template.prompt(e).map_err(user)?,
+        template.completion(e).map_err(user)?,
+    );
     if json {
         let v = serde_json::json!({
             "id": e.id, "dataset": src.name(), "category": e.category,

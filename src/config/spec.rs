@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::data::Source;
+use crate::data::{Source, Template, Truncation};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,8 +50,15 @@ pub struct DataConfig {
     pub seed: u64,
     /// Vocabulary size of the BPE tokenizer trained on the corpus (presets only).
     pub vocab_size: usize,
-    /// Examples longer than this (in tokens) are truncated.
+    /// Examples longer than this (in tokens) are fitted by `truncation`.
     pub max_seq_len: usize,
+    /// How examples become text, in training and inference: `compact` or `toolllama`.
+    #[serde(default)]
+    pub template: Template,
+    /// `keep_start` (TRL's: cut from the right), `keep_end` (leave out the oldest earlier
+    /// steps) or `drop`. An example left with no scored token is dropped in every mode.
+    #[serde(default)]
+    pub truncation: Truncation,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +228,8 @@ impl Default for RunConfig {
                 seed: 1234,
                 vocab_size: 512,
                 max_seq_len: 128,
+                template: Template::Compact,
+                truncation: Truncation::KeepStart,
             },
             train: TrainConfig {
                 lr: 5e-5,

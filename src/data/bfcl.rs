@@ -205,5 +205,6 @@ fn example(q: Question, ground_truth: Vec<Map<String, Value>>) -> Example {
             ground_truth,
         }),
         history: vec![],
+        raw: None,
     }
 }

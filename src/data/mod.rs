@@ -2,8 +2,10 @@
 //! tokenization (a BPE trained on the corpus, or a checkpoint's own), and batching.
 
 pub mod bfcl;
+pub mod pyliteral;
 pub mod synthetic;
 pub mod toolbench;
+pub mod toolllama;
 
 use std::path::Path;
 
@@ -78,6 +80,81 @@ pub struct Example {
     /// Earlier steps of a multi-step episode (ToolBench), with their observations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Turn>,
+    /// The conversation exactly as ToolBench's SFT file has it, for the `toolllama`
+    /// template; `None` for sources that have no such text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawConversation>,
+}
+
+/// An SFT entry's turns before the target (system with the API list, user, then
+/// assistant / function turns and DFS's later user turns), and the target itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawConversation {
+    pub turns: Vec<toolbench::ConversationTurn>,
+    pub target: String,
+}
+
+/// How an example becomes text: one template for training and inference (`data.template`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Template {
+    /// ablate's own: explicit `<|role|>` delimiters, each tool as `name(params)`, the call
+    /// re-serialized as compact JSON.
+    #[default]
+    Compact,
+    /// ToolLLaMA's: the file's turns as `System: …`, `User: …`, `Assistant: …`,
+    /// `Function: …` lines (ToolBench's system prompt and API documentation as in the
+    /// file), the target byte for byte. Needs ToolBench's SFT files.
+    Toolllama,
+}
+
+impl Template {
+    pub fn name(self) -> &'static str {
+        match self {
+            Template::Compact => "compact",
+            Template::Toolllama => "toolllama",
+        }
+    }
+
+    fn raw(self, e: &Example) -> Result<&RawConversation, DataError> {
+        e.raw.as_ref().ok_or_else(|| DataError::Template {
+            template: self.name(),
+            message: format!(
+                "example {} has no ToolBench conversation: this template needs ToolBench's \
+                 SFT files (toolllama_G123_dfs_*.json)",
+                e.id
+            ),
+        })
+    }
+
+    /// The text before the model's turn.
+    pub fn prompt(self, e: &Example) -> Result<String, DataError> {
+        match self {
+            Template::Compact => Ok(render_prompt(e)),
+            Template::Toolllama => {
+                let mut text = String::new();
+                for t in &self.raw(e)?.turns {
+                    let role = match t.from.as_str() {
+                        "system" => "System",
+                        "user" => "User",
+                        "function" => "Function",
+                        _ => "Assistant",
+                    };
+                    text.push_str(&format!("{role}: {}\n", t.value));
+                }
+                text.push_str("Assistant: ");
+                Ok(text)
+            }
+        }
+    }
+
+    /// The model's turn (the training target, and the gold text beside predictions).
+    pub fn completion(self, e: &Example) -> Result<String, DataError> {
+        match self {
+            Template::Compact => Ok(render_completion(e)),
+            Template::Toolllama => Ok(self.raw(e)?.target.clone()),
+        }
+    }
 }
 
 /// One earlier assistant turn (ReAct text) and the function's answer to it.
@@ -103,7 +180,8 @@ pub enum Source {
     Bfcl(std::path::PathBuf),
     /// A directory of ToolBench DFS answer files: one example per assistant step.
     ToolBench(std::path::PathBuf),
-    /// A JSON file in ToolBench's `conversations` SFT format: one example per assistant step.
+    /// A JSON file in ToolBench's SFT format (`toolllama_G123_dfs_*.json`): one example
+    /// per entry, the entry's last assistant turn as its target.
     Conversations(std::path::PathBuf),
 }
 
@@ -143,12 +221,7 @@ impl Source {
                     .flat_map(toolbench::Trajectory::step_examples)
                     .collect(),
             ),
-            Source::Conversations(f) => Some(
-                toolbench::load_conversations(f)?
-                    .iter()
-                    .flat_map(toolbench::Trajectory::step_examples)
-                    .collect(),
-            ),
+            Source::Conversations(f) => Some(toolllama::load(f)?),
         })
     }
 }
@@ -171,7 +244,7 @@ pub const EOS_ID: u32 = 2;
 pub const PAD_ID: u32 = 1;
 pub const SPECIALS: [&str; 4] = ["<s>", "<pad>", "</s>", "<unk>"];
 
-/// The chat template: explicit delimiters, the same text for training and inference.
+/// The compact template: explicit delimiters, the same text for training and inference.
 pub fn render_prompt(e: &Example) -> String {
     let tools: Vec<String> = e
         .tools
@@ -193,7 +266,7 @@ pub fn render_prompt(e: &Example) -> String {
     text
 }
 
-/// The gold assistant turn in ReAct form.
+/// The gold assistant turn in ReAct form (the compact template's).
 pub fn render_completion(e: &Example) -> String {
     format!(
         "Thought: {}\nAction: {}\nAction Input: {}",
@@ -203,12 +276,26 @@ pub fn render_completion(e: &Example) -> String {
     )
 }
 
+/// A call in the compact template's ReAct form; an input that is JSON is re-serialized
+/// compactly, anything else kept as written.
+pub fn react_text(thought: &str, action: &str, input: &str) -> String {
+    let input = serde_json::from_str::<Value>(input)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| input.to_string());
+    format!("Thought: {thought}\nAction: {action}\nAction Input: {input}")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    #[error("data.template = \"{template}\": {message}")]
+    Template {
+        template: &'static str,
+        message: String,
+    },
 }
 
 fn tok_err(e: impl std::fmt::Display) -> DataError {
@@ -275,22 +362,27 @@ pub struct Encoded {
 }
 
 /// The prompt's ids as the model sees them at inference: BOS + prompt.
-pub fn encode_prompt(tok: &Tokenizer, e: &Example) -> Result<Vec<u32>, DataError> {
+pub fn encode_prompt(
+    tok: &Tokenizer,
+    e: &Example,
+    template: Template,
+) -> Result<Vec<u32>, DataError> {
     let mut ids = vec![EOS_ID];
-    ids.extend(encode(tok, &render_prompt(e))?);
+    ids.extend(encode(tok, &template.prompt(e)?)?);
     Ok(ids)
 }
 
+/// BOS + prompt + completion + EOS, whole, with its labels.
 pub fn encode_example(
     tok: &Tokenizer,
     e: &Example,
+    template: Template,
     loss_on: LossOn,
-    max_len: usize,
 ) -> Result<Encoded, DataError> {
     // Prompt and completion are encoded apart so no BPE merge crosses the boundary, and
     // inference sees exactly the prompt ids that training did.
-    let prompt = encode_prompt(tok, e)?;
-    let mut completion = encode(tok, &render_completion(e))?;
+    let prompt = encode_prompt(tok, e, template)?;
+    let mut completion = encode(tok, &template.completion(e)?)?;
     completion.push(EOS_ID);
     let mut ids = prompt.clone();
     ids.extend(&completion);
@@ -300,9 +392,151 @@ pub fn encode_example(
             *l = -100;
         }
     }
-    ids.truncate(max_len);
-    labels.truncate(max_len);
     Ok(Encoded { ids, labels })
+}
+
+impl Encoded {
+    /// Positions that count in the loss (labels after the shift, as `Batch` counts them).
+    pub fn scored(&self) -> usize {
+        self.labels.iter().skip(1).filter(|&&l| l != -100).count()
+    }
+}
+
+/// What to do with an example longer than `data.max_seq_len` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Cut from the right (TRL's default): the end of the target goes first.
+    #[default]
+    KeepStart,
+    /// Keep the system turn, the query and the target; leave out the oldest earlier
+    /// steps until it fits.
+    KeepEnd,
+    /// Leave the example out.
+    Drop,
+}
+
+/// What fitting one example into the length limit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    Whole,
+    Truncated,
+    /// Left out: `drop`, or nothing scored would remain.
+    Dropped,
+}
+
+/// A split's tokenized examples and what fitting them to the length limit did.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedSplit {
+    pub examples: Vec<Encoded>,
+    pub truncated: usize,
+    pub dropped: usize,
+    /// Each example's length in tokens before any cut, in input order.
+    pub lengths: Vec<usize>,
+}
+
+/// Settings that turn examples into training sequences.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoding {
+    pub template: Template,
+    pub loss_on: LossOn,
+    pub max_len: usize,
+    pub truncation: Truncation,
+}
+
+impl Encoding {
+    /// Tokenizes a split in parallel, fitting each example to `max_len`. An example whose
+    /// scored tokens would all be cut is dropped, never trained as a zero loss.
+    pub fn split(&self, tok: &Tokenizer, examples: &[Example]) -> Result<EncodedSplit, DataError> {
+        use rayon::prelude::*;
+        let fitted: Vec<(Option<Encoded>, Fit, usize)> = examples
+            .par_iter()
+            .map(|e| self.fit(tok, e))
+            .collect::<Result<_, _>>()?;
+        let mut out = EncodedSplit::default();
+        for (enc, fit, len) in fitted {
+            out.lengths.push(len);
+            match fit {
+                Fit::Whole => {}
+                Fit::Truncated => out.truncated += 1,
+                Fit::Dropped => out.dropped += 1,
+            }
+            out.examples.extend(enc);
+        }
+        Ok(out)
+    }
+
+    /// One example fitted to `max_len`, how, and its whole length.
+    pub fn fit(
+        &self,
+        tok: &Tokenizer,
+        e: &Example,
+    ) -> Result<(Option<Encoded>, Fit, usize), DataError> {
+        let mut enc = encode_example(tok, e, self.template, self.loss_on)?;
+        let len = enc.ids.len();
+        if len <= self.max_len {
+            return Ok((Some(enc), Fit::Whole, len));
+        }
+        let fitted = match self.truncation {
+            Truncation::Drop => None,
+            Truncation::KeepStart => {
+                enc.ids.truncate(self.max_len);
+                enc.labels.truncate(self.max_len);
+                Some(enc)
+            }
+            Truncation::KeepEnd => {
+                let mut found = None;
+                for k in 1..=e.history.len() {
+                    let shorter = encode_example(
+                        tok,
+                        &e.without_oldest_steps(k),
+                        self.template,
+                        self.loss_on,
+                    )?;
+                    if shorter.ids.len() <= self.max_len {
+                        found = Some(shorter);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        Ok(match fitted.filter(|f| f.scored() > 0) {
+            Some(f) => (Some(f), Fit::Truncated, len),
+            None => (None, Fit::Dropped, len),
+        })
+    }
+}
+
+impl Example {
+    /// The example without its `k` oldest earlier steps (calls with their observations,
+    /// and any user turns between them), in every template's text.
+    pub fn without_oldest_steps(&self, k: usize) -> Example {
+        let mut e = self.clone();
+        e.history.drain(..k.min(e.history.len()));
+        if let Some(raw) = &mut e.raw {
+            // History starts after the first user turn; each step ends before the next
+            // assistant turn.
+            let start = raw
+                .turns
+                .iter()
+                .position(|t| t.from == "user")
+                .map_or(0, |p| p + 1);
+            let mut end = start;
+            let mut seen = 0;
+            while end < raw.turns.len() {
+                if raw.turns[end].from == "assistant" {
+                    if seen == k {
+                        break;
+                    }
+                    seen += 1;
+                }
+                end += 1;
+            }
+            raw.turns.drain(start..end);
+        }
+        e
+    }
 }
 
 /// A right-padded batch (TRL's default).
@@ -390,14 +624,15 @@ mod tests {
             .collect();
         let tok = train_tokenizer(&texts, 400).unwrap();
         assert_eq!(tok.get_vocab_size(true), 400);
-        let enc = encode_example(&tok, &ex[0], LossOn::Completion, 512).unwrap();
-        let prompt = encode_prompt(&tok, &ex[0]).unwrap();
+        let c = Template::Compact;
+        let enc = encode_example(&tok, &ex[0], c, LossOn::Completion).unwrap();
+        let prompt = encode_prompt(&tok, &ex[0], c).unwrap();
         assert_eq!(enc.ids[..prompt.len()], prompt[..]);
         assert!(enc.labels[..prompt.len()].iter().all(|&l| l == -100));
         assert_eq!(*enc.ids.last().unwrap(), EOS_ID);
         let text = decode(&tok, &enc.ids[prompt.len()..]).unwrap();
         assert_eq!(text, render_completion(&ex[0]));
-        let all = encode_example(&tok, &ex[0], LossOn::All, 512).unwrap();
+        let all = encode_example(&tok, &ex[0], c, LossOn::All).unwrap();
         assert!(all.labels.iter().all(|&l| l >= 0));
         let b = Batch::from_examples(&[&enc, &all]);
         assert_eq!(

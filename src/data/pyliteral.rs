@@ -197,7 +197,9 @@ impl Parser<'_> {
                 '\\' => {
                     let Some((_, e)) = chars.next() else { break };
                     let mut hex = |n: usize| -> Result<char, PyError> {
-                        let h: String = (0..n).filter_map(|_| chars.next().map(|(_, c)| c)).collect();
+                        let h: String = (0..n)
+                            .filter_map(|_| chars.next().map(|(_, c)| c))
+                            .collect();
                         u32::from_str_radix(&h, 16)
                             .ok()
                             .filter(|_| h.len() == n)
@@ -240,6 +242,23 @@ impl Parser<'_> {
 }
 
 impl Py {
+    /// A JSON value as Python's `json.loads` gives it (integers stay ints).
+    pub fn from_json(v: &Value) -> Py {
+        match v {
+            Value::Null => Py::None,
+            Value::Bool(b) => Py::Bool(*b),
+            Value::Number(n) if n.is_i64() || n.is_u64() => Py::Int(n.to_string()),
+            Value::Number(n) => Py::Float(n.as_f64().unwrap_or(f64::NAN)),
+            Value::String(s) => Py::Str(s.clone()),
+            Value::Array(a) => Py::List(a.iter().map(Py::from_json).collect()),
+            Value::Object(o) => Py::Dict(
+                o.iter()
+                    .map(|(k, v)| (Py::Str(k.clone()), Py::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+
     /// The value as JSON (tuples become arrays; dict keys that are not strings are written
     /// as their `str()`).
     pub fn to_json(&self) -> Value {
@@ -336,7 +355,11 @@ fn float_repr(f: f64) -> String {
             format!("{s}.0")
         }
     } else {
-        format!("{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+        format!(
+            "{mantissa}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
     }
 }
 
@@ -411,7 +434,9 @@ mod tests {
             serde_json::json!({"a": [1, -2.5, true, null], "b": ["x"], "c": {}})
         );
         assert_eq!(
-            parse(r#"{"k": [true, false, null, 1e-05]}"#).unwrap().to_json(),
+            parse(r#"{"k": [true, false, null, 1e-05]}"#)
+                .unwrap()
+                .to_json(),
             serde_json::json!({"k": [true, false, null, 1e-05]})
         );
     }

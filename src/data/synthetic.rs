@@ -223,6 +223,7 @@ pub fn generate(n: usize, seed: u64, split: &str) -> Vec<Example> {
                 },
                 bfcl: None,
                 history: vec![],
+                raw: None,
             }
         })
         .collect()

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::pyliteral::Py;
 use super::{DataError, Example, GoldCall, ToolSpec, Turn};
 
 /// One assistant step and what the function returned.
@@ -206,6 +207,7 @@ impl Trajectory {
                         ),
                     })
                     .collect(),
+                raw: None,
             })
             .collect()
     }
@@ -222,15 +224,9 @@ fn truncate_chars(s: &str, n: usize) -> String {
     }
 }
 
-/// A step in ReAct form, as the assistant turns of the chat template write it.
+/// A step in ReAct form, as the compact template's assistant turns write it.
 fn react(s: &Step) -> String {
-    let input = serde_json::from_str::<Value>(&s.action_input)
-        .map(|v| v.to_string())
-        .unwrap_or_else(|_| s.action_input.clone());
-    format!(
-        "Thought: {}\nAction: {}\nAction Input: {input}",
-        s.thought, s.action
-    )
+    super::react_text(&s.thought, &s.action, &s.action_input)
 }
 
 /// A test query: ToolBench's `instruction/*.json` and StableToolBench's
@@ -353,7 +349,7 @@ pub fn load_tsv(path: &Path) -> Result<Vec<std::collections::BTreeMap<String, St
 }
 
 /// The line before the API list in the system turn of ToolBench's `conversations` format.
-const APIS_MARKER: &str = "Specifically, you have access to the following APIs: ";
+pub(crate) const APIS_MARKER: &str = "Specifically, you have access to the following APIs: ";
 const SYSTEM_PROMPT: &str =
     "You are AutoGPT, you can use many tools(functions) to do the following task.\n\
 First I will give you the task description, and your task start.\n\
@@ -376,9 +372,9 @@ that function calls always fail(the function is not valid now), use function \
 Finish->give_up_and_restart.\n\
 2.Do not use origin tool names, use only subfunctions' names.\n";
 
-/// One conversation of ToolBench's SFT format: `{"id", "conversations": [{"from", "value"}]}`
+/// One entry of ToolBench's SFT format: `{"id", "conversations": [{"from", "value"}]}`
 /// with `system`, `user`, `assistant` (`Thought: / Action: / Action Input:`) and `function`
-/// turns, as ToolBench's preprocessing writes its training data.
+/// turns, as ToolBench's preprocessing writes its training data (read by `toolllama`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
     pub id: String,
@@ -392,39 +388,58 @@ pub struct ConversationTurn {
 }
 
 impl Trajectory {
-    /// The trajectory in ToolBench's `conversations` format. The id keeps ablate's
-    /// `<group>-<number>` so that a round trip gives the same trajectory.
-    pub fn to_conversation(&self) -> Conversation {
+    /// The trajectory in ToolBench's SFT format, as its preprocessing writes it: one entry
+    /// per assistant step (`"Step N: <query>"`, N the step's message index), each holding
+    /// the system turn with the API list as a Python literal, the user turn, the earlier
+    /// steps with their observations, and the step itself last. Key order inside the
+    /// parameter schemas is sorted (ablate reads answer files into JSON maps).
+    pub fn to_sft_entries(&self) -> Vec<Conversation> {
         let turn = |from: &str, value: String| ConversationTurn {
             from: from.into(),
             value,
         };
-        let mut turns = vec![
+        let functions = Py::List(
+            self.functions
+                .iter()
+                .map(|f| {
+                    Py::Dict(vec![
+                        (Py::Str("name".into()), Py::Str(f.name.clone())),
+                        (
+                            Py::Str("description".into()),
+                            Py::Str(f.description.clone()),
+                        ),
+                        (Py::Str("parameters".into()), Py::from_json(&f.parameters)),
+                    ])
+                })
+                .collect(),
+        );
+        let head = vec![
             turn(
                 "system",
-                format!(
-                    "{SYSTEM_PROMPT}{APIS_MARKER}{}",
-                    serde_json::to_string(&self.functions).expect("json")
-                ),
+                format!("{SYSTEM_PROMPT}\n{APIS_MARKER}{}", functions.repr()),
             ),
-            turn("user", format!("{}\nBegin!\n", self.query)),
+            turn("user", format!("\n{}\nBegin!\n", self.query)),
         ];
-        for s in &self.steps {
-            turns.push(turn(
-                "assistant",
-                format!(
-                    "\nThought: {}\nAction: {}\nAction Input: {}",
-                    s.thought, s.action, s.action_input
-                ),
-            ));
-            if let Some(o) = &s.observation {
-                turns.push(turn("function", o.clone()));
-            }
-        }
-        Conversation {
-            id: self.id.clone(),
-            conversations: turns,
-        }
+        let react = |s: &Step| {
+            format!(
+                "\nThought: {}\nAction: {}\nAction Input: {}",
+                s.thought, s.action, s.action_input
+            )
+        };
+        (0..self.steps.len())
+            .map(|k| {
+                let mut turns = head.clone();
+                for s in &self.steps[..k] {
+                    turns.push(turn("assistant", react(s)));
+                    turns.push(turn("function", s.observation.clone().unwrap_or_default()));
+                }
+                turns.push(turn("assistant", react(&self.steps[k])));
+                Conversation {
+                    id: format!("Step {}: {}", 2 + 2 * k, self.query),
+                    conversations: turns,
+                }
+            })
+            .collect()
     }
 }
 
@@ -432,7 +447,7 @@ impl Trajectory {
 /// contain "Action:" lines (models write plans), so the action is the last `Action:` line
 /// directly followed by an `Action Input:` line; the input (JSON, no line starting with
 /// "Action") runs to the end.
-fn parse_assistant(value: &str) -> Option<(String, String, String)> {
+pub(crate) fn parse_assistant(value: &str) -> Option<(String, String, String)> {
     let v = format!("\n{value}");
     let (thought, action, input) = v.rmatch_indices("\nAction: ").find_map(|(at, m)| {
         let rest = &v[at + m.len()..];
@@ -447,78 +462,4 @@ fn parse_assistant(value: &str) -> Option<(String, String, String)> {
         action.trim().to_string(),
         input.trim().to_string(),
     ))
-}
-
-/// Reads a JSON file of conversations (ToolBench's SFT format) as trajectories.
-pub fn load_conversations(path: &Path) -> Result<Vec<Trajectory>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| err(path, e.to_string()))?;
-    let convs: Vec<Conversation> = serde_json::from_str(&text)
-        .map_err(|e| err(path, format!("not a list of conversations: {e}")))?;
-    convs
-        .iter()
-        .enumerate()
-        .map(|(n, c)| {
-            let at = |m: String| err(path, format!("conversation {n} ({}): {m}", c.id));
-            let mut functions = Vec::new();
-            let mut query = None;
-            let mut steps: Vec<Step> = Vec::new();
-            for (i, t) in c.conversations.iter().enumerate() {
-                match t.from.as_str() {
-                    "system" => {
-                        let list = t
-                            .value
-                            .split_once(APIS_MARKER)
-                            .map(|(_, l)| l.trim())
-                            .ok_or_else(|| {
-                                at(format!("turn {i}: no API list in the system turn"))
-                            })?;
-                        let fs: Vec<Value> = serde_json::from_str(list)
-                            .map_err(|e| at(format!("turn {i}: API list is not JSON: {e}")))?;
-                        functions = fs.iter().map(ToolSpec::from_json).collect();
-                    }
-                    "user" if query.is_none() => {
-                        query = Some(t.value.trim().trim_end_matches("Begin!").trim().to_string());
-                    }
-                    "assistant" => {
-                        let (thought, action, action_input) = parse_assistant(&t.value)
-                            .ok_or_else(|| {
-                                at(format!(
-                                    "turn {i}: not `Thought: / Action: / Action Input:`"
-                                ))
-                            })?;
-                        steps.push(Step {
-                            thought,
-                            action,
-                            action_input,
-                            observation: None,
-                        });
-                    }
-                    "function" => {
-                        steps
-                            .last_mut()
-                            .ok_or_else(|| at(format!("turn {i}: observation before any call")))?
-                            .observation = Some(t.value.clone());
-                    }
-                    _ => {}
-                }
-            }
-            let query = query.ok_or_else(|| at("no user turn".into()))?;
-            if steps.is_empty() {
-                return Err(at("no assistant turn".into()));
-            }
-            // The format keeps no outcome: a trajectory gave an answer when it ends in
-            // Finish with give_answer, as ToolEval's rules read it.
-            let answered = steps
-                .last()
-                .is_some_and(|s| s.action == "Finish" && s.action_input.contains("give_answer"));
-            Ok(Trajectory {
-                group: c.id.split('-').next().unwrap_or_default().to_string(),
-                id: c.id.clone(),
-                query,
-                functions,
-                steps,
-                finish_type: if answered { "give_answer" } else { "give_up" }.into(),
-            })
-        })
-        .collect()
 }

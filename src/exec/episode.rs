@@ -68,8 +68,9 @@ pub fn run_episodes(
                 },
                 bfcl: None,
                 history: history.clone(),
+                raw: None,
             };
-            let prompt = data::encode_prompt(tok, &example)?;
+            let prompt = data::encode_prompt(tok, &example, cfg.data.template)?;
             if prompt.len() + cfg.eval.max_new_tokens > max_positions {
                 verdict = "context_overflow";
                 break;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use crate::config::ModelInit;
-use crate::data::{self, synthetic, Encoded, Example, Source};
+use crate::data::{self, synthetic, Example, Source};
 use crate::eval::{judge, llm_judge};
 use crate::model::{self, Decoding, GenerateOptions, ModelSource, Opt};
 use crate::store::Record;
@@ -111,6 +111,7 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
     };
 
     let source = ModelSource::resolve(&cfg.model.name)?;
+    let template = cfg.data.template;
     // Only a preset gets a tokenizer trained on the data: a checkpoint brings its own
     // (`tokenizer()` fails when it has none).
     let tokenizer = match source.tokenizer()? {
@@ -118,8 +119,14 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
         None => {
             let texts: Vec<String> = train_ex
                 .iter()
-                .map(|e| format!("{}{}", data::render_prompt(e), data::render_completion(e)))
-                .collect();
+                .map(|e| {
+                    Ok(format!(
+                        "{}{}",
+                        template.prompt(e)?,
+                        template.completion(e)?
+                    ))
+                })
+                .collect::<Result<_, data::DataError>>()?;
             data::train_tokenizer(&texts, cfg.data.vocab_size)?
         }
     };
@@ -148,7 +155,7 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
         // evaluation prompt plus its decoding budget.
         let longest_prompt = eval_ex
             .iter()
-            .map(|e| data::encode_prompt(&tokenizer, e).map(|p| p.len()))
+            .map(|e| data::encode_prompt(&tokenizer, e, template).map(|p| p.len()))
             .try_fold(0, |m, n| n.map(|n| m.max(n)))?;
         mcfg.max_position_embeddings = mcfg
             .max_position_embeddings
@@ -172,20 +179,34 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
         loaded.params.num_elements() as f64,
     ));
 
-    let encode = |ex: &[Example]| -> Result<Vec<Encoded>, RunError> {
-        ex.iter()
-            .map(|e| {
-                Ok(data::encode_example(
-                    &tokenizer,
-                    e,
-                    cfg.train.loss_on,
-                    cfg.data.max_seq_len,
-                )?)
-            })
-            .collect()
+    let encoding = data::Encoding {
+        template,
+        loss_on: cfg.train.loss_on,
+        max_len: cfg.data.max_seq_len,
+        truncation: cfg.data.truncation,
     };
-    let train_enc = encode(&train_ex)?;
-    let val_enc = encode(&test_ex)?;
+    let train_enc = encoding.split(&tokenizer, &train_ex)?;
+    let val_enc = encoding.split(&tokenizer, &test_ex)?;
+    for (split, enc) in [("train", &train_enc), ("val", &val_enc)] {
+        for (name, v) in fit_metrics(enc) {
+            emit(metric(run_id, name, split, -1, v));
+        }
+    }
+    if train_enc.examples.is_empty() && cfg.train.epochs > 0 {
+        return Err(RunError::Data(data::DataError::File {
+            path: cfg.data.train.clone(),
+            message: format!(
+                "all {} training examples were dropped by data.truncation = \"{}\" at \
+                 data.max_seq_len = {}: raise max_seq_len",
+                train_ex.len(),
+                serde_json::to_value(cfg.data.truncation)
+                    .expect("json")
+                    .as_str()
+                    .unwrap_or_default(),
+                cfg.data.max_seq_len
+            ),
+        }));
+    }
 
     let mut train_err = None;
     {
@@ -234,8 +255,8 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
         if let Err(e) = train::train(
             &loaded.model,
             &loaded.params,
-            &train_enc,
-            &val_enc,
+            &train_enc.examples,
+            &val_enc.examples,
             &cfg.train,
             &train_opts,
             cancel,
@@ -348,7 +369,7 @@ fn evaluate(
         }
         let prompts = chunk
             .iter()
-            .map(|e| data::encode_prompt(tok, e))
+            .map(|e| data::encode_prompt(tok, e, cfg.data.template))
             .collect::<Result<Vec<_>, _>>()?;
         let outs = model::generate(model, &prompts, &opts, &stop)?;
         for (e, out) in chunk.iter().zip(outs) {
@@ -385,7 +406,7 @@ fn evaluate(
                     verdict: v.verdict,
                     passed: v.passed,
                     prediction: text.clone(),
-                    gold: data::render_completion(e),
+                    gold: cfg.data.template.completion(e)?,
                 }));
             }
         }
@@ -398,6 +419,28 @@ fn evaluate(
         });
     }
     Ok(scores)
+}
+
+/// How fitting a split to the length limit went, as run metrics: example counts, and
+/// token lengths before any cut (so a user can choose `data.max_seq_len`).
+fn fit_metrics(enc: &data::EncodedSplit) -> Vec<(&'static str, f64)> {
+    let mut lens = enc.lengths.clone();
+    lens.sort_unstable();
+    let q = |p: f64| -> f64 {
+        if lens.is_empty() {
+            return 0.0;
+        }
+        lens[((lens.len() - 1) as f64 * p).round() as usize] as f64
+    };
+    vec![
+        ("examples", lens.len() as f64),
+        ("examples_truncated", enc.truncated as f64),
+        ("examples_dropped", enc.dropped as f64),
+        ("seq_len_min", q(0.0)),
+        ("seq_len_median", q(0.5)),
+        ("seq_len_p95", q(0.95)),
+        ("seq_len_max", q(1.0)),
+    ]
 }
 
 /// Where a run's files live, beside the database.

@@ -9,6 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{set_path, ConfigError, ConfigProblem, Experiment, ModelInit, RunConfig};
+use crate::data::Template;
 use crate::model::ModelSource;
 
 /// Bumped when a code change makes old results incomparable (it is hashed into every id).
@@ -67,6 +68,8 @@ const ADDED_KEYS: &[(&str, &str, &str)] = &[
         "judge",
         r#"{"api_key_env":"OPENAI_API_KEY","k":3,"model":"","temperature":0.0,"timeout_s":60,"url":""}"#,
     ),
+    ("data", "template", r#""compact""#),
+    ("data", "truncation", r#""keep_start""#),
 ];
 
 /// The JSON that the run id hashes: the canonical config less [`ADDED_KEYS`] at their
@@ -124,12 +127,27 @@ fn model_problem(name: &str, init: ModelInit) -> Option<(String, String)> {
 }
 
 /// Whether a data source loads (`synthetic`, a BFCL question file, a directory of
-/// ToolBench answer files), read now so that a bad file fails the plan, not every run.
-fn data_problem(key: &str, spec: &str) -> Option<(String, String)> {
+/// ToolBench answer files, a ToolBench SFT file) and can be written in `template`, read now
+/// so that a bad file fails the plan, not every run.
+fn data_problem(key: &str, spec: &str, template: Template) -> Option<(String, String)> {
+    let problem = |m: String| Some((key.to_string(), m));
     match crate::data::Source::parse(spec).load() {
-        Ok(Some(ex)) if ex.is_empty() => Some((key.into(), format!("{spec}: no examples"))),
-        Ok(_) => None,
-        Err(e) => Some((key.into(), e.to_string())),
+        Ok(Some(ex)) if ex.is_empty() => problem(format!("{spec}: no examples")),
+        Ok(Some(ex)) => ex.iter().find_map(|e| template.prompt(e).err()).map(|e| {
+            (
+                "data.template".to_string(),
+                format!("{e} (in {key} = \"{spec}\")"),
+            )
+        }),
+        Ok(None) if template != Template::Compact => Some((
+            "data.template".into(),
+            format!(
+                "\"{}\" cannot write the synthetic task ({key})",
+                template.name()
+            ),
+        )),
+        Ok(None) => None,
+        Err(e) => problem(e.to_string()),
     }
 }
 
@@ -223,9 +241,10 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
         ]
         .into_iter()
         .filter_map(|(k, spec)| {
+            let template = config.data.template;
             datasets
-                .entry((k, spec.clone()))
-                .or_insert_with(|| data_problem(k, spec))
+                .entry((k, spec.clone(), template))
+                .or_insert_with(|| data_problem(k, spec, template))
                 .clone()
         })
         .collect();

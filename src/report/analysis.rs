@@ -176,6 +176,18 @@ fn load_run(
     let grad_norm = store.series(run_id, "grad_norm", "train")?;
     let tps = store.series(run_id, "tokens_per_s", "train")?;
     let params = store.summary_metric(run_id, "params", "model")?;
+    let fit = |name: &str| store.summary_metric(run_id, name, "train");
+    let data_fit = match fit("examples")? {
+        Some(examples) => Some(super::DataFit {
+            examples,
+            truncated: fit("examples_truncated")?.unwrap_or(0.0),
+            dropped: fit("examples_dropped")?.unwrap_or(0.0),
+            median_len: fit("seq_len_median")?.unwrap_or(0.0),
+            p95_len: fit("seq_len_p95")?.unwrap_or(0.0),
+            max_len: fit("seq_len_max")?.unwrap_or(0.0),
+        }),
+        None => None,
+    };
     let verdicts = store.verdicts(run_id)?;
 
     let mut norms: Vec<f64> = grad_norm.iter().map(|&(_, v)| v).collect();
@@ -239,6 +251,7 @@ fn load_run(
             .then(|| tps.iter().map(|&(_, v)| v).sum::<f64>() / tps.len() as f64),
         max_grad_norm: norms.last().copied(),
         grad_spikes: spike_steps.len(),
+        data_fit,
     };
     Ok(Loaded {
         row,

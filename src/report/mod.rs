@@ -102,6 +102,21 @@ pub struct RunRow {
     /// Steps whose pre-clip gradient norm exceeds `SPIKE_FACTOR` times the median of the
     /// `SPIKE_WINDOW` steps before it (or is not finite).
     pub grad_spikes: usize,
+    /// How the training split fitted `data.max_seq_len` (runs from before it was recorded
+    /// have none).
+    pub data_fit: Option<DataFit>,
+}
+
+/// Training examples against the length limit: how many were cut or left out, and their
+/// token lengths before any cut.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DataFit {
+    pub examples: f64,
+    pub truncated: f64,
+    pub dropped: f64,
+    pub median_len: f64,
+    pub p95_len: f64,
+    pub max_len: f64,
 }
 
 /// Per-step series of one run, for the plots; not given to templates.

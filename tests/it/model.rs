@@ -26,7 +26,7 @@ pub(crate) fn save_tiny(dir: &Path) -> (model::LoadedModel, tokenizers::Tokenize
 fn prompts(tok: &tokenizers::Tokenizer) -> Vec<Vec<u32>> {
     synthetic::generate(3, 9, "test")
         .iter()
-        .map(|e| data::encode_prompt(tok, e).unwrap())
+        .map(|e| data::encode_prompt(tok, e, data::Template::Compact).unwrap())
         .collect()
 }
 
@@ -154,7 +154,7 @@ fn hf_repo_ids_resolve_through_the_local_cache_or_fail_clearly() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("model.name") && err.contains("no model.safetensors"),
+        err.contains("model.name") && err.contains("no weights: looked for model.safetensors"),
         "{err}"
     );
 }

@@ -276,8 +276,8 @@ fn stabletoolbench_example_files_load_and_rules_agree_with_the_judge() {
 }
 
 #[test]
-fn answer_files_round_trip_through_toolbench_conversations_format() {
-    use ablate::data::toolbench::{load_answers, load_conversations, Conversation};
+fn answer_files_convert_to_toolbench_sft_entries_that_read_back_as_the_same_steps() {
+    use ablate::data::toolbench::{load_answers, Conversation};
     let tmp = tempfile::tempdir().unwrap();
     for dir in [
         "toolbench/ToolBench/data_example/answer",
@@ -288,52 +288,222 @@ fn answer_files_round_trip_through_toolbench_conversations_format() {
             .join(dir);
         let trajectories = load_answers(&src).unwrap();
         assert!(!trajectories.is_empty(), "{dir}");
-        let convs: Vec<Conversation> = trajectories.iter().map(|t| t.to_conversation()).collect();
-        // ToolBench's layout: system, user, then assistant / function turns.
-        for c in &convs {
+        let entries: Vec<Conversation> = trajectories
+            .iter()
+            .flat_map(|t| t.to_sft_entries())
+            .collect();
+        let steps: usize = trajectories.iter().map(|t| t.steps.len()).sum();
+        assert_eq!(entries.len(), steps, "{dir}: one entry per assistant step");
+        // ToolBench's layout: system, user, then assistant / function turns, the step last.
+        for c in &entries {
             let froms: Vec<&str> = c.conversations.iter().map(|t| t.from.as_str()).collect();
             assert_eq!(&froms[..2], ["system", "user"], "{}", c.id);
-            assert!(froms[2..]
-                .iter()
-                .all(|f| *f == "assistant" || *f == "function"));
-            assert!(c.conversations[2].value.contains("\nAction Input: "));
+            assert_eq!(froms.last(), Some(&"assistant"), "{}", c.id);
+            assert!(c.id.starts_with("Step "), "{}", c.id);
+            // The API list is a Python literal, as ToolBench writes it.
+            assert!(
+                c.conversations[0].value.contains("APIs: [{'name': '"),
+                "{}",
+                c.id
+            );
         }
-        let file = tmp.path().join("conversations.json");
-        std::fs::write(&file, serde_json::to_string(&convs).unwrap()).unwrap();
-        let back = load_conversations(&file).unwrap();
-        assert_eq!(back.len(), trajectories.len(), "{dir}");
-        for (b, t) in back.iter().zip(&trajectories) {
-            assert_eq!((&b.id, &b.group, &b.query), (&t.id, &t.group, &t.query));
-            // The format has no outcome field: it is read from the last Finish call, and
-            // must agree wherever the answer file records one.
-            if !t.finish_type.is_empty() {
-                assert_eq!(b.finish_type, t.finish_type, "{}", t.id);
-            }
-            assert!(b.functions == t.functions, "{}: functions differ", t.id);
-            assert_eq!(b.steps.len(), t.steps.len(), "{}", t.id);
-            for (k, (x, y)) in b.steps.iter().zip(&t.steps).enumerate() {
-                assert_eq!(x, y, "{} step {k}", t.id);
-            }
-        }
-        // As a data source it gives the same step-wise examples as the answer files.
-        let spec = file.to_str().unwrap();
-        let from_file = ablate::data::Source::parse(spec).load().unwrap().unwrap();
+        let file = tmp.path().join("sft.json");
+        std::fs::write(&file, serde_json::to_string(&entries).unwrap()).unwrap();
+        // As a data source it gives the answer files' step-wise examples.
+        let from_file = ablate::data::Source::parse(file.to_str().unwrap())
+            .load()
+            .unwrap()
+            .unwrap();
         let from_dir = ablate::data::Source::parse(src.to_str().unwrap())
             .load()
             .unwrap()
             .unwrap();
-        assert_eq!(from_file, from_dir);
+        assert_eq!(from_file.len(), from_dir.len(), "{dir}");
+        for (a, b) in from_file.iter().zip(&from_dir) {
+            assert_eq!(
+                (&a.query, &a.tools, &a.thought, &a.gold),
+                (&b.query, &b.tools, &b.thought, &b.gold),
+                "{}",
+                b.id
+            );
+            let calls = |e: &ablate::data::Example| -> Vec<String> {
+                e.history.iter().map(|t| t.assistant.clone()).collect()
+            };
+            assert_eq!(calls(a), calls(b), "{}", b.id);
+        }
     }
-    // A broken conversation names the file, the conversation and the turn.
-    let bad = tmp.path().join("bad.json");
-    std::fs::write(
-        &bad,
-        r#"[{"id": "G1-1", "conversations": [{"from": "system", "value": "no list"}]}]"#,
-    )
-    .unwrap();
-    let e = load_conversations(&bad).unwrap_err().to_string();
-    assert!(
-        e.contains("bad.json") && e.contains("conversation 0 (G1-1)") && e.contains("turn 0"),
-        "{e}"
+}
+
+/// ToolBench's own preprocessing output (`toolllama_G123_dfs_sample.json`, 41 entries).
+fn toolllama_sample() -> PathBuf {
+    root().join("ToolBench/toolllama/toolllama_G123_dfs_sample.json")
+}
+
+#[test]
+fn the_toolllama_sample_parses_exactly() {
+    use ablate::data::{pyliteral, Template};
+    let file = toolllama_sample();
+    let entries: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let entries = entries.as_array().unwrap();
+    let examples = ablate::data::Source::parse(file.to_str().unwrap())
+        .load()
+        .unwrap()
+        .unwrap();
+    assert_eq!(examples.len(), 41);
+    assert_eq!(entries.len(), 41);
+    for (entry, e) in entries.iter().zip(&examples) {
+        let id = entry["id"].as_str().unwrap();
+        let turns = entry["conversations"].as_array().unwrap();
+        let value = |t: &Value| t["value"].as_str().unwrap().to_string();
+        // The target is the file's last assistant turn, byte for byte, and the template
+        // gives it back unchanged.
+        let target = value(turns.last().unwrap());
+        assert_eq!(Template::Toolllama.completion(e).unwrap(), target, "{id}");
+        assert!(
+            target.contains(&format!("\nAction: {}\n", e.gold.name)),
+            "{id}"
+        );
+        // The query is the id's; the user turn wraps it.
+        assert_eq!(
+            id,
+            format!("{}: {}", id.split(": ").next().unwrap(), e.query)
+        );
+        assert!(value(&turns[1]).contains(&e.query), "{id}");
+        // Every tool recovered: the parsed list written back is the file's text exactly.
+        let system = value(&turns[0]);
+        let list = system
+            .split_once("Specifically, you have access to the following APIs: ")
+            .unwrap()
+            .1;
+        let parsed = pyliteral::parse(list).unwrap();
+        assert_eq!(
+            parsed.repr(),
+            list,
+            "{id}: the API list does not round-trip"
+        );
+        let names: Vec<String> = parsed
+            .to_json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect();
+        let got: Vec<String> = e.tools.iter().map(|t| t.name.clone()).collect();
+        assert_eq!(got, names, "{id}");
+        assert_eq!(got.last().map(String::as_str), Some("Finish"), "{id}");
+        assert!(
+            e.tools.iter().all(|t| t.parameters["type"] == "object"),
+            "{id}"
+        );
+        // The toolllama prompt holds every earlier turn as the file has it.
+        let prompt = Template::Toolllama.prompt(e).unwrap();
+        for t in &turns[..turns.len() - 1] {
+            assert!(
+                prompt.contains(&value(t)),
+                "{id}: a turn is missing from the prompt"
+            );
+        }
+        assert!(prompt.starts_with("System: You are AutoGPT") && prompt.ends_with("\nAssistant: "));
+        let calls = turns[2..turns.len() - 1]
+            .iter()
+            .filter(|t| t["from"] == "assistant")
+            .count();
+        assert_eq!(e.history.len(), calls, "{id}");
+    }
+}
+
+/// Trains the tiny preset on the toolllama sample with both templates, fitting its long
+/// examples with `keep_end`, and evaluates a few of them.
+#[test]
+fn the_toolllama_sample_trains_and_evaluates_with_both_templates() {
+    let sample = toolllama_sample();
+    let sweep = format!(
+        r#"
+[experiment]
+name = "toolllama"
+[model]
+name = "tiny"
+[data]
+train = {sample:?}
+eval = {sample:?}
+vocab_size = 2000
+max_seq_len = 1024
+truncation = "keep_end"
+[train]
+lr = 3e-3
+batch_size = 8
+[eval]
+max_new_tokens = 8
+limit = 4
+batch_size = 4
+[grid]
+"data.template" = ["compact", "toolllama"]
+"#
     );
+    let (dir, _) = crate::cli::setup(&sweep);
+    let d = dir.path();
+    let out = crate::cli::ablate(d, &["plan", "experiments/micro.toml", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = crate::cli::ablate(d, &["run", "experiments/micro.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = rusqlite::Connection::open(d.join("results/ablate.db")).unwrap();
+    let metric = |template: &str, name: &str| -> f64 {
+        db.query_row(
+            "SELECT m.value FROM metrics m JOIN runs r ON r.id = m.run_id
+             WHERE json_extract(r.config_json, '$.data.template') = ?1
+               AND m.name = ?2 AND m.split = 'train'",
+            [template, name],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("{template} {name}: {e}"))
+    };
+    for t in ["compact", "toolllama"] {
+        let verdicts: i64 = db
+            .query_row(
+                "SELECT count(*) FROM eval_results v JOIN runs r ON r.id = v.run_id
+                 WHERE json_extract(r.config_json, '$.data.template') = ?1 AND r.status = 'done'",
+                [t],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(verdicts, 4, "{t}: verdicts of the evaluated examples");
+        assert_eq!(metric(t, "examples"), 41.0, "{t}");
+    }
+    // ToolBench's own prompts (its system prompt and API documentation) run to thousands
+    // of tokens, so at 1,024 some examples lose earlier steps and some cannot fit at all;
+    // the compact template's are far shorter.
+    let cut = |t: &str| metric(t, "examples_truncated") + metric(t, "examples_dropped");
+    eprintln!(
+        "compact: {} truncated, {} dropped, max {}; toolllama: {} truncated, {} dropped, max {}",
+        metric("compact", "examples_truncated"),
+        metric("compact", "examples_dropped"),
+        metric("compact", "seq_len_max"),
+        metric("toolllama", "examples_truncated"),
+        metric("toolllama", "examples_dropped"),
+        metric("toolllama", "seq_len_max"),
+    );
+    assert!(metric("toolllama", "seq_len_max") > 2.0 * metric("compact", "seq_len_max"));
+    assert!(cut("toolllama") > cut("compact"));
+    assert!(metric("toolllama", "examples_dropped") > 0.0);
+    assert!(
+        metric("toolllama", "examples_truncated") > 0.0,
+        "keep_end fitted none"
+    );
+    assert!(metric("toolllama", "examples_dropped") < 41.0);
+    let report = std::fs::read_to_string(d.join("results/reports/toolllama.md")).unwrap();
+    assert!(report.contains("## Training data"), "{report}");
+    let dropped = metric("toolllama", "examples_dropped") as i64;
+    let row = report
+        .lines()
+        .find(|l| l.contains("| toolllama | 41 |"))
+        .unwrap_or_else(|| panic!("no training-data row for toolllama:\n{report}"));
+    assert!(row.contains(&format!("| {dropped} |")), "{row}");
 }
