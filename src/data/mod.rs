@@ -615,6 +615,70 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    /// A three-step ToolBench example (two earlier calls with long observations) and a
+    /// tokenizer trained on it.
+    fn long_example() -> (Tokenizer, Example) {
+        let mut e = synthetic::generate(1, 7, "train").remove(0);
+        e.history = (0..2)
+            .map(|k| Turn {
+                assistant: format!("Thought: step {k}\nAction: lookup\nAction Input: {{}}"),
+                observation: "observation text ".repeat(40),
+            })
+            .collect();
+        let texts = vec![format!("{}{}", render_prompt(&e), render_completion(&e))];
+        (train_tokenizer(&texts, 400).unwrap(), e)
+    }
+
+    #[test]
+    fn an_example_whose_target_is_cut_away_is_dropped_not_trained() {
+        let (tok, e) = long_example();
+        let c = Template::Compact;
+        let whole = encode_example(&tok, &e, c, LossOn::Completion).unwrap();
+        let prompt = encode_prompt(&tok, &e, c).unwrap().len();
+        let enc = |max_len, truncation| Encoding {
+            template: c,
+            loss_on: LossOn::Completion,
+            max_len,
+            truncation,
+        };
+        // Room for the prompt only: keep_start would keep no scored token.
+        let (kept, fit, len) = enc(prompt, Truncation::KeepStart).fit(&tok, &e).unwrap();
+        assert_eq!((kept, fit, len), (None, Fit::Dropped, whole.ids.len()));
+        // A little more: cut, with a part of the target still scored.
+        let (kept, fit, _) = enc(prompt + 3, Truncation::KeepStart)
+            .fit(&tok, &e)
+            .unwrap();
+        assert_eq!(fit, Fit::Truncated);
+        assert_eq!(kept.unwrap().scored(), 3);
+        // keep_end leaves out the oldest step and keeps the whole target.
+        let without_one =
+            encode_example(&tok, &e.without_oldest_steps(1), c, LossOn::Completion).unwrap();
+        let (kept, fit, _) = enc(without_one.ids.len(), Truncation::KeepEnd)
+            .fit(&tok, &e)
+            .unwrap();
+        assert_eq!((kept.as_ref(), fit), (Some(&without_one), Fit::Truncated));
+        assert_eq!(kept.unwrap().scored(), whole.scored());
+        // drop leaves out whatever does not fit; what fits is untouched.
+        let (kept, fit, _) = enc(whole.ids.len() - 1, Truncation::Drop)
+            .fit(&tok, &e)
+            .unwrap();
+        assert_eq!((kept, fit), (None, Fit::Dropped));
+        let split = enc(prompt, Truncation::KeepStart)
+            .split(&tok, &[e.clone(), e.clone()])
+            .unwrap();
+        assert_eq!(
+            (split.examples.len(), split.dropped, split.truncated),
+            (0, 2, 0)
+        );
+        let split = enc(whole.ids.len(), Truncation::KeepStart)
+            .split(&tok, &[e])
+            .unwrap();
+        assert_eq!(
+            (split.examples, split.dropped, split.truncated),
+            (vec![whole], 0, 0)
+        );
+    }
+
     #[test]
     fn tokenizer_roundtrips_and_masks_the_prompt() {
         let ex = synthetic::generate(200, 1, "train");

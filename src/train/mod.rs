@@ -27,6 +27,11 @@ pub enum TrainError {
     Diverged { step: usize, what: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error(
+        "training example {index} has no scored token (its target was cut away): it would \
+         step the optimizer on nothing"
+    )]
+    Unscored { index: usize },
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error(transparent)]
@@ -190,6 +195,11 @@ pub fn train(
             ));
         }
     };
+    // Every optimizer step must have something to learn from: an example whose target was
+    // cut away would step AdamW on momentum alone (data::Encoding drops such examples).
+    if let Some(index) = train.iter().position(|e| e.scored() == 0) {
+        return Err(TrainError::Unscored { index });
+    }
     // The backward pass's buffers are kept between steps only, however training ends.
     let _release = pool::ReleaseOnDrop;
     let named = params.all();
@@ -303,6 +313,55 @@ mod tests {
     use super::*;
     use crate::model::{build, OptConfig};
     use candle_core::{DType, Device};
+
+    /// An example whose target was truncated away is refused before any step, and the
+    /// weights stay as they were.
+    #[test]
+    fn an_example_without_a_scored_token_never_steps() {
+        let cfg = OptConfig::preset("tiny").unwrap();
+        let loaded = build(&cfg, &[], 3, &Device::Cpu).unwrap();
+        let before = loaded.params.all()[0]
+            .1
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let scored = Encoded {
+            ids: vec![2, 5, 6, 7],
+            labels: vec![-100, -100, 6, 7],
+        };
+        // Its only label sits on the first position, which the shift never scores.
+        let cut = Encoded {
+            ids: vec![2, 5, 6],
+            labels: vec![2, -100, -100],
+        };
+        let train_cfg = crate::config::TrainConfig {
+            epochs: 1,
+            batch_size: 2,
+            ..crate::config::RunConfig::default().train
+        };
+        let err = train(
+            &loaded.model,
+            &loaded.params,
+            &[scored, cut],
+            &[],
+            &train_cfg,
+            &TrainOptions::default(),
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, TrainError::Unscored { index: 1 }), "{err}");
+        let after = loaded.params.all()[0]
+            .1
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(before, after);
+    }
 
     /// Mixed precision: the matmuls run in bf16, every gradient still lands on the f32
     /// master weights in f32, and is close to the f32 computation's but not equal to it.
