@@ -52,7 +52,7 @@ fn main() {
     for i in 0..warmup + steps {
         let t0 = Instant::now();
         let (loss, mut grads) =
-            loss_and_grads(&loaded.model, &named, std::slice::from_ref(&b)).expect("step");
+            loss_and_grads(&loaded.model, &named, std::slice::from_ref(&b), None).expect("step");
         clip_grad_norm(&mut grads, &names, Some(1.0)).expect("clip");
         opt.step(&grads, 5e-5).expect("adamw");
         device.synchronize().expect("sync");

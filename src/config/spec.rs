@@ -122,6 +122,68 @@ pub struct TrainConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// Residual dropout in training: `"checkpoint"` (the model's `dropout`, resolved
+    /// when the plan is made; presets have none) or a rate in [0, 1).
+    #[serde(default)]
+    pub dropout: DropoutRate,
+}
+
+/// `train.dropout`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum DropoutRate {
+    #[default]
+    Checkpoint,
+    Rate(f64),
+}
+
+impl DropoutRate {
+    /// The rate to train with; a `Checkpoint` that was never resolved trains without
+    /// dropout, which the run records (the plan resolves every run it makes).
+    pub fn rate(self) -> f64 {
+        match self {
+            DropoutRate::Rate(r) => r,
+            DropoutRate::Checkpoint => 0.0,
+        }
+    }
+
+    /// The checkpoint's rate in place of `Checkpoint`.
+    pub fn resolved(self, checkpoint: f64) -> DropoutRate {
+        match self {
+            DropoutRate::Checkpoint => DropoutRate::Rate(checkpoint),
+            r => r,
+        }
+    }
+}
+
+impl Serialize for DropoutRate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DropoutRate::Checkpoint => s.serialize_str("checkpoint"),
+            DropoutRate::Rate(r) => s.serialize_f64(*r),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DropoutRate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(f64),
+            Int(i64),
+            Word(String),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a rate or \"checkpoint\""))?
+        {
+            Raw::Num(x) => Ok(DropoutRate::Rate(x)),
+            Raw::Int(x) => Ok(DropoutRate::Rate(x as f64)),
+            Raw::Word(w) if w == "checkpoint" => Ok(DropoutRate::Checkpoint),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected a rate or \"checkpoint\", found \"{w}\""
+            ))),
+        }
+    }
 }
 
 fn default_clip() -> Option<f64> {
@@ -247,6 +309,7 @@ impl Default for RunConfig {
                 beta1: 0.9,
                 beta2: 0.999,
                 eps: 1e-8,
+                dropout: DropoutRate::Checkpoint,
             },
             eval: EvalConfig {
                 evaluators: vec!["rules".into()],
@@ -320,6 +383,14 @@ impl RunConfig {
         }
         if t.eps.is_nan() || t.eps <= 0.0 {
             bad("train.eps", format!("must be positive, found {}", t.eps));
+        }
+        if let DropoutRate::Rate(r) = t.dropout {
+            if !(0.0..1.0).contains(&r) {
+                bad(
+                    "train.dropout",
+                    format!("must be in [0, 1) or \"checkpoint\", found {r}"),
+                );
+            }
         }
         let d = &self.data;
         if d.train == "synthetic" && d.n_train == 0 {

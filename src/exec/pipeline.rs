@@ -171,6 +171,12 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
         }));
     }
     let loaded = model::build(&mcfg, &weights, cfg.train.seed, &device)?;
+    // The plan resolved `train.dropout = "checkpoint"`; a config from elsewhere is
+    // resolved here the same way, so no run trains without the dropout it asked for.
+    let train_cfg = crate::config::TrainConfig {
+        dropout: cfg.train.dropout.resolved(mcfg.dropout),
+        ..cfg.train.clone()
+    };
     emit(metric(
         run_id,
         "params",
@@ -257,7 +263,7 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
             &loaded.params,
             &train_enc.examples,
             &val_enc.examples,
-            &cfg.train,
+            &train_cfg,
             &train_opts,
             cancel,
             &mut on_event,

@@ -1,12 +1,14 @@
 //! OPT in candle: construction from presets or Hugging Face checkpoints, saving in HF
 //! layout, and greedy generation with a KV cache.
 
+mod dropout;
 mod generate;
 pub mod ops;
 mod opt;
 mod params;
 mod tokenizer;
 
+pub use dropout::{Dropout, Site};
 pub use generate::{generate, generate_greedy, Decoding, GenerateOptions};
 pub use opt::*;
 pub use params::Params;

@@ -37,6 +37,13 @@ pub struct OptConfig {
     pub tie_word_embeddings: bool,
     #[serde(default)]
     pub _remove_final_layer_norm: bool,
+    /// Residual dropout in training (see `dropout.rs`); HF's default and OPT's is 0.1.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Dropout of the attention probabilities; not implemented, so a checkpoint that sets
+    /// it is refused rather than trained without it.
+    #[serde(default)]
+    pub attention_dropout: f64,
 }
 
 fn yes() -> bool {
@@ -87,6 +94,10 @@ impl OptConfig {
             eos_token_id: 2,
             tie_word_embeddings: true,
             _remove_final_layer_norm: false,
+            // Presets are shapes for random-init runs: they carry no dropout of their own
+            // (`train.dropout` sets one).
+            dropout: 0.0,
+            attention_dropout: 0.0,
         };
         Some(match name {
             "tiny" => mk(512, 128, 128, 2, 4, 512, 256, true),
@@ -112,8 +123,6 @@ impl OptConfig {
         );
         o.insert("word_embed_proj_dim".into(), self.proj_dim().into());
         o.insert("torch_dtype".into(), "float32".into());
-        o.insert("dropout".into(), 0.0.into());
-        o.insert("attention_dropout".into(), 0.0.into());
         o.insert("layerdrop".into(), 0.0.into());
         v
     }
@@ -298,27 +307,36 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+    /// `drop`: the scaled keep masks of the attention and feed-forward outputs, in
+    /// training with dropout.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+        drop: Option<&[Tensor; 2]>,
+    ) -> Result<Tensor> {
+        let masked = |y: Tensor, site: usize| match drop {
+            Some(m) => y * &m[site],
+            None => Ok(y),
+        };
+        let dt = self.self_attn.compute;
         if self.pre_norm {
-            let h = (x + self.self_attn.forward(
-                &self.self_attn_layer_norm.forward(x)?,
-                mask,
-                cache,
-            )?)?;
-            let dt = self.self_attn.compute;
+            let a = self
+                .self_attn
+                .forward(&self.self_attn_layer_norm.forward(x)?, mask, cache)?;
+            let h = (x + masked(a, 0)?)?;
             let f = project(
                 &self.fc2,
                 &project(&self.fc1, &self.final_layer_norm.forward(&h)?, dt)?.relu()?,
                 dt,
             )?;
-            h + f
+            h + masked(f, 1)?
         } else {
-            let h = self
-                .self_attn_layer_norm
-                .forward(&(x + self.self_attn.forward(x, mask, cache)?)?)?;
-            let dt = self.self_attn.compute;
+            let a = self.self_attn.forward(x, mask, cache)?;
+            let h = self.self_attn_layer_norm.forward(&(x + masked(a, 0)?)?)?;
             let f = project(&self.fc2, &project(&self.fc1, &h, dt)?.relu()?, dt)?;
-            self.final_layer_norm.forward(&(h + f)?)
+            self.final_layer_norm.forward(&(h + masked(f, 1)?)?)
         }
     }
 }
@@ -508,7 +526,18 @@ impl Opt {
         mask: &PaddingMask,
         cache: Option<&mut [LayerCache]>,
     ) -> Result<Tensor> {
-        self.forward_inner(input_ids, mask, cache, None)
+        self.forward_inner(input_ids, mask, cache, None, None)
+    }
+
+    /// Training-mode logits: residual dropout with the masks of micro-batch `micro` (none
+    /// when `dropout` is `None`).
+    pub fn forward_train(
+        &self,
+        input_ids: &Tensor,
+        mask: &PaddingMask,
+        dropout: Option<(&super::Dropout, usize)>,
+    ) -> Result<Tensor> {
+        self.forward_inner(input_ids, mask, None, None, dropout)
     }
 
     pub fn forward_with_activations(
@@ -517,7 +546,7 @@ impl Opt {
         mask: &PaddingMask,
         acts: &mut Activations,
     ) -> Result<Tensor> {
-        self.forward_inner(input_ids, mask, None, Some(acts))
+        self.forward_inner(input_ids, mask, None, Some(acts), None)
     }
 
     fn forward_inner(
@@ -526,6 +555,7 @@ impl Opt {
         mask: &PaddingMask,
         mut cache: Option<&mut [LayerCache]>,
         mut acts: Option<&mut Activations>,
+        dropout: Option<(&super::Dropout, usize)>,
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let tk = mask.rows.first().map_or(0, Vec::len);
@@ -554,9 +584,18 @@ impl Opt {
             a.layer_input = Some(x.clone());
         }
         let attn_mask = mask.additive(t, &self.device)?;
+        let shape = (b, t, self.cfg.hidden_size);
+        let n = b * t * self.cfg.hidden_size;
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| &mut c[i]);
-            x = layer.forward(&x, &attn_mask, c)?;
+            let drop = match dropout {
+                Some((d, micro)) => {
+                    let m = |site| Tensor::from_vec(d.mask(micro, i, site, n), shape, &self.device);
+                    Some([m(super::Site::Attention)?, m(super::Site::FeedForward)?])
+                }
+                None => None,
+            };
+            x = layer.forward(&x, &attn_mask, c, drop.as_ref())?;
             if let Some(a) = acts.as_deref_mut() {
                 a.layer_outputs.push(x.clone());
             }

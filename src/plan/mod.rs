@@ -70,6 +70,11 @@ const ADDED_KEYS: &[(&str, &str, &str)] = &[
     ),
     ("data", "template", r#""compact""#),
     ("data", "truncation", r#""keep_start""#),
+    // The plan resolves "checkpoint" to the model's rate: runs of presets (no dropout)
+    // keep their ids, runs of checkpoints with dropout get new ones. (Only a config whose
+    // model cannot be read keeps "checkpoint", and its plan fails.)
+    ("train", "dropout", r#""checkpoint""#),
+    ("train", "dropout", "0.0"),
 ];
 
 /// The JSON that the run id hashes: the canonical config less [`ADDED_KEYS`] at their
@@ -118,10 +123,18 @@ fn model_problem(name: &str, init: ModelInit) -> Option<(String, String)> {
         Ok(ModelSource::Preset(p)) if init == ModelInit::Pretrained => problem(format!(
             "\"{p}\" is a preset: it has no pretrained weights (use model.init = \"random\", or a checkpoint)"
         )),
-        Ok(src @ ModelSource::Dir(_)) => src
-            .check(init != ModelInit::Random)
-            .err()
-            .and_then(|e| problem(e.to_string())),
+        Ok(src @ ModelSource::Dir(_)) => match src.check(init != ModelInit::Random) {
+            Err(e) => problem(e.to_string()),
+            // Attention-probability dropout is not implemented: refused, not skipped.
+            Ok(()) => match src.config() {
+                Ok(c) if c.attention_dropout > 0.0 => problem(format!(
+                    "\"{name}\": its config sets attention_dropout = {}, which ablate does not \
+                     implement (it applies the residual dropout, `dropout`)",
+                    c.attention_dropout
+                )),
+                _ => None,
+            },
+        },
         Ok(_) => None,
     }
 }
@@ -199,6 +212,25 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
             combos.push(axes);
         }
     }
+    // `train.dropout = "checkpoint"` is the model's own rate, read once per model.
+    let base_model = exp.base["model"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let dropout_of: BTreeMap<String, f64> = combos
+        .iter()
+        .map(|axes| {
+            axes.get("model.name")
+                .and_then(Value::as_str)
+                .map_or(base_model.clone(), String::from)
+        })
+        .collect::<BTreeSet<String>>()
+        .into_iter()
+        .filter_map(|name| {
+            let rate = ModelSource::resolve(&name).ok()?.config().ok()?.dropout;
+            Some((name, rate))
+        })
+        .collect();
     // Resolving, validating and hashing each configuration is independent of the others:
     // in parallel, in order (a 100,000-run grid plans in well under a second).
     let built: Vec<Result<Resolved, String>> = combos
@@ -209,7 +241,10 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
                 set_path(&mut json, k, v.clone());
             }
             let devices = devices_needed(&exp.resources, &json);
-            let config: RunConfig = serde_json::from_value(json).map_err(|e| e.to_string())?;
+            let mut config: RunConfig = serde_json::from_value(json).map_err(|e| e.to_string())?;
+            if let Some(&rate) = dropout_of.get(&config.model.name) {
+                config.train.dropout = config.train.dropout.resolved(rate);
+            }
             let problems = config.problems();
             let id = run_id(&config);
             Ok((config, problems, id, devices))
@@ -331,15 +366,24 @@ fn values_equal(a: &Value, b: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load_experiment;
+    use crate::config::{load_experiment, DropoutRate};
 
     #[test]
     fn added_keys_defaults_are_the_configs_defaults() {
         // A drifted default would change the id of every run that never set the key.
+        // A key listed more than once has one entry per spelling of its default.
         let defaults = serde_json::to_value(RunConfig::default()).unwrap();
-        for (section, key, default) in ADDED_KEYS {
-            let want: Value = serde_json::from_str(default).unwrap();
-            assert_eq!(defaults[section][key], want, "{section}.{key}");
+        for (section, key, _) in ADDED_KEYS {
+            let spellings: Vec<Value> = ADDED_KEYS
+                .iter()
+                .filter(|(s, k, _)| s == section && k == key)
+                .map(|(_, _, d)| serde_json::from_str(d).unwrap())
+                .collect();
+            assert!(
+                spellings.contains(&defaults[section][key]),
+                "{section}.{key}: {}",
+                defaults[section][key]
+            );
         }
     }
 
@@ -366,6 +410,34 @@ mod tests {
         assert_ne!(base.runs[0].id, sampled.runs[0].id);
         let stopped = plan("[train]\nepochs = 2\n[eval]\nstop = [\"Observation:\"]\n");
         assert_ne!(base.runs[0].id, stopped.runs[0].id);
+    }
+
+    #[test]
+    fn dropout_is_resolved_from_the_model_and_changes_the_id_only_when_it_is_used() {
+        let base = plan("[train]\nepochs = 2\n");
+        assert_eq!(base.runs[0].config.train.dropout, DropoutRate::Rate(0.0));
+        let zero = plan("[train]\nepochs = 2\ndropout = 0\n");
+        assert_eq!(base.runs[0].id, zero.runs[0].id);
+        let some = plan("[train]\nepochs = 2\ndropout = 0.1\n");
+        assert_ne!(base.runs[0].id, some.runs[0].id);
+        // A checkpoint's own rate (0.1 in the Hub fixture's config.json) is read and hashed.
+        let name = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/opt-hub/bin"
+        );
+        let from_dir = plan(&format!("[model]\nname = \"{name}\"\n"));
+        assert_eq!(
+            from_dir.runs[0].config.train.dropout,
+            DropoutRate::Rate(0.1)
+        );
+        let overridden = plan(&format!(
+            "[model]\nname = \"{name}\"\n[train]\ndropout = 0\n"
+        ));
+        assert_eq!(
+            overridden.runs[0].config.train.dropout,
+            DropoutRate::Rate(0.0)
+        );
+        assert_ne!(from_dir.runs[0].id, overridden.runs[0].id);
     }
 
     #[test]

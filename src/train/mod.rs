@@ -16,7 +16,7 @@ use candle_core::Tensor;
 
 use crate::config::{Precision, TrainConfig};
 use crate::data::{epoch_order, Batch, Encoded};
-use crate::model::{causal_lm_loss_sum, Opt, PaddingMask, Params};
+use crate::model::{causal_lm_loss_sum, Dropout, Opt, PaddingMask, Params};
 use optim::{clip_grad_norm, AdamW, Schedule};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,29 +83,34 @@ pub struct StepRecord {
 }
 
 /// Forward pass of one batch: the summed loss over its counted tokens, and their count.
-fn batch_loss_sum(model: &Opt, b: &Batch) -> candle_core::Result<(Tensor, usize)> {
+fn batch_loss_sum(
+    model: &Opt,
+    b: &Batch,
+    dropout: Option<(&Dropout, usize)>,
+) -> candle_core::Result<(Tensor, usize)> {
     let ids = Tensor::from_vec(b.ids.clone(), (b.rows, b.len), model.device())?;
     let mask = PaddingMask {
         rows: b.mask.clone(),
     };
-    let logits = model.forward(&ids, &mask, None)?;
+    let logits = model.forward_train(&ids, &mask, dropout)?;
     causal_lm_loss_sum(&logits, &b.labels)
 }
 
 /// Forward + backward of one accumulated step: returns the mean loss and the gradients
 /// by parameter name, summed over micro-batches with each loss divided by the step's
 /// total token count. On the CPU the hand-written pass of `backprop`; elsewhere candle's
-/// autograd.
+/// autograd. With `dropout`, in training mode (both paths draw the same masks).
 pub fn loss_and_grads(
     model: &Opt,
     params: &[(String, candle_core::Var)],
     micro: &[Batch],
+    dropout: Option<Dropout>,
 ) -> candle_core::Result<(f64, HashMap<String, Tensor>)> {
     if model.compute_dtype() == candle_core::DType::F32 && backprop::applies(model.config(), params)
     {
-        return backprop::loss_and_grads(model.config(), params, micro);
+        return backprop::loss_and_grads(model.config(), params, micro, dropout);
     }
-    loss_and_grads_autograd(model, params, micro)
+    loss_and_grads_autograd(model, params, micro, dropout)
 }
 
 /// `loss_and_grads` through candle's autograd: every device and config.
@@ -113,12 +118,13 @@ pub fn loss_and_grads_autograd(
     model: &Opt,
     params: &[(String, candle_core::Var)],
     micro: &[Batch],
+    dropout: Option<Dropout>,
 ) -> candle_core::Result<(f64, HashMap<String, Tensor>)> {
     let total: usize = micro.iter().map(Batch::loss_tokens).sum::<usize>().max(1);
     let mut grads: HashMap<String, Tensor> = HashMap::new();
     let mut loss_sum = 0f64;
-    for b in micro {
-        let (sum, _) = batch_loss_sum(model, b)?;
+    for (i, b) in micro.iter().enumerate() {
+        let (sum, _) = batch_loss_sum(model, b, dropout.as_ref().map(|d| (d, i)))?;
         let loss = (sum / total as f64)?;
         loss_sum += loss.to_scalar::<f32>()? as f64;
         let g = loss.backward()?;
@@ -152,7 +158,7 @@ pub fn evaluate_loss(
     for chunk in data.chunks(batch_size.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let b = Batch::from_examples(&refs);
-        let (s, n) = batch_loss_sum(model, &b)?;
+        let (s, n) = batch_loss_sum(model, &b, None)?;
         sum += s.to_scalar::<f32>()? as f64;
         count += n;
     }
@@ -260,7 +266,8 @@ pub fn train(
             .map(|c| Batch::from_examples(&c.iter().map(|&i| &train[i]).collect::<Vec<_>>()))
             .collect();
         let tokens: usize = micro.iter().map(Batch::tokens).sum();
-        let (loss, mut grads) = loss_and_grads(model, &named, &micro)?;
+        let dropout = Dropout::for_step(cfg.dropout.rate(), cfg.seed, step);
+        let (loss, mut grads) = loss_and_grads(model, &named, &micro, dropout)?;
         let (norm, coef) = clip_grad_norm(&mut grads, &names, cfg.clip_norm)?;
         if !loss.is_finite() || !norm.is_finite() {
             let what = if !loss.is_finite() {
@@ -383,9 +390,9 @@ mod tests {
             len,
         };
         let micro = std::slice::from_ref(&b);
-        let (l32, g32) = loss_and_grads(&loaded.model, &named, micro).unwrap();
+        let (l32, g32) = loss_and_grads(&loaded.model, &named, micro, None).unwrap();
         let bf16 = loaded.model.with_compute_dtype(DType::BF16);
-        let (l16, g16) = loss_and_grads(&bf16, &named, micro).unwrap();
+        let (l16, g16) = loss_and_grads(&bf16, &named, micro, None).unwrap();
         assert_ne!(l32, l16);
         assert!((l32 - l16).abs() < 1e-2 * l32, "{l32} vs {l16}");
         let mut differ = 0;

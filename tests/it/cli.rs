@@ -20,8 +20,8 @@ name = "tiny"
 [data]
 n_train = 48
 n_test = 6
-vocab_size = 320
-max_seq_len = 96
+vocab_size = 512
+max_seq_len = 128
 
 [train]
 lr = 3e-3
@@ -332,7 +332,8 @@ fn metrics_without_timings(db: &Path) -> Vec<(String, String, i64, f64)> {
 
 #[test]
 fn sigkill_then_resume_from_checkpoint_is_bit_identical() {
-    // One run: 3 epochs of 10 steps, checkpoints every 4 steps, validation every 5.
+    // One run: 3 epochs of 10 steps, checkpoints every 4 steps, validation every 5, with
+    // dropout (its masks must come back the same after the kill).
     let text = MICRO
         .replace("n_train = 48", "n_train = 160")
         .replace("\"train.epochs\" = [1, 2]", "\"train.seed\" = [7]")
@@ -341,7 +342,10 @@ fn sigkill_then_resume_from_checkpoint_is_bit_identical() {
             "baseline = { \"train.epochs\" = 1, \"train.clip_norm\" = 0.3 }",
             "",
         )
-        .replace("batch_size = 16", "batch_size = 16\nepochs = 3")
+        .replace(
+            "batch_size = 16",
+            "batch_size = 16\nepochs = 3\ndropout = 0.1",
+        )
         + "\n[run]\ncheckpoint_every = 4\nval_every = 5\nkeep_checkpoints = 2\n";
     let (dir, _) = setup(&text);
     let d = dir.path();
@@ -435,9 +439,10 @@ fn sigkill_then_resume_from_checkpoint_is_bit_identical() {
     assert!(model(d) == model(dir2.path()), "final parameters differ");
     let (m1, m2) = (metrics_without_timings(&db), metrics_without_timings(&db2));
     assert_eq!(m1, m2);
-    // 30 train steps with 4 metrics each, validation at 5, 10, 15, 20, 25, 30.
-    assert_eq!(m1.iter().filter(|m| m.1 == "train").count(), 30 * 4);
-    assert_eq!(m1.iter().filter(|m| m.1 == "val").count(), 6);
+    // 30 train steps with 4 metrics each, validation at 5, 10, 15, 20, 25, 30, and each
+    // split's 7 fit metrics.
+    assert_eq!(m1.iter().filter(|m| m.1 == "train").count(), 30 * 4 + 7);
+    assert_eq!(m1.iter().filter(|m| m.1 == "val").count(), 6 + 7);
     let verdicts = |db: &Path| -> Vec<(String, String)> {
         let c = Connection::open(db).unwrap();
         let mut s = c
@@ -629,7 +634,7 @@ fn a_sweep_evaluates_on_a_bfcl_file_and_stores_bfcl_verdicts() {
     let bfcl = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/bfcl/BFCL_v4_simple_python.json");
     let text = format!(
-        "[model]\nname = \"tiny\"\n[data]\nn_train = 16\nn_test = 4\nvocab_size = 320\neval = \"{}\"\n\
+        "[model]\nname = \"tiny\"\n[data]\nn_train = 16\nn_test = 4\nvocab_size = 512\neval = \"{}\"\n\
          [train]\nepochs = 0\n[eval]\nevaluators = [\"bfcl\", \"rules\"]\nlimit = 5\nmax_new_tokens = 6\n",
         bfcl.display()
     );
@@ -705,12 +710,17 @@ fn a_sweep_trains_and_evaluates_step_wise_on_toolbench_trajectories() {
     let answers = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/toolbench/ToolBench/data_example/answer");
     let text = format!(
-        "[model]\nname = \"tiny\"\n[data]\ntrain = \"{0}\"\neval = \"{0}\"\nvocab_size = 400\nmax_seq_len = 256\n\
+        "[model]\nname = \"tiny\"\n[data]\ntrain = \"{0}\"\neval = \"{0}\"\nvocab_size = 400\nmax_seq_len = 1600\n\
          [train]\nepochs = 1\nbatch_size = 8\nlr = 3e-3\n[eval]\nlimit = 3\nbatch_size = 1\nmax_new_tokens = 6\n",
         answers.display()
     );
     let (_dir, db) = run_ok(&text);
-    // 41 assistant steps in the 11 valid trajectories: 6 optimizer steps of 8.
+    // 41 assistant steps in the 11 valid trajectories, all of them whole: 6 optimizer
+    // steps of 8.
+    assert_eq!(
+        count(&db, "SELECT CAST(sum(value) AS INTEGER) FROM metrics WHERE split = 'train' AND name IN ('examples_truncated', 'examples_dropped')"),
+        0
+    );
     assert_eq!(
         count(
             &db,

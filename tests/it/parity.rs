@@ -173,7 +173,7 @@ fn every_parameter_gets_the_reference_gradient() {
         let batch = batch_of(&f);
         let named = f.loaded.params.all();
         let (_, grads) =
-            loss_and_grads(&f.loaded.model, &named, std::slice::from_ref(&batch)).unwrap();
+            loss_and_grads(&f.loaded.model, &named, std::slice::from_ref(&batch), None).unwrap();
         assert_eq!(
             grads.len(),
             named.len(),
@@ -271,7 +271,8 @@ fn five_adamw_steps_match_torch() {
             let steps = f.json["train"][run]["steps"].as_array().unwrap().clone();
             for (i, s) in steps.iter().enumerate() {
                 let (loss, mut grads) =
-                    loss_and_grads(&f.loaded.model, &named, std::slice::from_ref(&batch)).unwrap();
+                    loss_and_grads(&f.loaded.model, &named, std::slice::from_ref(&batch), None)
+                        .unwrap();
                 let (norm, coef) = clip_grad_norm(&mut grads, &names, Some(0.3)).unwrap();
                 let lr = sched.lr(i);
                 let ctx = format!("{name} {run} step {i}");

@@ -212,7 +212,9 @@ fn the_paper_sweeps_plan_once_their_data_and_weights_are_there() {
         std::os::unix::fs::symlink(target, at).unwrap();
     };
     let answers = shared.join("toolbench/ToolBench/data_example/answer");
-    link(answers.join("G1_answer"), "data/toolbench/answer");
+    let sft = shared.join("toolbench/ToolBench/toolllama/toolllama_G123_dfs_sample.json");
+    link(sft.clone(), "data/toolbench/toolllama_G123_dfs_train.json");
+    link(sft, "data/toolbench/toolllama_G123_dfs_eval.json");
     for g in [
         "G1_instruction",
         "G1_category",

@@ -25,8 +25,8 @@ name = "tiny"
 [data]
 n_train = 48
 n_test = 6
-vocab_size = 320
-max_seq_len = 96
+vocab_size = 512
+max_seq_len = 128
 
 [train]
 lr = 3e-3
