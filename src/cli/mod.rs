@@ -644,6 +644,7 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
     };
     let mut out = Vec::new();
     let mut text = String::new();
+    let mut summaries = plan::DataSummaries::new(db.parent().unwrap_or(Path::new(".")));
     for p in &plans {
         let ids: Vec<String> = p.runs.iter().map(|r| r.id.clone()).collect();
         let statuses = match &store {
@@ -652,14 +653,20 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
         };
         let status = |id: &str| statuses.get(id).copied().unwrap_or(RunStatus::Pending);
         let axes = p.axis_names();
+        let data: Vec<plan::DataSummary> = p
+            .runs
+            .iter()
+            .map(|r| summaries.of(&r.config))
+            .collect::<Result<_, _>>()
+            .map_err(|e| user(anyhow::anyhow!(e)))?;
         if json {
             out.push(serde_json::json!({
                 "experiment": p.experiment.name,
                 "file": p.experiment.file.display().to_string(),
                 "axes": axes,
-                "runs": p.runs.iter().map(|r| serde_json::json!({
+                "runs": p.runs.iter().zip(&data).map(|(r, d)| serde_json::json!({
                     "id": r.id, "axes": r.axes, "baseline": r.is_baseline,
-                    "status": status(&r.id), "config": r.config,
+                    "status": status(&r.id), "config": r.config, "data": d,
                 })).collect::<Vec<_>>(),
             }));
         } else {
@@ -690,6 +697,32 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
                 pending
             ));
             text.push_str(&ui::table(&headers, &rows));
+            for (r, d) in p.runs.iter().zip(&data).filter(|(_, d)| d.left_out > 0) {
+                text.push_str(&format!(
+                    "  {}: {} of {} training examples left out: their query is in data.eval\n",
+                    r.id,
+                    d.left_out,
+                    d.left_out + d.train
+                ));
+            }
+            for (r, d) in p
+                .runs
+                .iter()
+                .zip(&data)
+                .filter(|(_, d)| d.truncated + d.dropped > 0)
+            {
+                text.push_str(&format!(
+                    "  {}: at data.max_seq_len = {}, {} training examples cut and {} dropped \
+                     (tokens: median {}, p95 {}, max {})\n",
+                    r.id,
+                    r.config.data.max_seq_len,
+                    d.truncated,
+                    d.dropped,
+                    d.tokens.median,
+                    d.tokens.p95,
+                    d.tokens.max
+                ));
+            }
             text.push('\n');
         }
     }

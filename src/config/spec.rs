@@ -59,6 +59,15 @@ pub struct DataConfig {
     /// steps) or `drop`. An example left with no scored token is dropped in every mode.
     #[serde(default)]
     pub truncation: Truncation,
+    /// Where validation loss comes from: a data source (`synthetic` or a file), or empty
+    /// for `val_fraction` (or, without it, a synthetic split for synthetic training data
+    /// and no validation loss otherwise). Never the evaluation set.
+    #[serde(default)]
+    pub val: String,
+    /// Share of the training queries held out for validation (all steps of a query on
+    /// the same side), when `val` is empty.
+    #[serde(default)]
+    pub val_fraction: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,6 +301,8 @@ impl Default for RunConfig {
                 max_seq_len: 128,
                 template: Template::Compact,
                 truncation: Truncation::KeepStart,
+                val: String::new(),
+                val_fraction: 0.0,
             },
             train: TrainConfig {
                 lr: 5e-5,
@@ -405,6 +416,26 @@ impl RunConfig {
                 format!(
                     "must be at least 300 (256 bytes + specials), found {}",
                     d.vocab_size
+                ),
+            );
+        }
+        if !(0.0..1.0).contains(&d.val_fraction) {
+            bad(
+                "data.val_fraction",
+                format!("must be in [0, 1), found {}", d.val_fraction),
+            );
+        } else if d.val_fraction > 0.0 && !d.val.is_empty() {
+            bad(
+                "data.val_fraction",
+                "set data.val or data.val_fraction, not both".into(),
+            );
+        }
+        if matches!(Source::parse(&d.val), Source::Bfcl(_)) && !d.val.is_empty() {
+            bad(
+                "data.val",
+                format!(
+                    "\"{}\" is a BFCL question file: it has no gold completions to take a loss on",
+                    d.val
                 ),
             );
         }

@@ -2,6 +2,7 @@
 //! tokenization (a BPE trained on the corpus, or a checkpoint's own), and batching.
 
 pub mod bfcl;
+pub mod cache;
 pub mod pyliteral;
 pub mod synthetic;
 pub mod toolbench;
@@ -372,6 +373,28 @@ pub fn encode_prompt(
     Ok(ids)
 }
 
+/// The prompt's ids if they fit in `room` tokens, leaving out the oldest earlier steps
+/// (after the system turn and the query) as far as needed; `None` when even the bare
+/// prompt does not fit.
+pub fn fit_prompt(
+    tok: &Tokenizer,
+    e: &Example,
+    template: Template,
+    room: usize,
+) -> Result<Option<Vec<u32>>, DataError> {
+    for k in 0..=e.history.len() {
+        let ids = if k == 0 {
+            encode_prompt(tok, e, template)?
+        } else {
+            encode_prompt(tok, &e.without_oldest_steps(k), template)?
+        };
+        if ids.len() <= room {
+            return Ok(Some(ids));
+        }
+    }
+    Ok(None)
+}
+
 /// BOS + prompt + completion + EOS, whole, with its labels.
 pub fn encode_example(
     tok: &Tokenizer,
@@ -433,6 +456,34 @@ pub struct EncodedSplit {
     pub dropped: usize,
     /// Each example's length in tokens before any cut, in input order.
     pub lengths: Vec<usize>,
+}
+
+/// Token lengths of a split before any cut, for choosing `data.max_seq_len`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LengthStats {
+    pub min: usize,
+    pub median: usize,
+    pub p95: usize,
+    pub max: usize,
+}
+
+impl EncodedSplit {
+    pub fn length_stats(&self) -> LengthStats {
+        let mut lens = self.lengths.clone();
+        lens.sort_unstable();
+        let q = |p: f64| -> usize {
+            if lens.is_empty() {
+                return 0;
+            }
+            lens[((lens.len() - 1) as f64 * p).round() as usize]
+        };
+        LengthStats {
+            min: q(0.0),
+            median: q(0.5),
+            p95: q(0.95),
+            max: q(1.0),
+        }
+    }
 }
 
 /// Settings that turn examples into training sequences.
@@ -601,6 +652,90 @@ impl Batch {
     }
 }
 
+/// A run's examples: what it trains on (the leak guard and any held-out validation
+/// applied), validates on and is evaluated on.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    pub train: Vec<Example>,
+    /// Never drawn from the evaluation set (see `DataConfig::val`).
+    pub val: Vec<Example>,
+    pub eval: Vec<Example>,
+    /// Training examples left out because their query is in the evaluation set.
+    pub left_out: usize,
+}
+
+/// Seeds of the synthetic task's splits, apart from its training split's `data.seed`.
+const SYNTHETIC_TEST: u64 = 0x5eed_7e57;
+const SYNTHETIC_VAL: u64 = 0x5eed_7a11;
+
+/// Loads a run's splits as its data config says.
+pub fn splits(d: &crate::config::DataConfig) -> Result<Splits, DataError> {
+    let train = Source::parse(&d.train)
+        .load()?
+        .unwrap_or_else(|| synthetic::generate(d.n_train, d.seed, "train"));
+    let eval = Source::parse(&d.eval)
+        .load()?
+        .unwrap_or_else(|| synthetic::generate(d.n_test, d.seed ^ SYNTHETIC_TEST, "test"));
+    let evaluated: std::collections::HashSet<&str> =
+        eval.iter().map(|e| e.query.as_str()).collect();
+    let (train, left_out) = leave_out_queries(train, &evaluated);
+    let synthetic_val = || synthetic::generate(d.n_test, d.seed ^ SYNTHETIC_VAL, "val");
+    let (train, val) = if !d.val.is_empty() {
+        (
+            train,
+            Source::parse(&d.val).load()?.unwrap_or_else(synthetic_val),
+        )
+    } else if d.val_fraction > 0.0 {
+        hold_out_by_query(train, d.val_fraction, d.seed)
+    } else if d.train == "synthetic" {
+        (train, synthetic_val())
+    } else {
+        (train, Vec::new())
+    };
+    Ok(Splits {
+        train,
+        val,
+        eval,
+        left_out,
+    })
+}
+
+/// Holds out about `fraction` of the distinct queries (at least one when there are two or
+/// more), chosen by a shuffle seeded by `seed`: every step of a held-out query goes to the
+/// second list, so training and validation never share a query.
+pub fn hold_out_by_query(
+    examples: Vec<Example>,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<Example>, Vec<Example>) {
+    let mut queries: Vec<&str> = examples.iter().map(|e| e.query.as_str()).collect();
+    queries.sort_unstable();
+    queries.dedup();
+    let n = ((queries.len() as f64 * fraction).round() as usize)
+        .max(usize::from(fraction > 0.0 && queries.len() > 1))
+        .min(queries.len().saturating_sub(1));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x7a11_da7e);
+    queries.shuffle(&mut rng);
+    let held: std::collections::HashSet<String> =
+        queries[..n].iter().map(|q| q.to_string()).collect();
+    examples.into_iter().partition(|e| !held.contains(&e.query))
+}
+
+/// Leaves out the training examples whose query is one of `evaluated` (a query the run
+/// is tested on must not be trained on); returns the kept ones and how many were left out.
+pub fn leave_out_queries(
+    examples: Vec<Example>,
+    evaluated: &std::collections::HashSet<&str>,
+) -> (Vec<Example>, usize) {
+    let before = examples.len();
+    let kept: Vec<Example> = examples
+        .into_iter()
+        .filter(|e| !evaluated.contains(e.query.as_str()))
+        .collect();
+    let left_out = before - kept.len();
+    (kept, left_out)
+}
+
 /// The order of training examples in an epoch: a shuffle seeded by (seed, epoch), so a
 /// resumed run sees the same order.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
@@ -627,6 +762,46 @@ mod tests {
             .collect();
         let texts = vec![format!("{}{}", render_prompt(&e), render_completion(&e))];
         (train_tokenizer(&texts, 400).unwrap(), e)
+    }
+
+    #[test]
+    fn a_prompt_that_does_not_fit_loses_its_oldest_steps_or_overflows() {
+        let (tok, e) = long_example();
+        let c = Template::Compact;
+        let whole = encode_prompt(&tok, &e, c).unwrap();
+        assert_eq!(
+            fit_prompt(&tok, &e, c, whole.len()).unwrap(),
+            Some(whole.clone())
+        );
+        let one_less = encode_prompt(&tok, &e.without_oldest_steps(1), c).unwrap();
+        assert!(one_less.len() < whole.len());
+        assert_eq!(
+            fit_prompt(&tok, &e, c, whole.len() - 1).unwrap(),
+            Some(one_less)
+        );
+        let bare = encode_prompt(&tok, &e.without_oldest_steps(2), c).unwrap();
+        assert_eq!(fit_prompt(&tok, &e, c, bare.len() - 1).unwrap(), None);
+    }
+
+    #[test]
+    fn validation_and_training_never_share_a_query_and_eval_queries_are_left_out() {
+        let mut ex = synthetic::generate(40, 3, "train");
+        // Two steps per query, as a ToolBench trajectory has.
+        for (i, e) in ex.iter_mut().enumerate() {
+            e.query = format!("query {}", i / 2);
+        }
+        let (train, val) = hold_out_by_query(ex.clone(), 0.25, 9);
+        assert_eq!(train.len() + val.len(), 40);
+        assert_eq!(val.len(), 10, "5 of 20 queries, 2 steps each");
+        let held: std::collections::HashSet<&str> = val.iter().map(|e| e.query.as_str()).collect();
+        assert!(train.iter().all(|e| !held.contains(e.query.as_str())));
+        assert_eq!(hold_out_by_query(ex.clone(), 0.25, 9).1, val, "seeded");
+        assert_ne!(hold_out_by_query(ex.clone(), 0.25, 10).1, val);
+
+        let evaluated: std::collections::HashSet<&str> = ["query 0", "query 7"].into();
+        let (kept, left_out) = leave_out_queries(ex, &evaluated);
+        assert_eq!((kept.len(), left_out), (36, 4));
+        assert!(kept.iter().all(|e| !evaluated.contains(e.query.as_str())));
     }
 
     #[test]

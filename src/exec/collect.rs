@@ -83,21 +83,27 @@ struct ShardView {
     step: Option<i64>,
 }
 
-/// None without a shard file or a row for the run in it.
+/// None without a shard file or a row for the run in it. A task creates its shard as it
+/// starts: a file with no schema yet, half-migrated, or locked by the task's writer is a
+/// task that is starting, not an error of `status` or `collect` (a finished task's shard
+/// is complete and unlocked, so nothing finished is hidden this way).
 fn shard_view(task: &SlurmTask) -> Result<Option<ShardView>, StoreError> {
     if !task.shard.is_file() {
         return Ok(None);
     }
-    let shard = Store::open_read_only(&task.shard)?;
-    let Some((status, error)) = shard.run_status(&task.run_id)? else {
-        return Ok(None);
+    let read = || -> Result<Option<ShardView>, StoreError> {
+        let shard = Store::open_read_only(&task.shard)?;
+        let Some((status, error)) = shard.run_status(&task.run_id)? else {
+            return Ok(None);
+        };
+        let step = shard.last_step(&task.run_id)?;
+        Ok(Some(ShardView {
+            status,
+            error,
+            step,
+        }))
     };
-    let step = shard.last_step(&task.run_id)?;
-    Ok(Some(ShardView {
-        status,
-        error,
-        step,
-    }))
+    Ok(read().unwrap_or(None))
 }
 
 /// The state of every run ever submitted: `tasks` is `store.slurm_tasks()` (each run's
@@ -189,4 +195,45 @@ pub fn task_states(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(shard: std::path::PathBuf) -> SlurmTask {
+        SlurmTask {
+            job_id: "7".into(),
+            task_id: 0,
+            run_id: "abc".into(),
+            shard,
+            submit_dir: std::path::PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn a_shard_that_is_being_created_reads_as_a_starting_task() {
+        let dir = tempfile::tempdir().unwrap();
+        // Just created: an empty file.
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(shard_view(&task(empty)).unwrap().is_none());
+        // Half-migrated: a database without the runs table yet.
+        let half = dir.path().join("half.db");
+        rusqlite::Connection::open(&half)
+            .unwrap()
+            .execute_batch("CREATE TABLE sweeps (name TEXT);")
+            .unwrap();
+        assert!(shard_view(&task(half)).unwrap().is_none());
+        // Half-written: a file cut inside SQLite's header.
+        let cut = dir.path().join("cut.db");
+        std::fs::write(&cut, b"SQLite format 3\0\x10").unwrap();
+        assert!(shard_view(&task(cut)).unwrap().is_none());
+        // A complete shard with the run is read.
+        let full = dir.path().join("full.db");
+        let mut s = Store::open(&full).unwrap();
+        s.ensure_run("abc", "{}").unwrap();
+        drop(s);
+        assert!(shard_view(&task(full)).unwrap().is_some());
+    }
 }

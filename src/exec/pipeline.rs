@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use crate::config::ModelInit;
-use crate::data::{self, synthetic, Example, Source};
+use crate::data::{self, Example, Source};
 use crate::eval::{judge, llm_judge};
 use crate::model::{self, Decoding, GenerateOptions, ModelSource, Opt};
 use crate::store::Record;
@@ -90,20 +90,32 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
         .map_err(io(&cfg_path))?;
     let device = device_for(&cfg.model.device)?;
 
-    let train_ex = match Source::parse(&cfg.data.train).load()? {
-        Some(ex) => ex,
-        None => synthetic::generate(cfg.data.n_train, cfg.data.seed, "train"),
-    };
-    let synthetic_test =
-        || synthetic::generate(cfg.data.n_test, cfg.data.seed ^ 0x5eed_7e57, "test");
+    // Validation never reads the evaluation set, and no training example shares a query
+    // with it (the leak guard; the count left out is a metric of the run).
+    let data::Splits {
+        train: train_ex,
+        val: test_ex,
+        eval: eval_pool,
+        left_out,
+    } = data::splits(&cfg.data)?;
+    emit(metric(
+        run_id,
+        "examples_left_out",
+        "train",
+        -1,
+        left_out as f64,
+    ));
+    if train_ex.is_empty() && cfg.train.epochs > 0 {
+        return Err(RunError::Data(data::DataError::File {
+            path: cfg.data.train.clone(),
+            message: format!(
+                "no training example is left: the {left_out} there are share their queries \
+                 with data.eval = \"{}\"",
+                cfg.data.eval
+            ),
+        }));
+    }
     let eval_source = Source::parse(&cfg.data.eval);
-    let eval_pool = eval_source.load()?.unwrap_or_else(synthetic_test);
-    // Validation loss needs gold completions: BFCL has none, so a BFCL evaluation keeps
-    // the synthetic test split for it.
-    let test_ex = match eval_source {
-        Source::Bfcl(_) => synthetic_test(),
-        _ => eval_pool.clone(),
-    };
     let eval_ex: Vec<&Example> = if cfg.eval.limit > 0 {
         eval_pool.iter().take(cfg.eval.limit).collect()
     } else {
@@ -112,23 +124,16 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
 
     let source = ModelSource::resolve(&cfg.model.name)?;
     let template = cfg.data.template;
+    // Tokenization is shared by the runs of a results folder (`<results>/cache/tokens`).
+    let cache = match dir.parent().and_then(Path::parent) {
+        Some(results) => data::cache::TokenCache::in_results(results, true),
+        None => data::cache::TokenCache::none(),
+    };
     // Only a preset gets a tokenizer trained on the data: a checkpoint brings its own
     // (`tokenizer()` fails when it has none).
     let tokenizer = match source.tokenizer()? {
         Some(t) => t,
-        None => {
-            let texts: Vec<String> = train_ex
-                .iter()
-                .map(|e| {
-                    Ok(format!(
-                        "{}{}",
-                        template.prompt(e)?,
-                        template.completion(e)?
-                    ))
-                })
-                .collect::<Result<_, data::DataError>>()?;
-            data::train_tokenizer(&texts, cfg.data.vocab_size)?
-        }
+        None => cache.preset_tokenizer(&train_ex, template, cfg.data.vocab_size)?,
     };
     let tok_path = dir.join("tokenizer.json");
     tokenizer.save(&tok_path, false).map_err(|e| RunError::Io {
@@ -191,8 +196,8 @@ pub fn run_one(ctx: &super::RunContext) -> Result<(), RunError> {
         max_len: cfg.data.max_seq_len,
         truncation: cfg.data.truncation,
     };
-    let train_enc = encoding.split(&tokenizer, &train_ex)?;
-    let val_enc = encoding.split(&tokenizer, &test_ex)?;
+    let train_enc = cache.split(&tokenizer, &train_ex, &encoding)?;
+    let val_enc = cache.split(&tokenizer, &test_ex, &encoding)?;
     for (split, enc) in [("train", &train_enc), ("val", &val_enc)] {
         for (name, v) in fit_metrics(enc) {
             emit(metric(run_id, name, split, -1, v));
@@ -373,15 +378,38 @@ fn evaluate(
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(TrainError::Interrupted.into());
         }
-        let prompts = chunk
+        // A prompt that does not fit the model's positions with the decoding budget loses
+        // its oldest earlier steps; one that still does not fit gets a `context_overflow`
+        // verdict instead of a generation (the run goes on).
+        let room = model
+            .config()
+            .max_position_embeddings
+            .saturating_sub(e.max_new_tokens);
+        let fitted = chunk
             .iter()
-            .map(|e| data::encode_prompt(tok, e, cfg.data.template))
+            .map(|ex| data::fit_prompt(tok, ex, cfg.data.template, room))
             .collect::<Result<Vec<_>, _>>()?;
-        let outs = model::generate(model, &prompts, &opts, &stop)?;
-        for (e, out) in chunk.iter().zip(outs) {
-            let text = data::decode(tok, &out)?;
+        let prompts: Vec<Vec<u32>> = fitted.iter().flatten().cloned().collect();
+        let mut outs = if prompts.is_empty() {
+            Vec::new()
+        } else {
+            model::generate(model, &prompts, &opts, &stop)?
+        }
+        .into_iter();
+        for (e, fit) in chunk.iter().zip(&fitted) {
+            let out = fit
+                .as_ref()
+                .map(|_| outs.next().expect("one output per fitted prompt"));
+            let text = match &out {
+                Some(ids) => data::decode(tok, ids)?,
+                None => String::new(),
+            };
             for ev in &step_wise {
                 let v = match (ev.as_str(), llm) {
+                    (_, _) if out.is_none() => crate::eval::Judgment {
+                        passed: false,
+                        verdict: "context_overflow".into(),
+                    },
                     // The step's text is the answer judged; the path is that one step.
                     ("llm_judge", Some(j)) => {
                         let d = j.judge(&llm_judge::Item {
@@ -430,22 +458,15 @@ fn evaluate(
 /// How fitting a split to the length limit went, as run metrics: example counts, and
 /// token lengths before any cut (so a user can choose `data.max_seq_len`).
 fn fit_metrics(enc: &data::EncodedSplit) -> Vec<(&'static str, f64)> {
-    let mut lens = enc.lengths.clone();
-    lens.sort_unstable();
-    let q = |p: f64| -> f64 {
-        if lens.is_empty() {
-            return 0.0;
-        }
-        lens[((lens.len() - 1) as f64 * p).round() as usize] as f64
-    };
+    let len = enc.length_stats();
     vec![
-        ("examples", lens.len() as f64),
+        ("examples", enc.lengths.len() as f64),
         ("examples_truncated", enc.truncated as f64),
         ("examples_dropped", enc.dropped as f64),
-        ("seq_len_min", q(0.0)),
-        ("seq_len_median", q(0.5)),
-        ("seq_len_p95", q(0.95)),
-        ("seq_len_max", q(1.0)),
+        ("seq_len_min", len.min as f64),
+        ("seq_len_median", len.median as f64),
+        ("seq_len_p95", len.p95 as f64),
+        ("seq_len_max", len.max as f64),
     ]
 }
 

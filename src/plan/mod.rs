@@ -70,6 +70,8 @@ const ADDED_KEYS: &[(&str, &str, &str)] = &[
     ),
     ("data", "template", r#""compact""#),
     ("data", "truncation", r#""keep_start""#),
+    ("data", "val", r#""""#),
+    ("data", "val_fraction", "0.0"),
     // The plan resolves "checkpoint" to the model's rate: runs of presets (no dropout)
     // keep their ids, runs of checkpoints with dropout get new ones. (Only a config whose
     // model cannot be read keeps "checkpoint", and its plan fails.)
@@ -161,6 +163,75 @@ fn data_problem(key: &str, spec: &str, template: Template) -> Option<(String, St
         )),
         Ok(None) => None,
         Err(e) => problem(e.to_string()),
+    }
+}
+
+/// What a run's data amounts to, shown by `plan`: examples trained on, left out by the
+/// leak guard (their query is in the evaluation set), validated on and evaluated on, and
+/// the training split against `data.max_seq_len` (token lengths before any cut, and how
+/// many examples the limit cuts or drops), so a user can choose the limit before a run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DataSummary {
+    pub train: usize,
+    pub left_out: usize,
+    pub val: usize,
+    pub eval: usize,
+    pub tokens: crate::data::LengthStats,
+    pub truncated: usize,
+    pub dropped: usize,
+}
+
+/// `DataSummary`s, computed once per distinct data configuration and tokenizer. Reads the
+/// token cache of the results folder but writes nothing (planning changes no file).
+pub struct DataSummaries {
+    cache: crate::data::cache::TokenCache,
+    done: BTreeMap<String, DataSummary>,
+}
+
+impl DataSummaries {
+    pub fn new(results: &std::path::Path) -> Self {
+        DataSummaries {
+            cache: crate::data::cache::TokenCache::in_results(results, false),
+            done: BTreeMap::new(),
+        }
+    }
+
+    pub fn of(&mut self, cfg: &RunConfig) -> Result<DataSummary, String> {
+        let key = serde_json::json!([cfg.data, cfg.model.name, cfg.train.loss_on]).to_string();
+        if let Some(s) = self.done.get(&key) {
+            return Ok(*s);
+        }
+        let d = &cfg.data;
+        let s = crate::data::splits(d).map_err(|e| e.to_string())?;
+        let source = ModelSource::resolve(&cfg.model.name).map_err(|e| e.to_string())?;
+        let tok = match source.tokenizer().map_err(|e| e.to_string())? {
+            Some(t) => t,
+            None => self
+                .cache
+                .preset_tokenizer(&s.train, d.template, d.vocab_size)
+                .map_err(|e| e.to_string())?,
+        };
+        let encoding = crate::data::Encoding {
+            template: d.template,
+            loss_on: cfg.train.loss_on,
+            max_len: d.max_seq_len,
+            truncation: d.truncation,
+        };
+        let enc = self
+            .cache
+            .split(&tok, &s.train, &encoding)
+            .map_err(|e| e.to_string())?;
+        let summary = DataSummary {
+            train: s.train.len(),
+            left_out: s.left_out,
+            val: s.val.len(),
+            eval: s.eval.len(),
+            tokens: enc.length_stats(),
+            truncated: enc.truncated,
+            dropped: enc.dropped,
+        };
+        self.done.insert(key, summary);
+        Ok(summary)
     }
 }
 
@@ -273,8 +344,10 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
         let data_problems: Vec<(String, String)> = [
             ("data.train", &config.data.train),
             ("data.eval", &config.data.eval),
+            ("data.val", &config.data.val),
         ]
         .into_iter()
+        .filter(|(_, spec)| !spec.is_empty())
         .filter_map(|(k, spec)| {
             let template = config.data.template;
             datasets

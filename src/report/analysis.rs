@@ -180,6 +180,7 @@ fn load_run(
     let data_fit = match fit("examples")? {
         Some(examples) => Some(super::DataFit {
             examples,
+            left_out: fit("examples_left_out")?.unwrap_or(0.0),
             truncated: fit("examples_truncated")?.unwrap_or(0.0),
             dropped: fit("examples_dropped")?.unwrap_or(0.0),
             median_len: fit("seq_len_median")?.unwrap_or(0.0),

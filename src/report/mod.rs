@@ -112,6 +112,8 @@ pub struct RunRow {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DataFit {
     pub examples: f64,
+    /// Left out before fitting: their query is in the evaluation set.
+    pub left_out: f64,
     pub truncated: f64,
     pub dropped: f64,
     pub median_len: f64,

@@ -439,9 +439,9 @@ fn sigkill_then_resume_from_checkpoint_is_bit_identical() {
     assert!(model(d) == model(dir2.path()), "final parameters differ");
     let (m1, m2) = (metrics_without_timings(&db), metrics_without_timings(&db2));
     assert_eq!(m1, m2);
-    // 30 train steps with 4 metrics each, validation at 5, 10, 15, 20, 25, 30, and each
-    // split's 7 fit metrics.
-    assert_eq!(m1.iter().filter(|m| m.1 == "train").count(), 30 * 4 + 7);
+    // 30 train steps with 4 metrics each, validation at 5, 10, 15, 20, 25, 30, each
+    // split's 7 fit metrics, and the training split's count left out by the leak guard.
+    assert_eq!(m1.iter().filter(|m| m.1 == "train").count(), 30 * 4 + 7 + 1);
     assert_eq!(m1.iter().filter(|m| m.1 == "val").count(), 6 + 7);
     let verdicts = |db: &Path| -> Vec<(String, String)> {
         let c = Connection::open(db).unwrap();
@@ -707,31 +707,96 @@ fn a_sweep_evaluates_on_a_bfcl_file_and_stores_bfcl_verdicts() {
 
 #[test]
 fn a_sweep_trains_and_evaluates_step_wise_on_toolbench_trajectories() {
-    let answers = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/toolbench/ToolBench/data_example/answer");
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/toolbench");
+    let answers = shared.join("ToolBench/data_example/answer");
+    // StableToolBench's example answers: test queries the training files do not have.
+    let tests = shared.join("StableToolBench/data_example/answer/virtual_chatgpt_cot");
     let text = format!(
-        "[model]\nname = \"tiny\"\n[data]\ntrain = \"{0}\"\neval = \"{0}\"\nvocab_size = 400\nmax_seq_len = 1600\n\
+        "[model]\nname = \"tiny\"\n[data]\ntrain = \"{}\"\neval = \"{}\"\nvocab_size = 400\n\
+         max_seq_len = 1024\ntruncation = \"keep_end\"\n\
          [train]\nepochs = 1\nbatch_size = 8\nlr = 3e-3\n[eval]\nlimit = 3\nbatch_size = 1\nmax_new_tokens = 6\n",
-        answers.display()
+        answers.display(),
+        tests.display()
     );
     let (_dir, db) = run_ok(&text);
-    // 41 assistant steps in the 11 valid trajectories, all of them whole: 6 optimizer
-    // steps of 8.
-    assert_eq!(
-        count(&db, "SELECT CAST(sum(value) AS INTEGER) FROM metrics WHERE split = 'train' AND name IN ('examples_truncated', 'examples_dropped')"),
-        0
-    );
+    let metric = |name: &str| {
+        count(
+            &db,
+            &format!("SELECT CAST(value AS INTEGER) FROM metrics WHERE split = 'train' AND step = -1 AND name = '{name}'"),
+        )
+    };
+    // 41 assistant steps in the 11 valid trajectories, none of whose queries is tested;
+    // long ones lose earlier steps, and the optimizer steps over what is kept, 8 at a time.
+    assert_eq!(metric("examples"), 41);
+    assert_eq!(metric("examples_left_out"), 0);
+    assert!(metric("examples_truncated") > 0);
+    let kept = 41 - metric("examples_dropped");
     assert_eq!(
         count(
             &db,
             "SELECT count(*) FROM metrics WHERE name = 'loss' AND split = 'train'"
         ),
-        6
+        (kept + 7) / 8
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM eval_results WHERE dataset = 'toolbench' AND evaluator = 'rules' AND example_id LIKE 'G1-10-step%'"),
+        count(
+            &db,
+            "SELECT count(*) FROM eval_results WHERE dataset = 'toolbench' AND evaluator = 'rules'"
+        ),
         3
     );
+}
+
+/// Training on the very queries a run is evaluated on is a leak: those examples are left
+/// out, counted in the plan, the database and the report.
+#[test]
+fn training_examples_that_share_a_query_with_the_evaluation_are_left_out() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/toolbench");
+    let train = shared.join("ToolBench/toolllama/toolllama_G123_dfs_sample.json");
+    let eval = shared.join("ToolBench/data_example/answer/G1_answer");
+    let text = format!(
+        "[model]\nname = \"tiny\"\n[data]\ntrain = \"{}\"\neval = \"{}\"\nvocab_size = 400\n\
+         max_seq_len = 1024\ntruncation = \"keep_end\"\n\
+         [train]\nepochs = 1\nbatch_size = 8\nlr = 3e-3\n[eval]\nlimit = 2\nmax_new_tokens = 4\n",
+        train.display(),
+        eval.display()
+    );
+    let (dir, _) = setup(&text);
+    let d = dir.path();
+    let out = ablate(d, &["plan", "experiments/micro.toml", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let data = &plan[0]["runs"][0]["data"];
+    // The sample holds the G1 answer files' 4 valid trajectories' steps among its 41.
+    let left_out = data["left_out"].as_u64().unwrap();
+    assert!(left_out > 0 && left_out < 41, "{data}");
+    assert_eq!(data["train"].as_u64().unwrap() + left_out, 41, "{data}");
+    let out = ablate(d, &["plan", "experiments/micro.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{left_out} of 41 training examples left out")),
+        "{text}"
+    );
+    let out = ablate(d, &["run", "experiments/micro.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = d.join("results/ablate.db");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT CAST(value AS INTEGER) FROM metrics WHERE name = 'examples_left_out'"
+        ),
+        left_out as i64
+    );
+    let report = std::fs::read_to_string(d.join("results/reports/micro.md")).unwrap();
+    assert!(report.contains("eval queries left out"), "{report}");
 }
 
 #[test]

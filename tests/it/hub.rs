@@ -358,3 +358,40 @@ fn a_hub_checkpoint_fine_tunes_with_its_own_tokenizer() {
         .unwrap();
     assert_eq!(rate, 0.1);
 }
+
+/// Evaluation prompts longer than the checkpoint's positions (ToolBench's own prompts run
+/// to thousands of tokens; this one has 512) get a `context_overflow` verdict: the run is
+/// done, not aborted.
+#[test]
+fn prompts_beyond_the_checkpoints_positions_overflow_without_aborting_the_run() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/toolbench/ToolBench/toolllama/toolllama_G123_dfs_sample.json");
+    let sweep = format!(
+        "[model]\nname = {:?}\n[data]\ntrain = {sample:?}\neval = {sample:?}\n\
+         template = \"toolllama\"\n[train]\nepochs = 0\n[eval]\nlimit = 3\nmax_new_tokens = 8\n",
+        fixture("bin").display().to_string()
+    );
+    let (dir, _) = crate::cli::setup(&sweep);
+    let out = crate::cli::ablate(
+        dir.path(),
+        &["run", "experiments/micro.toml", "--no-report"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = rusqlite::Connection::open(dir.path().join("results/ablate.db")).unwrap();
+    let verdicts: Vec<String> = db
+        .prepare("SELECT verdict FROM eval_results ORDER BY example_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(verdicts, ["context_overflow"; 3]);
+    let status: String = db
+        .query_row("SELECT status FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "done");
+}

@@ -416,7 +416,30 @@ fn the_toolllama_sample_parses_exactly() {
 /// examples with `keep_end`, and evaluates a few of them.
 #[test]
 fn the_toolllama_sample_trains_and_evaluates_with_both_templates() {
-    let sample = toolllama_sample();
+    // The sample split by query: the last two queries' entries are the test set, so no
+    // training example shares a query with it.
+    let entries: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(toolllama_sample()).unwrap()).unwrap();
+    let query = |e: &Value| {
+        e["id"]
+            .as_str()
+            .unwrap()
+            .split_once(": ")
+            .unwrap()
+            .1
+            .to_string()
+    };
+    let mut queries: Vec<String> = entries.iter().map(query).collect();
+    queries.dedup();
+    let tested = &queries[queries.len() - 2..];
+    let (test, train): (Vec<&Value>, Vec<&Value>) =
+        entries.iter().partition(|e| tested.contains(&query(e)));
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_file, test_file) = (tmp.path().join("train.json"), tmp.path().join("test.json"));
+    std::fs::write(&train_file, serde_json::to_string(&train).unwrap()).unwrap();
+    std::fs::write(&test_file, serde_json::to_string(&test).unwrap()).unwrap();
+    let n_train = train.len() as f64;
+    assert!(n_train > 30.0 && test.len() >= 4);
     let sweep = format!(
         r#"
 [experiment]
@@ -424,8 +447,8 @@ name = "toolllama"
 [model]
 name = "tiny"
 [data]
-train = {sample:?}
-eval = {sample:?}
+train = {train_file:?}
+eval = {test_file:?}
 vocab_size = 2000
 max_seq_len = 1024
 truncation = "keep_end"
@@ -448,6 +471,18 @@ batch_size = 4
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Before anything runs, the plan says how the data meets max_seq_len.
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let planned = |template: &str| -> Value {
+        plan[0]["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["config"]["data"]["template"] == template)
+            .unwrap()["data"]
+            .clone()
+    };
+    assert!(!d.join("results").exists(), "plan writes nothing");
     let out = crate::cli::ablate(d, &["run", "experiments/micro.toml"]);
     assert!(
         out.status.success(),
@@ -475,7 +510,8 @@ batch_size = 4
             )
             .unwrap();
         assert_eq!(verdicts, 4, "{t}: verdicts of the evaluated examples");
-        assert_eq!(metric(t, "examples"), 41.0, "{t}");
+        assert_eq!(metric(t, "examples"), n_train, "{t}");
+        assert_eq!(metric(t, "examples_left_out"), 0.0, "{t}");
     }
     // ToolBench's own prompts (its system prompt and API documentation) run to thousands
     // of tokens, so at 1,024 some examples lose earlier steps and some cannot fit at all;
@@ -497,13 +533,35 @@ batch_size = 4
         metric("toolllama", "examples_truncated") > 0.0,
         "keep_end fitted none"
     );
-    assert!(metric("toolllama", "examples_dropped") < 41.0);
+    assert!(metric("toolllama", "examples_dropped") < n_train);
+    // The plan's figures are the runs'.
+    for t in ["compact", "toolllama"] {
+        let p = planned(t);
+        assert_eq!(p["train"].as_f64().unwrap(), n_train, "{t}");
+        for (key, name) in [
+            ("truncated", "examples_truncated"),
+            ("dropped", "examples_dropped"),
+        ] {
+            assert_eq!(p[key].as_f64().unwrap(), metric(t, name), "{t} {key}");
+        }
+        for (key, name) in [
+            ("median", "seq_len_median"),
+            ("p95", "seq_len_p95"),
+            ("max", "seq_len_max"),
+        ] {
+            assert_eq!(
+                p["tokens"][key].as_f64().unwrap(),
+                metric(t, name),
+                "{t} {key}"
+            );
+        }
+    }
     let report = std::fs::read_to_string(d.join("results/reports/toolllama.md")).unwrap();
     assert!(report.contains("## Training data"), "{report}");
     let dropped = metric("toolllama", "examples_dropped") as i64;
     let row = report
         .lines()
-        .find(|l| l.contains("| toolllama | 41 |"))
+        .find(|l| l.contains(&format!("| toolllama | {n_train} | 0 |")))
         .unwrap_or_else(|| panic!("no training-data row for toolllama:\n{report}"));
     assert!(row.contains(&format!("| {dropped} |")), "{row}");
 }
