@@ -207,6 +207,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download model repositories into the local Hugging Face cache (on a machine with
+    /// internet, before a sweep runs where there is none; plan and run never download).
+    /// Fetches config.json, the tokenizer files and one weight layout, then checks the
+    /// snapshot as plan will. Honours HF_ENDPOINT, HF_HOME / HF_HUB_CACHE and HF_TOKEN.
+    #[command(
+        after_help = "Example:\n  ablate fetch facebook/opt-125m facebook/opt-350m facebook/opt-1.3b\n  \
+        ablate plan experiments/paper    # finds them in the cache"
+    )]
+    Fetch {
+        /// Repository ids, e.g. facebook/opt-350m.
+        #[arg(required = true)]
+        models: Vec<String>,
+        /// A branch, tag or commit.
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Look at data as the model sees it.
     #[command(subcommand)]
     Data(DataCommand),
@@ -378,6 +397,11 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Query { sql, csv, json } => cmd_query(&cli.db, &sql, csv, json),
         Command::Export { sweep, json, .. } => cmd_export(&cli.db, &sweep, json),
         Command::Compare { runs, json } => cmd_compare(&cli.db, &runs, json),
+        Command::Fetch {
+            models,
+            revision,
+            json,
+        } => cmd_fetch(&models, &revision, json),
         Command::Data(DataCommand::Convert { answers, out }) => cmd_data_convert(&answers, &out),
         Command::Data(DataCommand::Inspect {
             source,
@@ -403,6 +427,29 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
             json,
         }) => cmd_score_bfcl(&questions, answers.as_deref(), &predictions, json),
     }
+}
+
+fn cmd_fetch(models: &[String], revision: &str, json: bool) -> Result<u8, Failure> {
+    let mut fetched = Vec::new();
+    for m in models {
+        if !json {
+            eprintln!("fetching {m} ({revision})");
+        }
+        let f = crate::model::fetch::fetch(m, revision).map_err(user)?;
+        if !json {
+            eprintln!(
+                "  {} files in {}: {}",
+                f.files.len(),
+                f.snapshot.display(),
+                f.files.join(", ")
+            );
+        }
+        fetched.push(f);
+    }
+    if json {
+        println!("{}", serde_json::to_string(&fetched).expect("json"));
+    }
+    Ok(exit::OK)
 }
 
 fn cmd_data_convert(answers: &Path, out: &Path) -> Result<u8, Failure> {

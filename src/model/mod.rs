@@ -2,6 +2,7 @@
 //! layout, and greedy generation with a KV cache.
 
 mod dropout;
+pub mod fetch;
 mod generate;
 pub mod ops;
 mod opt;

@@ -395,3 +395,208 @@ fn prompts_beyond_the_checkpoints_positions_overflow_without_aborting_the_run() 
         .unwrap();
     assert_eq!(status, "done");
 }
+
+/// A Hub-like HTTP server on 127.0.0.1 serving one model repository from a folder, as
+/// huggingface.co answers hf-hub: the file list at `/api/models/<repo>/revision/main`, and
+/// files at `/<repo>/resolve/main/<file>` with `Range` requests, `ETag`, `X-Repo-Commit`
+/// and `Content-Range`. It stops when dropped.
+struct HubServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HubServer {
+    const COMMIT: &'static str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn start(repo: &str, dir: &Path) -> HubServer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (repo, dir, flag) = (repo.to_string(), dir.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        Self::serve(stream, &repo, &dir);
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        });
+        HubServer {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn serve(mut stream: std::net::TcpStream, repo: &str, dir: &Path) {
+        use std::io::{BufRead, BufReader, Write};
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut request = String::new();
+        let mut range: Option<(usize, Option<usize>)> = None;
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+            if request.is_empty() {
+                request = line.clone();
+            } else if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                let (a, b) = v.trim().split_once('-').unwrap();
+                range = Some((a.parse().unwrap(), b.parse().ok()));
+            }
+            line.clear();
+        }
+        let path = request.split(' ').nth(1).unwrap_or_default().to_string();
+        let mut respond = |status: &str, headers: Vec<String>, body: &[u8]| {
+            let mut head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            for h in headers {
+                head.push_str(&h);
+                head.push_str("\r\n");
+            }
+            head.push_str("\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body);
+        };
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        if path == format!("/api/models/{repo}/revision/main") {
+            let siblings: Vec<Value> = files
+                .iter()
+                .map(|f| serde_json::json!({ "rfilename": f }))
+                .collect();
+            let body = serde_json::json!({ "sha": Self::COMMIT, "siblings": siblings }).to_string();
+            return respond(
+                "200 OK",
+                vec!["Content-Type: application/json".into()],
+                body.as_bytes(),
+            );
+        }
+        let prefix = format!("/{repo}/resolve/main/");
+        let Some(name) = path
+            .strip_prefix(&prefix)
+            .filter(|n| files.iter().any(|f| f == n))
+        else {
+            return respond("404 Not Found", vec![], b"not found");
+        };
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        use sha2::Digest;
+        let etag: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let (start, end) = match range {
+            Some((a, b)) => (a, b.unwrap_or(bytes.len() - 1).min(bytes.len() - 1)),
+            None => (0, bytes.len() - 1),
+        };
+        respond(
+            "206 Partial Content",
+            vec![
+                format!("ETag: \"{etag}\""),
+                format!("X-Repo-Commit: {}", Self::COMMIT),
+                format!("Content-Range: bytes {start}-{end}/{}", bytes.len()),
+            ],
+            &bytes[start..=end],
+        );
+    }
+}
+
+impl Drop for HubServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn fetch_downloads_a_hub_repository_that_plan_then_finds() {
+    let server = HubServer::start("facebook/opt-tiny", &fixture("bin"));
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = tmp.path().join("hub");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ablate"))
+            .current_dir(tmp.path())
+            .args(args)
+            .env_remove("ABLATE_DB")
+            .env_remove("HF_TOKEN")
+            .env("HF_HUB_CACHE", &hub)
+            .env("HF_HOME", tmp.path().join("hf-home"))
+            .env("HF_ENDPOINT", format!("http://127.0.0.1:{}", server.port))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    std::fs::create_dir(tmp.path().join("experiments")).unwrap();
+    std::fs::write(
+        tmp.path().join("experiments/e.toml"),
+        "[model]\nname = \"facebook/opt-tiny\"\n[data]\nmax_seq_len = 320\n[train]\nepochs = 1\n",
+    )
+    .unwrap();
+    // plan never downloads: before the fetch, the model is missing.
+    let out = run(&["plan", "experiments/e.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the local Hugging Face cache"));
+
+    let out = run(&["fetch", "facebook/opt-tiny", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fetched: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files: Vec<&str> = fetched[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    // What ablate reads, and nothing else the repository has.
+    assert_eq!(
+        files,
+        [
+            "config.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.json",
+            "merges.txt",
+            "pytorch_model.bin"
+        ]
+    );
+    let snapshot = Path::new(fetched[0]["snapshot"].as_str().unwrap());
+    assert!(snapshot.starts_with(&hub) && snapshot.ends_with(HubServer::COMMIT));
+    for f in &files {
+        assert_eq!(
+            std::fs::read(snapshot.join(f)).unwrap(),
+            std::fs::read(fixture("bin").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert!(!snapshot.join("reference.json").exists());
+
+    let out = run(&["plan", "experiments/e.toml", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A repository the server does not have: one line naming it, exit 2.
+    let out = run(&["fetch", "facebook/nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("facebook/nope") && last.contains("listing its files"),
+        "{err}"
+    );
+}
