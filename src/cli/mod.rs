@@ -453,19 +453,24 @@ fn cmd_fetch(models: &[String], revision: &str, json: bool) -> Result<u8, Failur
 }
 
 fn cmd_data_convert(answers: &Path, out: &Path) -> Result<u8, Failure> {
-    let trajectories = crate::data::toolbench::load_answers(answers).map_err(user)?;
-    let entries: Vec<_> = trajectories
-        .iter()
-        .flat_map(|t| t.to_sft_entries())
-        .collect();
+    let files = crate::data::toolbench::answer_files(answers).map_err(user)?;
+    let mut entries = Vec::new();
+    let mut converted = 0;
+    for f in &files {
+        if let Some(e) = crate::data::toolllama::from_answer_file(f).map_err(user)? {
+            entries.extend(e);
+            converted += 1;
+        }
+    }
     let text = serde_json::to_string_pretty(&entries).expect("json");
     std::fs::write(out, text)
         .with_context(|| format!("writing {}", out.display()))
         .map_err(internal)?;
     eprintln!(
-        "wrote {} entries (one per assistant step) of {} trajectories to {}",
+        "wrote {} entries (one per assistant step) of {converted} answer files ({} skipped \
+         as valid_data: false) to {}",
         entries.len(),
-        trajectories.len(),
+        files.len() - converted,
         out.display()
     );
     Ok(exit::OK)

@@ -242,6 +242,17 @@ impl Parser<'_> {
 }
 
 impl Py {
+    /// The value of `key` in a dict with string keys.
+    pub fn get(&self, key: &str) -> Option<&Py> {
+        match self {
+            Py::Dict(items) => items
+                .iter()
+                .find(|(k, _)| matches!(k, Py::Str(s) if s == key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
     /// A JSON value as Python's `json.loads` gives it (integers stay ints).
     pub fn from_json(v: &Value) -> Py {
         match v {

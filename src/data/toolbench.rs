@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::pyliteral::Py;
 use super::{DataError, Example, GoldCall, ToolSpec, Turn};
 
 /// One assistant step and what the function returned.
@@ -154,16 +153,21 @@ pub fn load_answer(path: &Path) -> Result<Option<Trajectory>, DataError> {
 /// Every `*.json` answer file under `dir` (recursively), in path order; invalid ones are
 /// skipped as ToolBench skips them.
 pub fn load_answers(dir: &Path) -> Result<Vec<Trajectory>, DataError> {
-    let mut files = Vec::new();
-    collect_json(dir, &mut files).map_err(|e| err(dir, e.to_string()))?;
-    files.sort();
     let mut out = Vec::new();
-    for f in files {
+    for f in answer_files(dir)? {
         if let Some(t) = load_answer(&f)? {
             out.push(t);
         }
     }
     Ok(out)
+}
+
+/// Every `*.json` file under `dir` (recursively), in path order.
+pub fn answer_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut files = Vec::new();
+    collect_json(dir, &mut files).map_err(|e| err(dir, e.to_string()))?;
+    files.sort();
+    Ok(files)
 }
 
 fn collect_json(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -350,28 +354,6 @@ pub fn load_tsv(path: &Path) -> Result<Vec<std::collections::BTreeMap<String, St
 
 /// The line before the API list in the system turn of ToolBench's `conversations` format.
 pub(crate) const APIS_MARKER: &str = "Specifically, you have access to the following APIs: ";
-const SYSTEM_PROMPT: &str =
-    "You are AutoGPT, you can use many tools(functions) to do the following task.\n\
-First I will give you the task description, and your task start.\n\
-At each step, you need to give your thought to analyze the status now and what to do next, \
-with a function call to actually excute your step. Your output should follow this format:\n\
-Thought:\nAction\nAction Input:\n\n\
-After the call, you will get the call result, and you are now in a new state.\n\
-Remember:\n\
-1.the state change is irreversible, you can't go back to one of the former state, \
-if you want to restart the task, say \"I give up and restart\".\n\
-2.All the thought is short, at most in 5 sentence.\n\
-3.You can do more then one trys, so if your plan is to continusly try some conditions, \
-you can do one of the conditions per try.\n\
-Let's Begin!\n\
-Task description: You should use functions to help handle the real time user querys. \
-Remember:\n\
-1.ALWAYS call \"Finish\" function at the end of the task. And the final answer should \
-contain enough information to show to the user,If you can't handle the task, or you find \
-that function calls always fail(the function is not valid now), use function \
-Finish->give_up_and_restart.\n\
-2.Do not use origin tool names, use only subfunctions' names.\n";
-
 /// One entry of ToolBench's SFT format: `{"id", "conversations": [{"from", "value"}]}`
 /// with `system`, `user`, `assistant` (`Thought: / Action: / Action Input:`) and `function`
 /// turns, as ToolBench's preprocessing writes its training data (read by `toolllama`).
@@ -385,62 +367,6 @@ pub struct Conversation {
 pub struct ConversationTurn {
     pub from: String,
     pub value: String,
-}
-
-impl Trajectory {
-    /// The trajectory in ToolBench's SFT format, as its preprocessing writes it: one entry
-    /// per assistant step (`"Step N: <query>"`, N the step's message index), each holding
-    /// the system turn with the API list as a Python literal, the user turn, the earlier
-    /// steps with their observations, and the step itself last. Key order inside the
-    /// parameter schemas is sorted (ablate reads answer files into JSON maps).
-    pub fn to_sft_entries(&self) -> Vec<Conversation> {
-        let turn = |from: &str, value: String| ConversationTurn {
-            from: from.into(),
-            value,
-        };
-        let functions = Py::List(
-            self.functions
-                .iter()
-                .map(|f| {
-                    Py::Dict(vec![
-                        (Py::Str("name".into()), Py::Str(f.name.clone())),
-                        (
-                            Py::Str("description".into()),
-                            Py::Str(f.description.clone()),
-                        ),
-                        (Py::Str("parameters".into()), Py::from_json(&f.parameters)),
-                    ])
-                })
-                .collect(),
-        );
-        let head = vec![
-            turn(
-                "system",
-                format!("{SYSTEM_PROMPT}\n{APIS_MARKER}{}", functions.repr()),
-            ),
-            turn("user", format!("\n{}\nBegin!\n", self.query)),
-        ];
-        let react = |s: &Step| {
-            format!(
-                "\nThought: {}\nAction: {}\nAction Input: {}",
-                s.thought, s.action, s.action_input
-            )
-        };
-        (0..self.steps.len())
-            .map(|k| {
-                let mut turns = head.clone();
-                for s in &self.steps[..k] {
-                    turns.push(turn("assistant", react(s)));
-                    turns.push(turn("function", s.observation.clone().unwrap_or_default()));
-                }
-                turns.push(turn("assistant", react(&self.steps[k])));
-                Conversation {
-                    id: format!("Step {}: {}", 2 + 2 * k, self.query),
-                    conversations: turns,
-                }
-            })
-            .collect()
-    }
 }
 
 /// Splits an assistant turn `Thought: … Action: … Action Input: …`. A thought may itself

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::toolbench::{parse_assistant, ConversationTurn, APIS_MARKER};
+use super::pyliteral::Py;
+use super::toolbench::{parse_assistant, Conversation, ConversationTurn, APIS_MARKER};
 use super::{pyliteral, DataError, Example, GoldCall, RawConversation, ToolSpec, Turn};
 
 #[derive(serde::Deserialize)]
@@ -52,6 +53,100 @@ pub fn load(path: &Path) -> Result<Vec<Example>, DataError> {
             Ok(ex)
         })
         .collect()
+}
+
+/// The SFT entries of one DFS answer file, made as ToolBench's preprocessing makes them
+/// (`preprocess/preprocess_toolllama_data.py`): one entry per transcript of
+/// `train_messages` that ends with a function call, id `Step <message index>: <query>`;
+/// an assistant message with a call becomes `\nThought: <text of the call-less messages
+/// before it>\nAction: <name>\nAction Input: <arguments as written>`, and every other
+/// message its content. The system turn is the file's own system message with the API list
+/// appended as Python's `str()` (key order kept). ToolBench's preprocessing also inserts an
+/// output-format line into that message; ablate does not carry that text, so its system
+/// turns lack the line (the comparison test checks that this is the only difference).
+/// `None` for a file ToolBench marked `valid_data: false`.
+pub fn from_answer_file(path: &Path) -> Result<Option<Vec<Conversation>>, DataError> {
+    let bad = |message: String| DataError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    // Read order-preserving: the API list's key order is part of the text the model sees.
+    let file = pyliteral::parse(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let ag = file
+        .get("answer_generation")
+        .ok_or_else(|| bad("no answer_generation: not a ToolBench answer file".into()))?;
+    if ag.get("valid_data") == Some(&Py::Bool(false)) {
+        return Ok(None);
+    }
+    let str_of = |v: Option<&Py>, what: &str| -> Result<String, DataError> {
+        match v {
+            Some(Py::Str(s)) => Ok(s.clone()),
+            _ => Err(bad(format!("{what} is not a string"))),
+        }
+    };
+    let query = str_of(ag.get("query"), "answer_generation.query")?;
+    let functions = ag
+        .get("function")
+        .ok_or_else(|| bad("no answer_generation.function".into()))?
+        .repr();
+    let Some(Py::List(transcripts)) = ag.get("train_messages") else {
+        return Err(bad("answer_generation.train_messages is not a list".into()));
+    };
+    let mut out = Vec::new();
+    for (t, transcript) in transcripts.iter().enumerate() {
+        let Py::List(messages) = transcript else {
+            return Err(bad(format!("train_messages[{t}] is not a list")));
+        };
+        let mut turns = Vec::new();
+        let mut react = String::new();
+        for (i, m) in messages.iter().enumerate() {
+            let at = |what: &str| format!("train_messages[{t}][{i}].{what}");
+            let role = str_of(m.get("role"), &at("role"))?;
+            let content = match m.get("content") {
+                Some(Py::Str(c)) => c.clone(),
+                _ => String::new(),
+            };
+            let call = m.get("function_call");
+            let last = i + 1 == messages.len();
+            if role == "assistant" {
+                let Some(call) = call else {
+                    if last {
+                        break;
+                    }
+                    react.push_str(&format!("\nThought: {content}"));
+                    continue;
+                };
+                if react.is_empty() {
+                    react.push_str("\nThought: ");
+                }
+                react.push_str(&format!(
+                    "\nAction: {}\nAction Input: {}",
+                    str_of(call.get("name"), &at("function_call.name"))?,
+                    str_of(call.get("arguments"), &at("function_call.arguments"))?
+                ));
+                turns.push(ConversationTurn {
+                    from: role,
+                    value: std::mem::take(&mut react),
+                });
+                if last {
+                    out.push(Conversation {
+                        id: format!("Step {i}: {query}"),
+                        conversations: std::mem::take(&mut turns),
+                    });
+                }
+            } else {
+                let value = if role == "system" {
+                    format!("{content}\n{APIS_MARKER}{functions}")
+                } else {
+                    content
+                };
+                turns.push(ConversationTurn { from: role, value });
+                react.clear();
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 /// The functions of a system turn: the Python-literal list after the API marker.

@@ -275,63 +275,88 @@ fn stabletoolbench_example_files_load_and_rules_agree_with_the_judge() {
     assert!(!rows.is_empty() && rows.iter().all(|r| r.contains_key("preference_label")));
 }
 
+/// `ablate data convert` against ToolBench's own preprocessing: the shared toolllama sample
+/// is `preprocess_toolllama_data.py` run on the shared G1 / G2 / G3 answer files. Every
+/// entry, id and turn must come out the same, the API list byte for byte; the system turn
+/// may differ only by the one output-format line ToolBench inserts (prose ablate does not
+/// carry), found here as the single insertion that turns ablate's text into ToolBench's.
 #[test]
-fn answer_files_convert_to_toolbench_sft_entries_that_read_back_as_the_same_steps() {
-    use ablate::data::toolbench::{load_answers, Conversation};
+fn data_convert_writes_what_toolbenchs_preprocessing_writes() {
     let tmp = tempfile::tempdir().unwrap();
-    for dir in [
-        "toolbench/ToolBench/data_example/answer",
-        "toolbench/StableToolBench/data_example/answer",
-    ] {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data")
-            .join(dir);
-        let trajectories = load_answers(&src).unwrap();
-        assert!(!trajectories.is_empty(), "{dir}");
-        let entries: Vec<Conversation> = trajectories
-            .iter()
-            .flat_map(|t| t.to_sft_entries())
-            .collect();
-        let steps: usize = trajectories.iter().map(|t| t.steps.len()).sum();
-        assert_eq!(entries.len(), steps, "{dir}: one entry per assistant step");
-        // ToolBench's layout: system, user, then assistant / function turns, the step last.
-        for c in &entries {
-            let froms: Vec<&str> = c.conversations.iter().map(|t| t.from.as_str()).collect();
-            assert_eq!(&froms[..2], ["system", "user"], "{}", c.id);
-            assert_eq!(froms.last(), Some(&"assistant"), "{}", c.id);
-            assert!(c.id.starts_with("Step "), "{}", c.id);
-            // The API list is a Python literal, as ToolBench writes it.
-            assert!(
-                c.conversations[0].value.contains("APIs: [{'name': '"),
-                "{}",
-                c.id
-            );
-        }
-        let file = tmp.path().join("sft.json");
-        std::fs::write(&file, serde_json::to_string(&entries).unwrap()).unwrap();
-        // As a data source it gives the answer files' step-wise examples.
-        let from_file = ablate::data::Source::parse(file.to_str().unwrap())
-            .load()
-            .unwrap()
+    let mut ours: Vec<Value> = Vec::new();
+    for g in ["G1", "G2", "G3"] {
+        let out = tmp.path().join(format!("{g}.json"));
+        let dir = root().join(format!("ToolBench/data_example/answer/{g}_answer"));
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_ablate"))
+            .args([
+                "data",
+                "convert",
+                dir.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .output()
             .unwrap();
-        let from_dir = ablate::data::Source::parse(src.to_str().unwrap())
-            .load()
-            .unwrap()
-            .unwrap();
-        assert_eq!(from_file.len(), from_dir.len(), "{dir}");
-        for (a, b) in from_file.iter().zip(&from_dir) {
-            assert_eq!(
-                (&a.query, &a.tools, &a.thought, &a.gold),
-                (&b.query, &b.tools, &b.thought, &b.gold),
-                "{}",
-                b.id
-            );
-            let calls = |e: &ablate::data::Example| -> Vec<String> {
-                e.history.iter().map(|t| t.assistant.clone()).collect()
-            };
-            assert_eq!(calls(a), calls(b), "{}", b.id);
-        }
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        ours.extend(v.as_array().unwrap().iter().cloned());
     }
+    let theirs: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(toolllama_sample()).unwrap()).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    let by_id = |v: &[Value]| -> std::collections::BTreeMap<String, Value> {
+        v.iter()
+            .map(|e| {
+                (
+                    e["id"].as_str().unwrap().to_string(),
+                    e["conversations"].clone(),
+                )
+            })
+            .collect()
+    };
+    let (ours, theirs) = (by_id(&ours), by_id(&theirs));
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
+    const MARKER: &str = "Specifically, you have access to the following APIs: ";
+    let mut insertions = std::collections::BTreeSet::new();
+    for (id, a) in &ours {
+        let b = &theirs[id];
+        let (a, b) = (a.as_array().unwrap(), b.as_array().unwrap());
+        assert_eq!(a[1..], b[1..], "{id}: turns after the system turn");
+        let (ha, la) = a[0]["value"].as_str().unwrap().split_once(MARKER).unwrap();
+        let (hb, lb) = b[0]["value"].as_str().unwrap().split_once(MARKER).unwrap();
+        assert_eq!(la, lb, "{id}: the API list");
+        let p = ha
+            .bytes()
+            .zip(hb.bytes())
+            .take_while(|(x, y)| x == y)
+            .count();
+        let q = ha[p..]
+            .bytes()
+            .rev()
+            .zip(hb[p..].bytes().rev())
+            .take_while(|(x, y)| x == y)
+            .count();
+        assert_eq!(
+            p + q,
+            ha.len(),
+            "{id}: the system turns differ by more than one insertion"
+        );
+        insertions.insert(hb[p..hb.len() - q].to_string());
+    }
+    // One and the same line, for every entry.
+    assert_eq!(insertions.len(), 1, "{insertions:?}");
+    let line = insertions.into_iter().next().unwrap();
+    assert!(
+        line.len() < 100 && line.contains("Action Input:"),
+        "{line:?}"
+    );
 }
 
 /// ToolBench's own preprocessing output (`toolllama_G123_dfs_sample.json`, 41 entries).
