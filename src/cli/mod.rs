@@ -700,7 +700,7 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
     for p in &plans {
         let ids: Vec<String> = p.runs.iter().map(|r| r.id.clone()).collect();
         let statuses = match &store {
-            Some(s) => s.statuses(&ids).unwrap_or_default(),
+            Some(s) => s.statuses(&ids).map_err(store_failure)?,
             None => Default::default(),
         };
         let status = |id: &str| statuses.get(id).copied().unwrap_or(RunStatus::Pending);

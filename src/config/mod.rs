@@ -357,6 +357,19 @@ pub fn load_experiment_text(
         None => Grid::default(),
         Some(v) => parse_grid(v, &defaults_json, &known, &mut push),
     };
+    // A grid axis takes its values from [grid]; an override of the key would be silently
+    // lost in every run, so it is refused.
+    for o in sets {
+        if grid.axes.contains_key(&o.key) || grid.zips.iter().any(|z| z.contains_key(&o.key)) {
+            problems.borrow_mut().push(ConfigProblem {
+                origin: format!("--set {}", o.key),
+                key: o.key.clone(),
+                message: "is a grid axis of this experiment: --set cannot change it (edit \
+                          its values under [grid])"
+                    .into(),
+            });
+        }
+    }
 
     for (key, val) in &meta.baseline {
         let json = serde_json::to_value(val).unwrap_or(Value::Null);
@@ -409,15 +422,19 @@ pub fn load_experiment_text(
             Err(e) => push("", one_line(&e.to_string())),
         }
     }
-    let problems = problems.into_inner();
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid(problems));
-    }
     let name = meta.name.clone().unwrap_or_else(|| {
         path.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "experiment".into())
     });
+    // The name names files (the report and its plots): it must stay one file name.
+    if let Err(m) = safe_file_name(&name) {
+        push("experiment.name", format!("\"{name}\" {m}"));
+    }
+    let problems = problems.into_inner();
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
     Ok(Experiment {
         name,
         file: path.to_path_buf(),
@@ -428,6 +445,28 @@ pub fn load_experiment_text(
         base,
         grid,
     })
+}
+
+/// Whether a user-given name can be used as one file name inside a folder ablate writes:
+/// not empty, at most 200 bytes, no path separator, no leading dot (no `..`, no hidden
+/// files), no control characters.
+pub fn safe_file_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    if name.len() > 200 {
+        return Err("is longer than 200 bytes");
+    }
+    if name.contains(['/', '\\']) {
+        return Err("contains a path separator: it must be one file name");
+    }
+    if name.starts_with('.') {
+        return Err("starts with '.': it would name a hidden file or a parent folder");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("contains a control character");
+    }
+    Ok(())
 }
 
 /// Deserializes a top-level table that is not part of the run config (`[experiment]`,
@@ -743,15 +782,23 @@ pub fn experiment_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> 
             })?;
             let mut files: Vec<PathBuf> = rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
+                // Regular files only (a symlink to one counts): a FIFO would block the
+                // read forever and a device would never end.
                 .filter(|f| {
                     f.extension().is_some_and(|x| x == "toml")
                         && f.file_name().is_some_and(|n| n != "defaults.toml")
+                        && f.is_file()
                 })
                 .collect();
             files.sort();
             out.extend(files);
         } else if p.is_file() {
             out.push(p.clone());
+        } else if p.exists() {
+            return Err(ConfigError::Io {
+                path: p.display().to_string(),
+                message: "not a regular file or a directory".into(),
+            });
         } else {
             return Err(ConfigError::Io {
                 path: p.display().to_string(),

@@ -228,7 +228,19 @@ pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
         cells
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            // Padded by hand: `format!`'s width is limited to u16 and panics beyond it,
+            // and a cell (a query result, an axis value) can be any length.
+            .map(|(i, c)| {
+                let pad = widths
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(c.chars().count());
+                let mut cell = String::with_capacity(c.len() + pad);
+                cell.push_str(c);
+                cell.extend(std::iter::repeat_n(' ', pad));
+                cell
+            })
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()
@@ -330,4 +342,25 @@ pub fn comparison(c: &crate::report::RunComparison) -> String {
         out.push_str(&table(&headers, &rows));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_takes_cells_of_any_length() {
+        let long = "x".repeat(70_000);
+        let out = table(
+            &["a".to_string(), "b".to_string()],
+            &[
+                vec![long.clone(), "1".into()],
+                vec!["é".into(), "22".into()],
+            ],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[1], format!("{long}  1"));
+        assert_eq!(lines[2].chars().count(), 70_000 + 2 + 2);
+        assert!(lines[0].starts_with("a ") && lines[0].ends_with(" b"));
+    }
 }

@@ -892,3 +892,90 @@ fn toolbench_episodes_store_one_verdict_per_trajectory() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"episode\" needs data.eval"));
 }
+
+/// A database `plan` cannot read is an error, not a plan where every run looks pending.
+#[test]
+fn plan_fails_with_the_databases_error_instead_of_showing_everything_pending() {
+    let (dir, _) = setup(MICRO);
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("results")).unwrap();
+    let db = d.join("results/ablate.db");
+    std::fs::write(&db, vec![0x5au8; 8192]).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let out = ablate(d, &["plan", "experiments/micro.toml"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ablate.db"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("pending"));
+    assert_eq!(std::fs::read(&db).unwrap(), before, "the file is untouched");
+}
+
+/// `--set` on a key the grid sweeps would be lost in every run: refused, one line, exit 2.
+#[test]
+fn set_on_a_grid_axis_is_refused() {
+    let (dir, _) = setup(MICRO);
+    let out = ablate(
+        dir.path(),
+        &["plan", "experiments/micro.toml", "--set", "train.epochs=7"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--set train.epochs: train.epochs: is a grid axis"),
+        "{err}"
+    );
+    // A key that is not an axis still overrides.
+    let out = ablate(
+        dir.path(),
+        &["plan", "experiments/micro.toml", "--set", "train.lr=1e-3"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Special files in an experiments folder are not read: a FIFO would block `plan` forever
+/// and a link to /dev/zero would read until memory runs out.
+#[test]
+fn special_files_in_the_experiments_folder_are_passed_over() {
+    let (dir, _) = setup(MICRO);
+    let d = dir.path();
+    let fifo = d.join("experiments/fifo.toml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink("/dev/zero", d.join("experiments/zero.toml")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .current_dir(d)
+        .args(["plan", "experiments/"])
+        .env_remove("ABLATE_DB")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("plan blocked on a special file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("micro"));
+    // Named on the command line, it is refused with a reason.
+    let out = ablate(d, &["plan", "experiments/fifo.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+}
