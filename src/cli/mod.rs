@@ -505,20 +505,9 @@ fn cmd_data_inspect(
     })?;
     let tok = match tokenizer {
         Some(p) => data::load_tokenizer(p).map_err(user)?,
-        None => {
-            let texts: Vec<String> = examples
-                .iter()
-                .map(|e| {
-                    Ok(format!(
-                        "{}{}",
-                        template.prompt(e)?,
-                        template.completion(e)?
-                    ))
-                })
-                .collect::<Result<_, data::DataError>>()
-                .map_err(user)?;
-            data::train_tokenizer(&texts, vocab_size).map_err(user)?
-        }
+        None => data::cache::TokenCache::none()
+            .preset_tokenizer(&examples, template, vocab_size)
+            .map_err(user)?,
     };
     let loss = if loss_on == "all" {
         config::LossOn::All

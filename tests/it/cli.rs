@@ -55,7 +55,7 @@ pub(crate) fn setup(text: &str) -> (tempfile::TempDir, PathBuf) {
 
 /// Runs the experiment `text` (without a report), asserting success; returns the
 /// directory and its database.
-fn run_ok(text: &str) -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn run_ok(text: &str) -> (tempfile::TempDir, PathBuf) {
     let (dir, _) = setup(text);
     let out = ablate(
         dir.path(),

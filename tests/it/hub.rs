@@ -11,22 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 fn variants() -> Vec<PathBuf> {
-    let root = std::env::var("ABLATE_HUB_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/opt-hub")
-        });
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("hub fixtures {}: {e}", root.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    out.sort();
-    assert!(
-        !out.is_empty(),
-        "no variant folders under {}",
-        root.display()
-    );
+    let out = crate::fixture_variants("ABLATE_HUB_FIXTURES", "opt-hub");
     for v in &out {
         assert!(
             !v.join("tokenizer.json").exists(),
@@ -314,16 +299,7 @@ fn plan_refuses_pretrained_weights_without_a_tokenizer_in_one_line() {
 
 #[test]
 fn a_hub_checkpoint_fine_tunes_with_its_own_tokenizer() {
-    let (dir, _) = crate::cli::setup(&hub_sweep(&fixture("bin")));
-    let out = crate::cli::ablate(
-        dir.path(),
-        &["run", "experiments/micro.toml", "--no-report"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (dir, _) = crate::cli::run_ok(&hub_sweep(&fixture("bin")));
     // The run's tokenizer is the checkpoint's (600 tokens), never a freshly trained one.
     let runs = dir.path().join("results/runs");
     let run = std::fs::read_dir(&runs)
@@ -371,17 +347,8 @@ fn prompts_beyond_the_checkpoints_positions_overflow_without_aborting_the_run() 
          template = \"toolllama\"\n[train]\nepochs = 0\n[eval]\nlimit = 3\nmax_new_tokens = 8\n",
         fixture("bin").display().to_string()
     );
-    let (dir, _) = crate::cli::setup(&sweep);
-    let out = crate::cli::ablate(
-        dir.path(),
-        &["run", "experiments/micro.toml", "--no-report"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let db = rusqlite::Connection::open(dir.path().join("results/ablate.db")).unwrap();
+    let (_dir, db) = crate::cli::run_ok(&sweep);
+    let db = rusqlite::Connection::open(db).unwrap();
     let verdicts: Vec<String> = db
         .prepare("SELECT verdict FROM eval_results ORDER BY example_id")
         .unwrap()

@@ -12,3 +12,27 @@ mod reliability;
 mod reports;
 mod slurm;
 mod toolbench;
+
+/// Every variant folder of a fixture set: `$<env>`, or `../shared/fixtures/<default>`, so
+/// that a new (or hidden) variant needs no code change.
+pub(crate) fn fixture_variants(env: &str, default: &str) -> Vec<std::path::PathBuf> {
+    let root = std::env::var(env)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/fixtures")
+                .join(default)
+        });
+    let mut out: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("fixtures {}: {e}", root.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    out.sort();
+    assert!(
+        !out.is_empty(),
+        "no variant folders under {}",
+        root.display()
+    );
+    out
+}

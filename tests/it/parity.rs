@@ -23,22 +23,7 @@ const FILES: &[&str] = &[
 ];
 
 fn variants() -> Vec<PathBuf> {
-    let root = std::env::var("ABLATE_PARITY_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/opt-parity")
-        });
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("parity fixtures {}: {e}", root.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    out.sort();
-    assert!(
-        !out.is_empty(),
-        "no variant directories under {}",
-        root.display()
-    );
+    let out = crate::fixture_variants("ABLATE_PARITY_DIR", "opt-parity");
     for v in &out {
         for f in FILES {
             assert!(
