@@ -346,7 +346,10 @@ fn internal(e: impl Into<anyhow::Error>) -> Failure {
 
 fn store_failure(e: StoreError) -> Failure {
     match e {
-        StoreError::Missing(_) | StoreError::NotReadOnly | StoreError::TooNew { .. } => user(e),
+        StoreError::Missing(_)
+        | StoreError::NotReadOnly
+        | StoreError::MultipleStatements(_)
+        | StoreError::TooNew { .. } => user(e),
         // A statement SQLite cannot prepare is the user's SQL.
         StoreError::Sqlite {
             source: rusqlite::Error::SqlInputError { .. },

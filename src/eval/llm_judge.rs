@@ -179,11 +179,38 @@ impl Judge {
         })
     }
 
-    /// Removes the API key from text that came back from the endpoint.
+    /// Removes the API key from text that came back from the endpoint, in every spelling
+    /// it can come back in: as sent, JSON-escaped (inside a JSON string) and URL-encoded.
     fn scrub(&self, text: &str) -> String {
-        match &self.key {
-            Some(k) => text.replace(k.as_str(), "[API key]"),
-            None => text.to_string(),
+        let Some(k) = &self.key else {
+            return text.to_string();
+        };
+        let json = serde_json::to_string(k).unwrap_or_default();
+        let json = json.trim_matches('"').to_string();
+        let url: String = k
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let mut out = text.to_string();
+        for form in [k.clone(), json, url.clone(), url.to_lowercase()] {
+            if !form.is_empty() {
+                out = out.replace(&form, "[API key]");
+            }
+        }
+        out
+    }
+
+    /// A reply with the key scrubbed from every string in it: what is kept and shown.
+    fn scrub_value(&self, v: Value) -> Value {
+        match self.key {
+            Some(_) => serde_json::from_str(&self.scrub(&v.to_string())).unwrap_or(v),
+            None => v,
         }
     }
 
@@ -261,7 +288,9 @@ impl Judge {
         let (args, asked) = match self.cached(&key)? {
             Some(v) => (v, false),
             None => {
-                let v = self.request(name, field, allowed, &prompt)?;
+                // Successful replies are scrubbed too: an endpoint may echo the key in
+                // any field, and this one is stored.
+                let v = self.scrub_value(self.request(name, field, allowed, &prompt)?);
                 self.remember(&key, name, &v)?;
                 (v, true)
             }

@@ -89,9 +89,15 @@ impl TemplateSource {
     }
 }
 
+/// Template instructions a report may take: the built-in reports of a 1,000-run sweep need
+/// a few million; a runaway loop in a user's template stops here instead of running until
+/// killed.
+const TEMPLATE_FUEL: u64 = 200_000_000;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_filter("pct", format::pct);
     env.add_filter("num", format::num);
     env.add_filter("signed_pts", format::signed_pts);

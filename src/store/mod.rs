@@ -56,6 +56,8 @@ pub enum StoreError {
     NotReadOnly,
     #[error("cannot create {path}: {message}")]
     Io { path: String, message: String },
+    #[error("`ablate query` runs one statement at a time; this SQL has {0} (split it, or use a WITH clause)")]
+    MultipleStatements(usize),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -436,6 +438,16 @@ impl Store {
 
     /// Runs one read-only statement; returns column names and rows as JSON values.
     pub fn query(&self, sql: &str) -> Result<(Vec<String>, Vec<Vec<serde_json::Value>>)> {
+        // SQLite prepares the first statement and ignores the rest of the text: a second
+        // one would be silently dropped. Count them (preparing runs nothing).
+        let mut batch = rusqlite::Batch::new(&self.conn, sql);
+        let mut statements = 0;
+        while batch.next().map_err(err(&self.path))?.is_some() {
+            statements += 1;
+        }
+        if statements > 1 {
+            return Err(StoreError::MultipleStatements(statements));
+        }
         let mut stmt = self.conn.prepare(sql).map_err(err(&self.path))?;
         if !stmt.readonly() {
             return Err(StoreError::NotReadOnly);

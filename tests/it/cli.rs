@@ -225,6 +225,17 @@ fn query_is_read_only_and_prints_csv() {
         ],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "status,n\ndone,1\n");
+    // A second statement is refused, not silently dropped; a trailing `;` is one statement.
+    let out = ablate(d, &["query", "SELECT 1; SELECT 2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("one statement at a time; this SQL has 2"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    let out = ablate(d, &["query", "SELECT 1 AS one;  ", "--csv"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\n1\n");
 }
 
 #[test]

@@ -282,6 +282,45 @@ fn endpoint_errors_name_the_endpoint_and_never_the_key() {
     assert!(e.contains("Probably"), "{e}");
 }
 
+/// An endpoint that echoes the key in a successful reply, plain, JSON-escaped and
+/// URL-encoded: nothing of it is cached.
+#[test]
+fn a_successful_reply_that_echoes_the_key_is_kept_without_it() {
+    let key = "sk-test/c\"cc+dd";
+    let url_encoded = "sk-test%2Fc%22cc%2Bdd";
+    let server = Server::start(move |_, _| {
+        Ok(json!({
+            "answer_status": "Solved",
+            "reason": format!("you sent {key}, that is {url_encoded}"),
+        }))
+    });
+    std::env::set_var("ABLATE_TEST_KEY_C", key);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    drop(Store::open(&db).unwrap());
+    let judge = Judge::new(&config(&server.url, "ABLATE_TEST_KEY_C", 1), Some(&db)).unwrap();
+    let t = tools();
+    let d = judge.judge(&item("q", "Paris", &t)).unwrap();
+    assert!(d.passed);
+    drop(judge);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let stored: Vec<String> = c
+        .prepare("SELECT response FROM judge_cache")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(stored.len(), 1);
+    let json_escaped = serde_json::to_string(key).unwrap();
+    for form in [key, json_escaped.trim_matches('"'), url_encoded, "sk-test"] {
+        assert!(!stored[0].contains(form), "{form} in {}", stored[0]);
+    }
+    assert!(stored[0].contains("[API key]"), "{}", stored[0]);
+    drop(c);
+    assert_no_key(dir.path(), "sk-test");
+}
+
 /// Runs ablate in `dir`, with the judge's key in ABLATE_TEST_JUDGE_KEY if given.
 fn run(dir: &Path, args: &[&str], key: Option<&str>) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ablate"));

@@ -198,6 +198,19 @@ fn a_template_typo_fails_before_anything_runs() {
         err.contains("bad.md.j2") && err.contains("undefined"),
         "{err}"
     );
+
+    // A template that would loop for hours runs out of fuel and fails in seconds.
+    std::fs::write(
+        tmp.path().join("bad.md.j2"),
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let out = ablate(tmp.path(), &["report", "t.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.md.j2") && err.contains("fuel"), "{err}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60));
 }
 
 #[test]
