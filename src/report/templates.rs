@@ -106,6 +106,32 @@ fn environment() -> Environment<'static> {
     env
 }
 
+/// A template `name` from `dir`, if it is a regular file whose real path lies inside the
+/// real path of `dir`; an include that escapes is an error, a missing one `None`.
+fn folder_template(dir: &Path, name: &str) -> Result<Option<String>, minijinja::Error> {
+    let refuse = |why: &str| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("template \"{name}\" {why}: includes stay in the template's folder"),
+        )
+    };
+    let Ok(root) = dir.canonicalize() else {
+        return Ok(None);
+    };
+    let Ok(path) = dir.join(name).canonicalize() else {
+        return Ok(None);
+    };
+    if !path.starts_with(&root) {
+        return Err(refuse("resolves outside its folder"));
+    }
+    if !path.is_file() {
+        return Err(refuse("is not a regular file"));
+    }
+    std::fs::read_to_string(&path)
+        .map(Some)
+        .map_err(|e| refuse(&format!("cannot be read ({e})")))
+}
+
 /// Renders `data` with a template.
 pub fn render(data: &ReportData, source: &TemplateSource) -> Result<String, ReportError> {
     let mut env = environment();
@@ -121,10 +147,11 @@ pub fn render(data: &ReportData, source: &TemplateSource) -> Result<String, Repo
                 path: p.display().to_string(),
                 message: e.to_string(),
             })?;
-            // minijinja's path loader refuses `..` and absolute names: an include cannot
-            // leave the template's folder.
+            // An include cannot leave the template's folder: names are resolved to real
+            // paths (symlinks followed) and must stay inside the folder's real path, and
+            // only regular files are read (minijinja's own path loader follows links).
             let dir = p.parent().unwrap_or(Path::new(".")).to_path_buf();
-            env.set_loader(minijinja::path_loader(dir));
+            env.set_loader(move |name: &str| folder_template(&dir, name));
             (p.display().to_string(), text)
         }
     };

@@ -199,6 +199,30 @@ fn a_template_typo_fails_before_anything_runs() {
         "{err}"
     );
 
+    // An include that leads outside the template's folder through a symlink is refused,
+    // and the linked file's text appears nowhere.
+    let secret = tmp.path().join("outside.txt");
+    std::fs::write(&secret, "SECRET-OUTSIDE").unwrap();
+    let tpl = tmp.path().join("tpl");
+    std::fs::create_dir(&tpl).unwrap();
+    std::os::unix::fs::symlink(&secret, tpl.join("x.j2")).unwrap();
+    std::fs::write(tpl.join("inc.md.j2"), "{{ sweep }} {% include \"x.j2\" %}").unwrap();
+    let out = ablate(
+        tmp.path(),
+        &["report", "t.toml", "--template", "tpl/inc.md.j2"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("outside its folder"), "{err}");
+    for f in walk_files(&tmp.path().join("results")) {
+        let text = std::fs::read(&f).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&text).contains("SECRET-OUTSIDE"),
+            "{f:?}"
+        );
+    }
+
     // A template that would loop for hours runs out of fuel and fails in seconds.
     std::fs::write(
         tmp.path().join("bad.md.j2"),
@@ -307,4 +331,17 @@ fn the_paper_sweeps_plan_once_their_data_and_weights_are_there() {
         ],
         "{plans}"
     );
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
