@@ -198,7 +198,7 @@ mod tests {
             let data = super::super::analysis::empty_for_tests();
             let err = render(&data, &TemplateSource::File(t.clone())).unwrap_err();
             assert!(!err.to_string().contains("SECRET"), "{err}");
-            assert!(err.to_string().contains("not found"), "{err}");
+            assert!(err.to_string().contains("outside its folder"), "{err}");
         }
         // An include inside the folder works.
         std::fs::write(sub.join("part.j2"), "PART {{ sweep }}").unwrap();
