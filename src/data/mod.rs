@@ -382,14 +382,26 @@ pub fn fit_prompt(
     template: Template,
     room: usize,
 ) -> Result<Option<Vec<u32>>, DataError> {
-    for k in 0..=e.history.len() {
-        let ids = if k == 0 {
-            encode_prompt(tok, e, template)?
+    first_fitting(e, 0, room, |x| encode_prompt(tok, x, template), Vec::len)
+}
+
+/// The encoding of `e` less its `skip`, `skip + 1`, … oldest earlier steps (the first with
+/// fewer that fits in `room` tokens), or `None` when even the bare one does not fit.
+fn first_fitting<T>(
+    e: &Example,
+    skip: usize,
+    room: usize,
+    encode: impl Fn(&Example) -> Result<T, DataError>,
+    len: impl Fn(&T) -> usize,
+) -> Result<Option<T>, DataError> {
+    for k in skip..=e.history.len() {
+        let enc = if k == 0 {
+            encode(e)?
         } else {
-            encode_prompt(tok, &e.without_oldest_steps(k), template)?
+            encode(&e.without_oldest_steps(k))?
         };
-        if ids.len() <= room {
-            return Ok(Some(ids));
+        if len(&enc) <= room {
+            return Ok(Some(enc));
         }
     }
     Ok(None)
@@ -535,22 +547,13 @@ impl Encoding {
                 enc.labels.truncate(self.max_len);
                 Some(enc)
             }
-            Truncation::KeepEnd => {
-                let mut found = None;
-                for k in 1..=e.history.len() {
-                    let shorter = encode_example(
-                        tok,
-                        &e.without_oldest_steps(k),
-                        self.template,
-                        self.loss_on,
-                    )?;
-                    if shorter.ids.len() <= self.max_len {
-                        found = Some(shorter);
-                        break;
-                    }
-                }
-                found
-            }
+            Truncation::KeepEnd => first_fitting(
+                e,
+                1,
+                self.max_len,
+                |x| encode_example(tok, x, self.template, self.loss_on),
+                |enc| enc.ids.len(),
+            )?,
         };
         Ok(match fitted.filter(|f| f.scored() > 0) {
             Some(f) => (Some(f), Fit::Truncated, len),

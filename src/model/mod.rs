@@ -265,8 +265,8 @@ fn hf_cache_snapshot(repo: &str) -> Result<PathBuf, ModelError> {
     found.ok_or_else(|| ModelError::NotFound {
         name: repo.into(),
         message: format!(
-            "weights are not in the local Hugging Face cache ({}) and ablate does not download; \
-             fetch them with `huggingface-cli download {repo}` on a machine with network, \
+            "weights are not in the local Hugging Face cache ({}) and plan and run do not \
+             download; fetch them with `ablate fetch {repo}` on a machine with network, \
              or set model.name to a local directory",
             cache
                 .path()

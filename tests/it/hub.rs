@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use ablate::model::{self, ModelSource, PaddingMask};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde_json::Value;
 
 fn variants() -> Vec<PathBuf> {
@@ -127,18 +127,7 @@ fn logits_equal_transformers_from_the_hub_weight_layouts() {
             .unwrap();
         let want = &refs["logits"];
         assert_eq!(logits.dims(), want.dims(), "{name}: logits shape");
-        let d: f32 = (logits - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = crate::max_abs_diff(&logits, want);
         assert!(d <= 2e-5, "{name}: logits differ from transformers' by {d}");
     }
     // The shipped fixtures cover both layouts; a hidden variant may add more.

@@ -36,3 +36,17 @@ pub(crate) fn fixture_variants(env: &str, default: &str) -> Vec<std::path::PathB
     );
     out
 }
+
+/// The largest absolute difference between two f32 tensors of one shape.
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}

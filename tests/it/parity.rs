@@ -14,6 +14,8 @@ use ablate::train::optim::{clip_grad_norm, AdamW, Schedule};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
+use crate::max_abs_diff;
+
 const FILES: &[&str] = &[
     "config.json",
     "model.safetensors",
@@ -65,19 +67,6 @@ fn mask_of(t: &Tensor) -> PaddingMask {
             .map(|r| r.into_iter().map(|m| m as u8).collect())
             .collect(),
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 fn labels_of(t: &Tensor) -> Vec<Vec<i64>> {
