@@ -160,7 +160,8 @@ pub fn cmd_submit(
                 }
                 _ => {}
             }
-            let gpu = r.config.model.device != "cpu";
+            // `auto` asks for a GPU on the compute node (this one may have none).
+            let gpu = r.config.model.device != crate::config::DeviceSpec::Cpu;
             groups.entry((r.devices, gpu)).or_default().push(r);
         }
         let spec = slurm::merge_spec(&p.experiment.slurm, &flags.spec());
@@ -182,6 +183,7 @@ pub fn cmd_submit(
                         axes: r.axes.clone(),
                         devices: r.devices,
                         config: r.config.clone(),
+                        stages: Some(task_stages(r)),
                         run: p.experiment.run.clone(),
                         shard: slurm::shard_path(&results, &r.id),
                     })
@@ -271,6 +273,19 @@ pub fn cmd_submit(
 }
 
 /// One task of a submitted array: its run, into its shard.
+/// A task's stages: its own training, never a longer run's (array tasks run apart, so a
+/// task cannot wait for another's epochs; each trains in its own folder).
+fn task_stages(r: &PlannedRun) -> crate::plan::stages::StageIds {
+    match r.stages.checkpoint_epoch {
+        None => r.stages.clone(),
+        Some(_) => crate::plan::stages::stage_ids(
+            &r.config,
+            r.stages.keys.training["left_out"].as_str(),
+            r.config.train.epochs,
+        ),
+    }
+}
+
 pub fn cmd_task(manifest: &Path, index: Option<usize>) -> Result<u8, Failure> {
     let index = match index {
         Some(i) => i,
@@ -292,9 +307,22 @@ pub fn cmd_task(manifest: &Path, index: Option<usize>) -> Result<u8, Failure> {
         ))
     })?;
     let task = &m.tasks[index];
+    let mut run = run;
+    if run.stages.training.is_empty() {
+        // A manifest from before stages: the task computes its own.
+        let mut one = [run];
+        crate::plan::assign_stages(&mut one, &manifest.display().to_string())
+            .map_err(|p| user(anyhow::anyhow!("{p}")))?;
+        let [r] = one;
+        run = r;
+    }
     let mut shard = Store::open(&task.shard).map_err(store_failure)?;
     shard
         .ensure_run(&run.id, &canonical_json(&run.config))
+        .map_err(store_failure)?;
+    // Tasks of one array may share a training id: each trains in its run's folder.
+    shard
+        .ensure_stages(&run.id, &run.stages, Some(&format!("runs/{}/training", run.id)))
         .map_err(store_failure)?;
     let opts = ExecOptions {
         jobs: 1,
@@ -305,7 +333,7 @@ pub fn cmd_task(manifest: &Path, index: Option<usize>) -> Result<u8, Failure> {
         cancel: super::install_ctrlc(),
         git_rev: exec::git_rev(),
         db: Some(task.shard.clone()),
-        runner: exec::run_one,
+        runner: crate::run::runner,
     };
     let outcome = exec::execute_runs(
         &task.sweep,

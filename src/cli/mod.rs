@@ -820,7 +820,7 @@ fn cmd_run(
         cancel: install_ctrlc(),
         git_rev: exec::git_rev(),
         db: Some(db.to_path_buf()),
-        runner: exec::run_one,
+        runner: crate::run::runner,
     };
     let mut reporter: Box<dyn Reporter> = if json {
         Box::new(ui::JsonReporter)

@@ -23,7 +23,66 @@ pub struct ModelConfig {
     /// `auto`: random for presets, pretrained weights otherwise.
     pub init: ModelInit,
     /// `cpu`, `cuda:N` or `auto`.
-    pub device: String,
+    pub device: DeviceSpec,
+}
+
+/// `model.device`, spelled `cpu`, `auto` or `cuda:N` in files, ids and the database.
+/// `auto` means one thing everywhere: the first GPU when ablate was built with CUDA and
+/// one is present, else the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DeviceSpec {
+    Cpu,
+    Auto,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    /// Whether the run computes on a GPU (what `auto` resolves to on this machine).
+    pub fn is_gpu(self) -> bool {
+        match self {
+            DeviceSpec::Cpu => false,
+            DeviceSpec::Cuda(_) => true,
+            DeviceSpec::Auto => candle_core::utils::cuda_is_available(),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "auto" => Ok(DeviceSpec::Auto),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("expected \"cpu\", \"auto\" or \"cuda:N\", found \"{s}\"")),
+        }
+    }
+}
+
+impl Serialize for DeviceSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -229,8 +288,9 @@ fn de_clip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
-    /// Evaluators whose verdicts are stored per example: `rules`.
-    pub evaluators: Vec<String>,
+    /// Evaluators whose verdicts are stored per example; the first one's rate is the
+    /// run's `pass_rate`.
+    pub evaluators: Vec<Evaluator>,
     pub max_new_tokens: usize,
     /// Sequences decoded together (left-padded).
     pub batch_size: usize,
@@ -289,7 +349,7 @@ impl Default for RunConfig {
             model: ModelConfig {
                 name: "tiny".into(),
                 init: ModelInit::Auto,
-                device: "cpu".into(),
+                device: DeviceSpec::Cpu,
             },
             data: DataConfig {
                 train: "synthetic".into(),
@@ -323,7 +383,7 @@ impl Default for RunConfig {
                 dropout: DropoutRate::Checkpoint,
             },
             eval: EvalConfig {
-                evaluators: vec!["rules".into()],
+                evaluators: vec![Evaluator::Rules],
                 max_new_tokens: 64,
                 batch_size: 16,
                 limit: 0,
@@ -338,8 +398,61 @@ impl Default for RunConfig {
     }
 }
 
-/// Known evaluator names.
-pub const EVALUATORS: &[&str] = &["rules", "bfcl", "episode", "llm_judge"];
+/// An evaluator of `eval.evaluators`. Spelled as in the files (`llm_judge`), which is also
+/// how it is hashed into ids and stored in `eval_results.evaluator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Evaluator {
+    /// Exact match of the next call against the gold step.
+    Rules,
+    /// BFCL's AST checker.
+    Bfcl,
+    /// ToolBench episodes: the model as an agent until `Finish` (reads episodes).
+    Episode,
+    /// ToolEval's pass-rate procedure with an LLM (reads episodes when there are any).
+    LlmJudge,
+}
+
+impl Evaluator {
+    pub const ALL: [Evaluator; 4] = [
+        Evaluator::Rules,
+        Evaluator::Bfcl,
+        Evaluator::Episode,
+        Evaluator::LlmJudge,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Evaluator::Rules => "rules",
+            Evaluator::Bfcl => "bfcl",
+            Evaluator::Episode => "episode",
+            Evaluator::LlmJudge => "llm_judge",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Evaluator> {
+        Evaluator::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+impl<'de> Deserialize<'de> for Evaluator {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Evaluator::parse(&s).ok_or_else(|| {
+            let known: Vec<&str> = Evaluator::ALL.iter().map(|e| e.name()).collect();
+            serde::de::Error::custom(format!(
+                "unknown evaluator \"{s}\" (known: {})",
+                known.join(", ")
+            ))
+        })
+    }
+}
+
+impl std::fmt::Display for Evaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 impl RunConfig {
     /// Semantic checks that serde cannot express: each problem as (dotted key, message).
@@ -457,45 +570,28 @@ impl RunConfig {
         if self.model.name.trim().is_empty() {
             bad("model.name", "must not be empty".into());
         }
-        let dev = self.model.device.as_str();
-        let dev_ok = dev == "cpu"
-            || dev == "auto"
-            || dev
-                .strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<usize>().is_ok());
-        if !dev_ok {
-            bad(
-                "model.device",
-                format!("expected \"cpu\", \"auto\" or \"cuda:N\", found \"{dev}\""),
-            );
-        }
         let e = &self.eval;
         if e.evaluators.is_empty() {
             bad("eval.evaluators", "must name at least one evaluator".into());
         }
         let eval_source = Source::parse(&d.eval);
         for ev in &e.evaluators {
-            match ev.as_str() {
-                "episode" if !matches!(eval_source, Source::ToolBench(_)) => bad(
+            match ev {
+                Evaluator::Episode if !matches!(eval_source, Source::ToolBench(_)) => bad(
                     "eval.evaluators",
                     "\"episode\" needs data.eval to name a directory of ToolBench answer files"
                         .into(),
                 ),
-                "bfcl" if !matches!(eval_source, Source::Bfcl(_)) => bad(
+                Evaluator::Bfcl if !matches!(eval_source, Source::Bfcl(_)) => bad(
                     "eval.evaluators",
                     "\"bfcl\" needs data.eval to name a BFCL question file".into(),
                 ),
                 _ => {}
             }
-            if !EVALUATORS.contains(&ev.as_str()) {
-                bad(
-                    "eval.evaluators",
-                    format!(
-                        "unknown evaluator \"{ev}\" (known: {})",
-                        EVALUATORS.join(", ")
-                    ),
-                );
-            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(ev) = e.evaluators.iter().find(|ev| !seen.insert(**ev)) {
+            bad("eval.evaluators", format!("\"{ev}\" is named twice"));
         }
         if e.max_new_tokens == 0 {
             bad("eval.max_new_tokens", "must be at least 1".into());
@@ -515,7 +611,7 @@ impl RunConfig {
                 format!("must be in (0, 1], found {}", e.top_p),
             );
         }
-        if e.evaluators.iter().any(|v| v == "llm_judge") {
+        if e.evaluators.contains(&Evaluator::LlmJudge) {
             for (k, v) in [
                 ("eval.judge.url", &e.judge.url),
                 ("eval.judge.model", &e.judge.model),

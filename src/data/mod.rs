@@ -451,6 +451,16 @@ pub enum Truncation {
     Drop,
 }
 
+impl Truncation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Truncation::KeepStart => "keep_start",
+            Truncation::KeepEnd => "keep_end",
+            Truncation::Drop => "drop",
+        }
+    }
+}
+
 /// What fitting one example into the length limit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fit {
@@ -671,14 +681,33 @@ pub struct Splits {
 const SYNTHETIC_TEST: u64 = 0x5eed_7e57;
 const SYNTHETIC_VAL: u64 = 0x5eed_7a11;
 
-/// Loads a run's splits as its data config says.
-pub fn splits(d: &crate::config::DataConfig) -> Result<Splits, DataError> {
+fn train_and_eval(d: &crate::config::DataConfig) -> Result<(Vec<Example>, Vec<Example>), DataError> {
     let train = Source::parse(&d.train)
         .load()?
         .unwrap_or_else(|| synthetic::generate(d.n_train, d.seed, "train"));
     let eval = Source::parse(&d.eval)
         .load()?
         .unwrap_or_else(|| synthetic::generate(d.n_test, d.seed ^ SYNTHETIC_TEST, "test"));
+    Ok((train, eval))
+}
+
+/// The distinct training queries the leak guard leaves out (they are evaluation queries),
+/// sorted: what a training's identity needs to know of its evaluation set.
+pub fn left_out_queries(d: &crate::config::DataConfig) -> Result<Vec<String>, DataError> {
+    let (train, eval) = train_and_eval(d)?;
+    let evaluated: std::collections::HashSet<&str> =
+        eval.iter().map(|e| e.query.as_str()).collect();
+    let out: std::collections::BTreeSet<String> = train
+        .iter()
+        .filter(|e| evaluated.contains(e.query.as_str()))
+        .map(|e| e.query.clone())
+        .collect();
+    Ok(out.into_iter().collect())
+}
+
+/// Loads a run's splits as its data config says.
+pub fn splits(d: &crate::config::DataConfig) -> Result<Splits, DataError> {
+    let (train, eval) = train_and_eval(d)?;
     let evaluated: std::collections::HashSet<&str> =
         eval.iter().map(|e| e.query.as_str()).collect();
     let (train, left_out) = leave_out_queries(train, &evaluated);

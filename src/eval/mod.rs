@@ -8,7 +8,20 @@ pub mod toolbench;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::config::Evaluator;
 use crate::data::{Example, ToolSpec};
+
+/// The version of an evaluator's verdict code, hashed into its verdict sets. Bump it when
+/// a change can flip a stored verdict: `ablate run` and `ablate rescore` then re-judge the
+/// stored predictions (and the report shows what flipped) instead of regenerating.
+pub fn version(e: Evaluator) -> &'static str {
+    match e {
+        Evaluator::Rules => "rules-1",
+        Evaluator::Bfcl => "bfcl-1",
+        Evaluator::Episode => "episode-1",
+        Evaluator::LlmJudge => "llm_judge-1",
+    }
+}
 
 /// A parsed assistant turn: `Thought: ... Action: ... Action Input: {...}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -150,6 +163,54 @@ fn json_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// What a generation produced for one test step or one ToolBench episode: the unit that
+/// evaluators judge and that is stored, so a new evaluator re-judges without generating.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Prediction {
+    pub kind: PredictionKind,
+    pub example_id: String,
+    pub dataset: String,
+    pub category: String,
+    /// The decoded text (an episode's transcript).
+    pub prediction: String,
+    pub gold: String,
+    /// An episode's ending, final answer and path (ToolEval's `answer_details`), or the
+    /// ending of a step whose prompt did not fit (`context_overflow`).
+    pub detail: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PredictionKind {
+    Step,
+    Episode,
+}
+
+impl PredictionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PredictionKind::Step => "step",
+            PredictionKind::Episode => "episode",
+        }
+    }
+
+    pub fn parse(s: &str) -> PredictionKind {
+        if s == "episode" {
+            PredictionKind::Episode
+        } else {
+            PredictionKind::Step
+        }
+    }
+}
+
+impl Prediction {
+    /// How the generation ended for this example when it ended early: `context_overflow`,
+    /// or an episode's ending (`pass`, `no_finish`, `bad_format`, ...).
+    pub fn ending(&self) -> Option<&str> {
+        self.detail.as_ref()?.get("ending")?.as_str()
+    }
+}
+
 /// One evaluator's decision on one example: passed or not, and the verdict stored with
 /// it (`pass`, or the first failed check).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,9 +223,9 @@ pub struct Judgment {
 /// fits the dataset (`bfcl`: a BFCL file). `rules` is exact match against one gold call:
 /// the synthetic task's, a ToolBench step's, or BFCL's first allowed values (so it is
 /// stricter than BFCL's checker, which is what comparing the two measures).
-pub fn judge(evaluator: &str, prediction: &str, e: &Example) -> Judgment {
+pub fn judge(evaluator: Evaluator, prediction: &str, e: &Example) -> Judgment {
     match (evaluator, &e.bfcl) {
-        ("bfcl", Some(truth)) => {
+        (Evaluator::Bfcl, Some(truth)) => {
             let v = match parse_calls(prediction) {
                 Ok(calls) => {
                     bfcl::check(&e.category, &truth.functions, &calls, &truth.ground_truth)
@@ -186,7 +247,7 @@ pub fn judge(evaluator: &str, prediction: &str, e: &Example) -> Judgment {
             }
         }
         // Rules on a BFCL irrelevance question: the one right answer is no call.
-        ("rules", Some(truth)) if truth.ground_truth.is_empty() => {
+        (Evaluator::Rules, Some(truth)) if truth.ground_truth.is_empty() => {
             let called = !matches!(parse_react(prediction), Err(ParseError::NoAction));
             Judgment {
                 passed: !called,

@@ -1,24 +1,25 @@
-//! The local executor: claims pending runs, runs N at a time on worker threads, and
-//! funnels every event through one thread that owns the store (the only writer) and
-//! hands the same events to the reporter (the only printer).
+//! The local executor: claims pending runs and the stages they need, runs N at a time on
+//! worker threads, and funnels every event through one thread that owns the store (the
+//! only writer) and hands the same events to the reporter (the only printer). A run whose
+//! stage another run of this process is producing waits for it and then reuses it.
 
 pub mod collect;
-mod episode;
-mod pipeline;
 pub mod slurm;
 
-pub use pipeline::{device_for, run_dir, run_one, RunError};
-
-use std::collections::HashSet;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::RunOptions;
+use crate::eval::Prediction;
+use crate::plan::stages::StageIds;
 use crate::plan::{Plan, PlannedRun};
-use crate::store::{Claim, Ownership, Record, RunStatus, Store, StoreError};
+use crate::store::{
+    Claim, Ownership, Record, RunStatus, Stage, StageClaim, StageNeeds, Store, StoreError,
+};
 
 /// What execution reports. Records go to the store; everything goes to the reporter.
 #[derive(Debug, Clone)]
@@ -37,6 +38,17 @@ pub enum Event {
         label: String,
         /// The device ordinals `--devices` pinned the run to; empty when not pinned.
         devices: Vec<usize>,
+        /// The stages it runs; the others are done and reused.
+        stages: Vec<Stage>,
+    },
+    /// A stage of a run is complete: its rows are in, and it is never run again.
+    StageFinished {
+        run_id: String,
+        stage: Stage,
+        id: String,
+        duration_s: f64,
+        /// What produced it ([`crate::run::provenance`]).
+        provenance: serde_json::Value,
     },
     /// A run continues from a checkpoint of an earlier attempt.
     RunResumed {
@@ -104,8 +116,8 @@ pub struct ExecOptions {
     /// The database this process writes (the main one, or a Slurm task's shard); the LLM
     /// judge caches its answers there.
     pub db: Option<PathBuf>,
-    /// What one run does: [`run_one`] (train and evaluate); benchmarks of the executor's
-    /// own overhead put a no-op here.
+    /// What one run does: `run::run_stages` (its stages that are not done); benchmarks
+    /// of the executor's own overhead put a no-op here.
     pub runner: Runner,
 }
 
@@ -114,17 +126,35 @@ pub struct RunContext<'a> {
     pub run_id: &'a str,
     pub config: &'a crate::config::RunConfig,
     pub options: &'a RunOptions,
-    /// The run's folder: tokenizer, checkpoints, final model, resolved config.
-    pub dir: &'a std::path::Path,
+    /// The run's own folder: its resolved config and stage ids.
+    pub dir: &'a Path,
+    /// The results folder (trainings live in `<results>/trainings/<id>/`).
+    pub results: &'a Path,
+    pub stages: &'a StageIds,
+    /// The stages to run; the others are done.
+    pub needs: &'a StageNeeds,
+    /// The stored predictions, when the generation is done and verdicts are not.
+    pub predictions: &'a [Prediction],
     /// See [`ExecOptions::db`].
-    pub db: Option<&'a std::path::Path>,
+    pub db: Option<&'a Path>,
     pub cancel: &'a AtomicBool,
     /// Events go to the store's writer and the reporter.
     pub emit: &'a dyn Fn(Event),
 }
 
-/// One run, start to end.
-pub type Runner = fn(&RunContext) -> Result<(), RunError>;
+/// How a run failed, as the executor records it.
+pub enum RunFailure {
+    Interrupted,
+    Diverged(String),
+    Failed(String),
+}
+
+/// One run's stages, start to end.
+pub type Runner = fn(&RunContext) -> Result<(), RunFailure>;
+
+/// What a worker is handed: the run, its devices, what it must do and the predictions it
+/// judges.
+type Work = (PlannedRun, Vec<usize>, StageNeeds, Vec<Prediction>);
 
 /// Rows are committed in batches of this size or this age, and always at a run's end.
 const FLUSH_EVERY: usize = 512;
@@ -168,6 +198,7 @@ pub fn execute_runs(
         sweep: sweep.to_string(),
         ..Default::default()
     };
+    // In plan order.
     let mut queue: Vec<&PlannedRun> = Vec::new();
     for r in runs {
         if statuses.get(&r.id) == Some(&RunStatus::Done) {
@@ -185,10 +216,9 @@ pub fn execute_runs(
         total: runs.len(),
         to_run: queue.len(),
     });
-    queue.reverse(); // pop() takes them in plan order
     let host = hostname();
     let (ev_tx, ev_rx) = mpsc::channel::<Event>();
-    let (work_tx, work_rx) = mpsc::channel::<(PlannedRun, Vec<usize>)>();
+    let (work_tx, work_rx) = mpsc::channel::<Work>();
     let work_rx = Arc::new(Mutex::new(work_rx));
     let mut slots = Slots::new(opts.devices.as_deref(), opts.jobs);
     let jobs = slots.size;
@@ -201,31 +231,35 @@ pub fn execute_runs(
             let results = opts.results.clone();
             scope.spawn(move || loop {
                 let next = rx.lock().expect("work queue").recv();
-                let Ok((run, devices)) = next else { break };
+                let Ok((run, devices, needs, predictions)) = next else {
+                    break;
+                };
                 let t0 = Instant::now();
                 let emit = |e: Event| {
                     let _ = tx.send(e);
                 };
                 let config = pinned(&run.config, &devices);
-                let dir = run_dir(&results, &run.id);
+                let dir = results.join("runs").join(&run.id);
                 let res = (opts.runner)(&RunContext {
                     run_id: &run.id,
                     config: &config,
                     options: run_opts,
                     dir: &dir,
+                    results: &results,
+                    stages: &run.stages,
+                    needs: &needs,
+                    predictions: &predictions,
                     db: opts.db.as_deref(),
                     cancel: &cancel,
                     emit: &emit,
                 });
                 let (status, error) = match res {
                     Ok(()) => (RunStatus::Done, None),
-                    Err(RunError::Train(crate::train::TrainError::Interrupted)) => {
+                    Err(RunFailure::Interrupted) => {
                         (RunStatus::Interrupted, Some("interrupted".to_string()))
                     }
-                    Err(RunError::Train(e @ crate::train::TrainError::Diverged { .. })) => {
-                        (RunStatus::Diverged, Some(e.to_string()))
-                    }
-                    Err(e) => (RunStatus::Failed, Some(e.to_string())),
+                    Err(RunFailure::Diverged(e)) => (RunStatus::Diverged, Some(e)),
+                    Err(RunFailure::Failed(e)) => (RunStatus::Failed, Some(e)),
                 };
                 emit(Event::RunFinished {
                     run_id: run.id.clone(),
@@ -240,28 +274,45 @@ pub fn execute_runs(
         let mut in_flight = 0usize;
         let mut pending_rows: Vec<Record> = Vec::new();
         let mut last_flush = Instant::now();
-        // Runs another process is training: polled until they end, so that this
-        // process's report and exit code cover the whole sweep.
+        // Runs another process is running (or producing a stage of): polled until they
+        // end, so that this process's report and exit code cover the whole sweep.
         let mut waiting: Vec<String> = Vec::new();
         let mut announced: HashSet<String> = HashSet::new();
+        // The stages each in-flight run is producing: a run that needs one of them waits
+        // for it, then reuses it.
+        let mut producing: HashMap<String, Vec<String>> = HashMap::new();
         let mut dispatch = |store: &mut Store,
                             queue: &mut Vec<&PlannedRun>,
                             waiting: &mut Vec<String>,
                             outcome: &mut SweepOutcome,
                             reporter: &mut dyn Reporter,
-                            slots: &mut Slots|
+                            slots: &mut Slots,
+                            producing: &mut HashMap<String, Vec<String>>|
          -> Result<bool, StoreError> {
-            while let Some(&r) = queue.last() {
+            let mut i = 0;
+            while i < queue.len() {
                 if opts.cancel.load(Ordering::Relaxed) {
                     queue.clear();
                     return Ok(false);
+                }
+                let r = queue[i];
+                let busy: HashSet<&String> = producing.values().flatten().collect();
+                if !r.stages.training.is_empty() {
+                    let needs = store.stage_needs(&r.stages)?;
+                    if produced_ids(&r.stages, &needs)
+                        .iter()
+                        .any(|id| busy.contains(id))
+                    {
+                        i += 1;
+                        continue;
+                    }
                 }
                 // The next run waits for a slot (its devices) to free up; later runs wait
                 // behind it.
                 let Some(taken) = slots.peek(r.devices) else {
                     return Ok(false);
                 };
-                queue.pop();
+                queue.remove(i);
                 let devices = slots.pinned(&taken);
                 let pinned_to = (!devices.is_empty()).then(|| {
                     devices
@@ -278,13 +329,47 @@ pub fn execute_runs(
                     pinned_to.as_deref(),
                 )? {
                     Claim::Claimed => {
+                        let needs = if r.stages.training.is_empty() {
+                            StageNeeds::default()
+                        } else {
+                            let present = |dir: &str| {
+                                opts.results.join(dir).join("model/config.json").is_file()
+                                    || r.stages.checkpoint_epoch.is_some_and(|e| {
+                                        opts.results
+                                            .join(dir)
+                                            .join(format!("epochs/{e}/config.json"))
+                                            .is_file()
+                                    })
+                            };
+                            match store.claim_stages(&r.stages, &host, opts.ownership, &present)? {
+                                StageClaim::Claimed(n) => n,
+                                StageClaim::Busy => {
+                                    store.unclaim(&r.id)?;
+                                    if announced.insert(r.id.clone()) {
+                                        reporter.event(&Event::RunSkipped {
+                                            run_id: r.id.clone(),
+                                            reason: "a stage it needs is running in another process; waiting for it",
+                                        });
+                                    }
+                                    waiting.push(r.id.clone());
+                                    continue;
+                                }
+                            }
+                        };
+                        let predictions = if !needs.generate && !needs.judge.is_empty() {
+                            store.predictions(&r.stages.generation)?
+                        } else {
+                            Vec::new()
+                        };
+                        producing.insert(r.id.clone(), produced_ids(&r.stages, &needs));
                         slots.take(&r.id, &taken);
                         reporter.event(&Event::RunStarted {
                             run_id: r.id.clone(),
                             label: label(r),
                             devices: devices.clone(),
+                            stages: needs.stages(),
                         });
-                        let _ = work_tx.send((r.clone(), devices));
+                        let _ = work_tx.send((r.clone(), devices, needs, predictions));
                         return Ok(true);
                     }
                     Claim::AlreadyDone => {
@@ -315,11 +400,13 @@ pub fn execute_runs(
                 &mut outcome,
                 reporter,
                 &mut slots,
+                &mut producing,
             )? {
                 in_flight += 1;
             }
             if in_flight > 0 {
-                // Events until a run finishes: its slot may let queued runs start.
+                // Events until a run finishes or a stage is done: either may let queued
+                // runs start.
                 for ev in ev_rx.iter() {
                     match &ev {
                         Event::Record(r) => {
@@ -331,6 +418,22 @@ pub fn execute_runs(
                                 pending_rows.clear();
                                 last_flush = Instant::now();
                             }
+                        }
+                        Event::StageFinished {
+                            run_id,
+                            stage,
+                            id,
+                            duration_s,
+                            provenance,
+                        } => {
+                            // The stage's last rows and its status land together.
+                            store.finish_stage(*stage, id, *duration_s, provenance, &pending_rows)?;
+                            pending_rows.clear();
+                            if let Some(p) = producing.get_mut(run_id) {
+                                p.retain(|x| x != id);
+                            }
+                            reporter.event(&ev);
+                            break;
                         }
                         Event::RunFinished {
                             run_id,
@@ -355,6 +458,7 @@ pub fn execute_runs(
                             }
                             in_flight -= 1;
                             slots.give_back(run_id);
+                            producing.remove(run_id);
                             reporter.event(&ev);
                             break;
                         }
@@ -367,8 +471,10 @@ pub fn execute_runs(
                 break;
             }
             std::thread::sleep(WAIT_POLL);
-            // Back on the queue in plan order (pop takes from the end).
-            queue.extend(runs.iter().filter(|r| waiting.contains(&r.id)).rev());
+            // Back on the queue in plan order.
+            let mut back: Vec<&PlannedRun> = runs.iter().filter(|r| waiting.contains(&r.id)).collect();
+            back.append(&mut queue);
+            queue = back;
             waiting.clear();
         }
         outcome.busy = waiting.len();
@@ -377,6 +483,19 @@ pub fn execute_runs(
     })?;
     reporter.event(&Event::SweepFinished(outcome.clone()));
     Ok(outcome)
+}
+
+/// The ids of the stages a run with these needs produces.
+fn produced_ids(stages: &StageIds, needs: &StageNeeds) -> Vec<String> {
+    let mut out = Vec::new();
+    if needs.train {
+        out.push(stages.training.clone());
+    }
+    if needs.generate {
+        out.push(stages.generation.clone());
+    }
+    out.extend(needs.judge.iter().map(|v| v.id.clone()));
+    out
 }
 
 /// Run slots. Without `--devices`, `jobs` anonymous slots and a run takes one; with it,
@@ -444,11 +563,9 @@ impl Slots {
 /// on the CPU; the devices only limit how many run at once.
 fn pinned(config: &crate::config::RunConfig, devices: &[usize]) -> crate::config::RunConfig {
     let mut c = config.clone();
-    if let Some(first) = devices.first() {
-        let gpu = c.model.device.starts_with("cuda")
-            || (c.model.device == "auto" && candle_core::utils::cuda_is_available());
-        if gpu {
-            c.model.device = format!("cuda:{first}");
+    if let Some(&first) = devices.first() {
+        if c.model.device.is_gpu() {
+            c.model.device = crate::config::DeviceSpec::Cuda(first);
         }
     }
     c
@@ -489,7 +606,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    fn nap(_: &RunContext) -> Result<(), RunError> {
+    fn nap(_: &RunContext) -> Result<(), RunFailure> {
         std::thread::sleep(Duration::from_millis(15));
         Ok(())
     }

@@ -32,6 +32,10 @@ pub struct ManifestTask {
     pub axes: std::collections::BTreeMap<String, Value>,
     pub devices: usize,
     pub config: RunConfig,
+    /// Its stage ids, as the submitting plan computed them (absent in manifests written
+    /// before stages: the task computes them).
+    #[serde(default)]
+    pub stages: Option<crate::plan::stages::StageIds>,
     pub run: RunOptions,
     /// The task's own database.
     pub shard: PathBuf,
@@ -63,6 +67,8 @@ impl Manifest {
             is_baseline: false,
             devices: t.devices,
             config: t.config.clone(),
+            stages: t.stages.clone().unwrap_or_default(),
+            sharing: Default::default(),
         })
     }
 }

@@ -12,6 +12,8 @@ use crate::config::{set_path, ConfigError, ConfigProblem, Experiment, ModelInit,
 use crate::data::Template;
 use crate::model::ModelSource;
 
+pub mod stages;
+
 /// Bumped when a code change makes old results incomparable (it is hashed into every id).
 /// v2: training data is fitted, split and guarded (examples whose target was cut away are
 /// dropped, no training query is an evaluation query, validation never reads the
@@ -28,6 +30,25 @@ pub struct PlannedRun {
     pub devices: usize,
     #[serde(skip)]
     pub config: RunConfig,
+    /// Its training, generation and verdict sets.
+    #[serde(skip)]
+    pub stages: stages::StageIds,
+    /// Why it does not take its model from a longer run of the same keys, when a sweep has
+    /// one that a constant schedule would let it share (shown by `plan`).
+    #[serde(skip)]
+    pub sharing: Sharing,
+}
+
+/// Epoch-prefix sharing, as the plan decided it for a run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Sharing {
+    /// No longer run of the same keys in the plan.
+    #[default]
+    Alone,
+    /// Its model is the checkpoint after its epochs of the training of this many epochs.
+    PrefixOf(usize),
+    /// A longer run of the same keys exists, but the schedule makes them differ.
+    Refused(String),
 }
 
 #[derive(Debug, Clone)]
@@ -394,7 +415,14 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
             is_baseline,
             devices,
             config,
+            stages: stages::StageIds::default(),
+            sharing: Sharing::Alone,
         });
+    }
+    if problems.is_empty() {
+        if let Err(p) = assign_stages(&mut runs, &origin) {
+            problems.push(p);
+        }
     }
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(problems));
@@ -409,6 +437,48 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
         experiment: exp.clone(),
         runs,
     })
+}
+
+/// Gives each run its stage ids. Runs that differ only in `train.epochs` share the longest
+/// one's training when the schedule makes a shorter run its exact prefix (see
+/// [`stages::prefix_exact`]); their models are that training's checkpoints at their epochs.
+pub fn assign_stages(runs: &mut [PlannedRun], origin: &str) -> Result<(), ConfigProblem> {
+    let mut guards = stages::LeakGuards::default();
+    let mut left_out = Vec::with_capacity(runs.len());
+    for r in runs.iter() {
+        let digest = guards.of(&r.config.data).map_err(|e| ConfigProblem {
+            origin: origin.to_string(),
+            key: "data.eval".into(),
+            message: e.to_string(),
+        })?;
+        left_out.push(digest);
+    }
+    // Runs of the same training keys but for their length.
+    let group_of = |r: &PlannedRun, lo: &Option<String>| {
+        stages::training_key(&r.config, lo.as_deref(), 0).to_string()
+    };
+    let mut longest: BTreeMap<String, usize> = BTreeMap::new();
+    for (r, lo) in runs.iter().zip(&left_out) {
+        if r.config.train.epochs > 0 {
+            let e = longest.entry(group_of(r, lo)).or_default();
+            *e = (*e).max(r.config.train.epochs);
+        }
+    }
+    for (r, lo) in runs.iter_mut().zip(&left_out) {
+        let own = r.config.train.epochs;
+        let max = longest.get(&group_of(r, lo)).copied().unwrap_or(own);
+        let (train_epochs, sharing) = if own == 0 || max == own {
+            (own, Sharing::Alone)
+        } else {
+            match stages::prefix_exact(&r.config) {
+                Ok(()) => (max, Sharing::PrefixOf(max)),
+                Err(why) => (own, Sharing::Refused(why)),
+            }
+        };
+        r.stages = stages::stage_ids(&r.config, lo.as_deref(), train_epochs);
+        r.sharing = sharing;
+    }
+    Ok(())
 }
 
 /// One grid point resolved: its config, the config's own problems, its run id and the

@@ -12,8 +12,10 @@ use crate::plan::{canonical_json, Plan};
 
 mod read;
 mod shard;
+pub mod stages;
 pub use read::{RunInfo, VerdictRow};
 pub use shard::{Merge, SlurmTask};
+pub use stages::{Stage, StageClaim, StageNeeds};
 
 /// Numbered migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -30,6 +32,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_judge_cache",
         include_str!("../../migrations/0004_judge_cache.sql"),
     ),
+    ("0005_stages", include_str!("../../migrations/0005_stages.sql")),
 ];
 
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
@@ -107,6 +110,28 @@ pub enum Record {
         step: i64,
         value: f64,
     },
+    /// A training's metric (loss curve, summaries); a run gets a copy when it finishes.
+    TrainingMetric {
+        training_id: String,
+        name: String,
+        split: String,
+        step: i64,
+        value: f64,
+    },
+    /// What a generation produced for one example.
+    Prediction {
+        generation_id: String,
+        prediction: crate::eval::Prediction,
+    },
+    /// One verdict of a verdict set.
+    StageVerdict {
+        verdict_set_id: String,
+        kind: crate::eval::PredictionKind,
+        example_id: String,
+        verdict: String,
+        passed: bool,
+    },
+    /// A run's verdict row as `eval_results` holds it (merging a shard's rows).
     Verdict {
         run_id: String,
         dataset: String,
@@ -321,6 +346,7 @@ impl Store {
                 ins_run
                     .execute(params![r.id, canonical_json(&r.config)])
                     .map_err(err(&path))?;
+                stages::register(&tx, &r.id, &r.stages, None).map_err(err(&path))?;
                 ins_member
                     .execute(params![
                         exp.name,
@@ -425,6 +451,11 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err(&path))?;
         write_records(&tx, batch).map_err(err(&path))?;
+        if status == RunStatus::Done {
+            stages::assemble(&tx, run_id).map_err(err(&path))?;
+        } else {
+            stages::end_unfinished(&tx, run_id, status, error).map_err(err(&path))?;
+        }
         tx.execute(
             &format!(
                 "UPDATE runs SET status = ?2, error = ?3, duration_s = ?4, finished_at = {NOW},
@@ -550,6 +581,57 @@ fn write_records(tx: &rusqlite::Transaction<'_>, batch: &[Record]) -> rusqlite::
          (run_id, dataset, example_id, category, evaluator, verdict, passed, prediction, gold)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
+    let mut training_metric = tx.prepare_cached(
+        "INSERT OR REPLACE INTO training_metrics (training_id, name, split, step, value)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut prediction = tx.prepare_cached(
+        "INSERT OR REPLACE INTO predictions
+         (generation_id, kind, example_id, dataset, category, prediction, gold, detail_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut stage_verdict = tx.prepare_cached(
+        "INSERT OR REPLACE INTO verdicts (verdict_set_id, kind, example_id, verdict, passed)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for r in batch {
+        match r {
+            Record::TrainingMetric {
+                training_id,
+                name,
+                split,
+                step,
+                value,
+            } => {
+                training_metric.execute(params![training_id, name, split, step, value])?;
+            }
+            Record::Prediction {
+                generation_id,
+                prediction: p,
+            } => {
+                prediction.execute(params![
+                    generation_id,
+                    p.kind.as_str(),
+                    p.example_id,
+                    p.dataset,
+                    p.category,
+                    p.prediction,
+                    p.gold,
+                    p.detail.as_ref().map(|d| d.to_string())
+                ])?;
+            }
+            Record::StageVerdict {
+                verdict_set_id,
+                kind,
+                example_id,
+                verdict: v,
+                passed,
+            } => {
+                stage_verdict.execute(params![verdict_set_id, kind.as_str(), example_id, v, passed])?;
+            }
+            _ => {}
+        }
+    }
     for r in batch {
         if let Record::Verdict {
             run_id,
@@ -712,13 +794,23 @@ mod tests {
             [
                 "eval_results",
                 "evaluator_agreement",
+                "generations",
                 "judge_cache",
                 "metrics",
+                "predictions",
+                "run_stage_status",
+                "run_stages",
                 "run_summary",
+                "run_verdict_sets",
                 "runs",
                 "slurm_tasks",
                 "sweep_runs",
-                "sweeps"
+                "sweeps",
+                "training_metrics",
+                "trainings",
+                "verdict_flips",
+                "verdict_sets",
+                "verdicts"
             ]
         );
         // Opening a current database writes nothing: its file stays byte for byte the same.

@@ -155,6 +155,31 @@ impl Store {
         drop(src);
 
         let path = self.path.clone();
+        // The shard's stage tables are read through ATTACH (outside any transaction, as
+        // SQLite requires), and detached whatever happens.
+        self.conn
+            .execute(
+                "ATTACH DATABASE ?1 AS shard",
+                [shard.display().to_string()],
+            )
+            .map_err(err(&path))?;
+        let merged = self.merge_attached(run_id, &config_json, &rows, &judged, theirs);
+        self.conn
+            .execute("DETACH DATABASE shard", [])
+            .map_err(err(&path))?;
+        merged?;
+        Ok(Merge::Merged(status))
+    }
+
+    fn merge_attached(
+        &mut self,
+        run_id: &str,
+        config_json: &str,
+        rows: &[Record],
+        judged: &[Vec<rusqlite::types::Value>],
+        theirs: RunRow,
+    ) -> Result<()> {
+        let path = self.path.clone();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -169,7 +194,7 @@ impl Store {
             .map_err(err(&path))?;
         tx.execute("DELETE FROM eval_results WHERE run_id = ?1", [run_id])
             .map_err(err(&path))?;
-        write_records(&tx, &rows).map_err(err(&path))?;
+        write_records(&tx, rows).map_err(err(&path))?;
         // The task's LLM-judge answers, so that judging the same prompts again from the
         // main database asks nothing. A key is a hash of what was asked: same key, same row.
         {
@@ -180,11 +205,12 @@ impl Store {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(err(&path))?;
-            for row in &judged {
+            for row in judged {
                 ins.execute(rusqlite::params_from_iter(row))
                     .map_err(err(&path))?;
             }
         }
+        copy_stages(&tx, run_id).map_err(err(&path))?;
         let sets = RUN_COLUMNS
             .split(", ")
             .enumerate()
@@ -198,15 +224,18 @@ impl Store {
             rusqlite::params_from_iter(values),
         )
         .map_err(err(&path))?;
-        tx.commit().map_err(err(&path))?;
-        Ok(Merge::Merged(status))
+        tx.commit().map_err(err(&path))
     }
 
     /// The last training step a shard has logged for a run, for progress display.
     pub fn last_step(&self, run_id: &str) -> Result<Option<i64>> {
         self.conn
             .query_row(
-                "SELECT MAX(step) FROM metrics WHERE run_id = ?1 AND split = 'train'",
+                "SELECT MAX(step) FROM (
+                   SELECT step FROM metrics WHERE run_id = ?1 AND split = 'train'
+                   UNION ALL
+                   SELECT step FROM training_metrics WHERE split = 'train' AND training_id =
+                     (SELECT training_id FROM run_stages WHERE run_id = ?1))",
                 [run_id],
                 |r| r.get(0),
             )
@@ -224,6 +253,42 @@ impl Store {
             .optional()
             .map_err(err(&self.path))
     }
+}
+
+/// The done stages of a shard's run, with their rows, and which stages make the run (the
+/// shard is attached as `shard`; both databases have the same schema, so rows copy whole).
+fn copy_stages(tx: &rusqlite::Transaction<'_>, run_id: &str) -> rusqlite::Result<()> {
+    let training = "SELECT training_id FROM shard.run_stages WHERE run_id = ?1";
+    let generation = "SELECT generation_id FROM shard.run_stages WHERE run_id = ?1";
+    let sets = "SELECT verdict_set_id FROM shard.run_verdict_sets WHERE run_id = ?1";
+    for sql in [
+        format!("INSERT OR REPLACE INTO trainings SELECT * FROM shard.trainings WHERE status = 'done' AND id IN ({training})"),
+        format!("INSERT OR REPLACE INTO training_metrics SELECT m.* FROM shard.training_metrics m JOIN shard.trainings t ON t.id = m.training_id WHERE t.status = 'done' AND t.id IN ({training})"),
+        format!("INSERT OR REPLACE INTO generations SELECT * FROM shard.generations WHERE status = 'done' AND id IN ({generation})"),
+        format!("INSERT OR REPLACE INTO predictions SELECT p.* FROM shard.predictions p JOIN shard.generations g ON g.id = p.generation_id WHERE g.status = 'done' AND g.id IN ({generation})"),
+        format!("INSERT OR REPLACE INTO verdict_sets SELECT * FROM shard.verdict_sets WHERE status = 'done' AND id IN ({sets})"),
+        format!("INSERT OR REPLACE INTO verdicts SELECT v.* FROM shard.verdicts v JOIN shard.verdict_sets s ON s.id = v.verdict_set_id WHERE s.status = 'done' AND s.id IN ({sets})"),
+    ] {
+        tx.execute(&sql, [run_id])?;
+    }
+    // The run's links, as the shard has them, when their stages are here.
+    tx.execute(
+        "INSERT OR REPLACE INTO run_stages SELECT s.* FROM shard.run_stages s
+         WHERE s.run_id = ?1 AND s.training_id IN (SELECT id FROM trainings)
+           AND s.generation_id IN (SELECT id FROM generations)",
+        [run_id],
+    )?;
+    tx.execute(
+        "DELETE FROM run_verdict_sets WHERE run_id = ?1
+           AND EXISTS (SELECT 1 FROM shard.run_verdict_sets WHERE run_id = ?1)",
+        [run_id],
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO run_verdict_sets SELECT * FROM shard.run_verdict_sets
+         WHERE run_id = ?1 AND verdict_set_id IN (SELECT id FROM verdict_sets)",
+        [run_id],
+    )?;
+    Ok(())
 }
 
 /// Every row of a shard's `judge_cache`, column by column.

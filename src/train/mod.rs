@@ -68,6 +68,11 @@ pub enum TrainEvent {
     Checkpoint {
         step: usize,
     },
+    /// An epoch ended (1-based), after its validation and before its checkpoint: the
+    /// weights are the model after `epoch` epochs. Never replayed on resume.
+    EpochEnd {
+        epoch: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -303,6 +308,11 @@ pub fn train(
                 history.push(ev.clone());
                 emit(ev);
             }
+        }
+        if epoch_end {
+            emit(TrainEvent::EpochEnd {
+                epoch: step / steps_per_epoch,
+            });
         }
         let every = opts.checkpoints.as_ref().map_or(0, |p| p.every_steps);
         if epoch_end || (every > 0 && step.is_multiple_of(every)) {

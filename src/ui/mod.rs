@@ -77,6 +77,7 @@ impl Reporter for ProgressReporter {
                 run_id,
                 label,
                 devices,
+                stages,
             } => {
                 self.labels.insert(run_id.clone(), label.clone());
                 let on = if devices.is_empty() {
@@ -85,7 +86,18 @@ impl Reporter for ProgressReporter {
                     let d: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
                     format!(" [devices {}]", d.join(","))
                 };
-                self.line(format!("  start {run_id} {label}{on}"));
+                // Said only when earlier stages are reused.
+                let only = if stages.len() < 3 && !stages.is_empty() || stages.is_empty() {
+                    let s: Vec<&str> = stages.iter().map(|s| s.name()).collect();
+                    if s.is_empty() {
+                        " (all stages done: assembling)".to_string()
+                    } else {
+                        format!(" ({} only; earlier stages reused)", s.join(", "))
+                    }
+                } else {
+                    String::new()
+                };
+                self.line(format!("  start {run_id} {label}{on}{only}"));
                 let pb = self.multi.add(ProgressBar::new(0));
                 pb.set_style(
                     ProgressStyle::with_template(
@@ -98,6 +110,8 @@ impl Reporter for ProgressReporter {
                 pb.enable_steady_tick(Duration::from_millis(200));
                 self.runs.insert(run_id.clone(), pb);
             }
+            // The run's line and bar say enough; `--json` reports each stage.
+            Event::StageFinished { .. } => {}
             Event::RunResumed { run_id, step, .. } => {
                 self.line(format!("  resume {run_id} from step {step}"));
             }
@@ -182,10 +196,19 @@ impl Reporter for JsonReporter {
                 run_id,
                 label,
                 devices,
+                stages,
             } => {
                 serde_json::json!({"event": "run_started", "run_id": run_id, "label": label,
-                    "devices": devices})
+                    "devices": devices, "stages": stages})
             }
+            Event::StageFinished {
+                run_id,
+                stage,
+                id,
+                duration_s,
+                ..
+            } => serde_json::json!({"event": "stage_finished", "run_id": run_id,
+                "stage": stage, "id": id, "duration_s": duration_s}),
             Event::RunResumed {
                 run_id,
                 step,

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ablate::config::Evaluator;
 use ablate::eval::bfcl::{self, Answer, Call, Prediction, Question};
 use serde_json::Value;
 
@@ -321,25 +322,25 @@ fn bfcl_files_load_as_examples_and_model_text_is_judged_as_bfcl_would() {
         "Thought: go.\nAction: {}\nAction Input: {args}",
         e.gold.name
     );
-    assert_eq!(judge("bfcl", &right, e).verdict, "pass");
+    assert_eq!(judge(Evaluator::Bfcl, &right, e).verdict, "pass");
     // A long written without its L stays the string "101", which the nested type check
     // of ArrayList<long> refuses.
     let ints = right.replace("101L", "101");
-    assert_eq!(judge("bfcl", &ints, e).verdict, "type_error:nested");
+    assert_eq!(judge(Evaluator::Bfcl, &ints, e).verdict, "type_error:nested");
 
     let ex = data_bfcl::load(&data().join("bfcl/BFCL_v4_simple_python.json")).unwrap();
     let e = &ex[0]; // calculate_triangle_area(base=10, height=5)
     let right = "Thought: area.\nAction: calculate_triangle_area\nAction Input: {\"base\": 10, \"height\": 5}";
-    assert_eq!(judge("bfcl", right, e).verdict, "pass");
+    assert_eq!(judge(Evaluator::Bfcl, right, e).verdict, "pass");
     let float = right.replace("10,", "10.0,");
-    assert_eq!(judge("bfcl", &float, e).verdict, "type_error:simple");
+    assert_eq!(judge(Evaluator::Bfcl, &float, e).verdict, "type_error:simple");
     assert_eq!(
-        judge("bfcl", "I cannot help.", e).verdict,
+        judge(Evaluator::Bfcl, "I cannot help.", e).verdict,
         "simple_function_checker:wrong_count"
     );
     let broken = "Action: calculate_triangle_area\nAction Input: {base: 10}";
     assert_eq!(
-        judge("bfcl", broken, e).verdict,
+        judge(Evaluator::Bfcl, broken, e).verdict,
         "ast_decoder:decoder_failed"
     );
     // Two actions are two calls (parallel); Finish is not a call.
@@ -349,9 +350,9 @@ fn bfcl_files_load_as_examples_and_model_text_is_judged_as_bfcl_would() {
     assert_eq!(calls[1].arguments["height"], 2);
     // Irrelevance: no call, or text that does not decode, passes; a call fails.
     let irr = data_bfcl::load(&data().join("bfcl/BFCL_v4_irrelevance.json")).unwrap();
-    assert!(judge("bfcl", "Thought: none of these fit.", &irr[0]).passed);
-    assert!(judge("bfcl", broken, &irr[0]).passed);
-    assert!(!judge("bfcl", right, &irr[0]).passed);
+    assert!(judge(Evaluator::Bfcl, "Thought: none of these fit.", &irr[0]).passed);
+    assert!(judge(Evaluator::Bfcl, broken, &irr[0]).passed);
+    assert!(!judge(Evaluator::Bfcl, right, &irr[0]).passed);
 }
 
 /// `tests/fixtures/bfcl`: BFCL's own checker (bfcl-eval 2026.3.23, through

@@ -262,7 +262,7 @@ fn sigkill_mid_sweep_then_rerun_completes_without_duplicates() {
             let conn = Connection::open(&db).unwrap();
             let q = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0);
             if q("SELECT count(*) FROM runs WHERE status = 'done'") >= 1
-                && q("SELECT count(*) FROM metrics m JOIN runs r ON r.id = m.run_id WHERE r.status = 'running'") > 0
+                && q("SELECT count(*) FROM training_metrics m JOIN trainings t ON t.id = m.training_id WHERE t.status = 'running'") > 0
             {
                 break;
             }
@@ -374,7 +374,7 @@ fn sigkill_then_resume_from_checkpoint_is_bit_identical() {
             .into_iter()
             .flatten()
             .flatten()
-            .flat_map(|r| std::fs::read_dir(r.path().join("checkpoints")).into_iter())
+            .flat_map(|r| std::fs::read_dir(r.path().join("training/checkpoints")).into_iter())
             .flatten()
             .flatten()
             .map(|e| e.path())
@@ -445,14 +445,15 @@ fn sigkill_then_resume_from_checkpoint_is_bit_identical() {
             .unwrap()
             .unwrap()
             .path();
-        std::fs::read(run.join("model/model.safetensors")).unwrap()
+        std::fs::read(run.join("training/model/model.safetensors")).unwrap()
     };
     assert!(model(d) == model(dir2.path()), "final parameters differ");
     let (m1, m2) = (metrics_without_timings(&db), metrics_without_timings(&db2));
     assert_eq!(m1, m2);
     // 30 train steps with 4 metrics each, validation at 5, 10, 15, 20, 25, 30, each
-    // split's 7 fit metrics, and the training split's count left out by the leak guard.
-    assert_eq!(m1.iter().filter(|m| m.1 == "train").count(), 30 * 4 + 7 + 1);
+    // split's 7 fit metrics, the training split's count left out by the leak guard and
+    // its steps per epoch.
+    assert_eq!(m1.iter().filter(|m| m.1 == "train").count(), 30 * 4 + 7 + 2);
     assert_eq!(m1.iter().filter(|m| m.1 == "val").count(), 6 + 7);
     let verdicts = |db: &Path| -> Vec<(String, String)> {
         let c = Connection::open(db).unwrap();

@@ -56,6 +56,16 @@ pub(crate) fn content(db: &Path) -> Vec<String> {
         "SELECT run_id || ' ' || example_id || ' ' || evaluator || ' ' || verdict || ' ' || prediction
          FROM eval_results ORDER BY 1",
         "SELECT sweep || ' ' || run_id || ' ' || position FROM sweep_runs ORDER BY 1",
+        // The stages, shared or not, with their rows.
+        "SELECT id || ' ' || status || ' ' || key_json FROM trainings ORDER BY 1",
+        "SELECT training_id || ' ' || name || ' ' || split || ' ' || step || ' ' || quote(value)
+         FROM training_metrics WHERE name NOT IN ('tokens_per_s', 'step_time_s') ORDER BY 1",
+        "SELECT id || ' ' || training_id || ' ' || status FROM generations ORDER BY 1",
+        "SELECT generation_id || ' ' || kind || ' ' || example_id || ' ' || prediction
+         FROM predictions ORDER BY 1",
+        "SELECT id || ' ' || generation_id || ' ' || evaluator || ' ' || status FROM verdict_sets ORDER BY 1",
+        "SELECT verdict_set_id || ' ' || example_id || ' ' || verdict FROM verdicts ORDER BY 1",
+        "SELECT run_id || ' ' || training_id || ' ' || generation_id FROM run_stages ORDER BY 1",
     ] {
         let mut s = c.prepare(sql).unwrap();
         out.extend(s.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap));
@@ -156,10 +166,10 @@ fn four_processes_on_one_database_train_each_run_exactly_once() {
 }
 
 /// Kills `ablate run` with SIGKILL until `kills` kills have landed mid-sweep, then lets it
-/// finish; returns each kill as `trigger->last event seen`. The kill moments cycle through three kinds, each
-/// with a seeded random delay: a timer from the start (mostly training), soon after the
-/// evaluation phase begins, and just after a run finished (its rows and status being
-/// written).
+/// finish; returns each kill as `trigger->last phase seen`. The kill moments cycle through
+/// four kinds, each with a seeded random delay: a timer from the start (mostly training),
+/// soon after the generation stage begins, as soon as the judge stage begins, and just
+/// after a run finished (its rows and status being written).
 fn run_with_kills(dir: &Path, kills: usize, seed: u64) -> Vec<String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut hit = Vec::new();
@@ -170,7 +180,7 @@ fn run_with_kills(dir: &Path, kills: usize, seed: u64) -> Vec<String> {
             t0.elapsed() < Duration::from_secs(600),
             "no progress: {hit:?}"
         );
-        let trigger = ["timer", "eval", "run_finished"][attempt % 3];
+        let trigger = ["timer", "generate", "judge", "run_finished"][attempt % 4];
         attempt += 1;
         let mut child = ablate_cmd(
             dir,
@@ -193,6 +203,8 @@ fn run_with_kills(dir: &Path, kills: usize, seed: u64) -> Vec<String> {
                         "phase" => v["phase"].as_str().unwrap_or("").to_string(),
                         // Resuming happens inside training.
                         "run_resumed" => "train".to_string(),
+                        // Still the stage it ended (the next says where the run went).
+                        "stage_finished" => continue,
                         other => other.to_string(),
                     };
                     if phase == trigger {
@@ -204,7 +216,9 @@ fn run_with_kills(dir: &Path, kills: usize, seed: u64) -> Vec<String> {
         };
         let delay = match trigger {
             "timer" => Duration::from_millis(rng.random_range(300..2500)),
-            "eval" => Duration::from_millis(rng.random_range(0..250)),
+            "generate" => Duration::from_millis(rng.random_range(0..250)),
+            // Judging rules verdicts takes milliseconds: kill at once.
+            "judge" => Duration::ZERO,
             _ => Duration::from_millis(rng.random_range(0..30)),
         };
         if trigger != "timer" {
@@ -263,9 +277,11 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_database() {
     );
     assert!(
         hit.iter().any(|p| p.ends_with("->train"))
-            && hit.iter().any(|p| p.ends_with("->eval"))
+            && hit.iter().any(|p| p.ends_with("->generate"))
+            && hit.iter().any(|p| p.ends_with("->judge"))
             && hit.iter().any(|p| p.starts_with("run_finished->")),
-        "kills should land in training, in evaluation and after a run's final write: {hit:?}"
+        "kills should land in each stage (train, generate, judge) and after a run's final \
+         write: {hit:?}"
     );
     assert_eq!(integrity(&db), "ok");
     let (a, b) = (content(&ref_db), content(&db));

@@ -248,7 +248,7 @@ fn a_sweep_runs_as_a_slurm_array_collects_idempotently_and_resubmits_only_failur
         std::thread::sleep(Duration::from_millis(300));
     }
     // A checkpoint exists by step 2; wait for it so that the resume has something to use.
-    let ckpts = d.join(format!("results/runs/{}/checkpoints", runs[0]));
+    let ckpts = d.join(format!("results/runs/{}/training/checkpoints", runs[0]));
     while std::fs::read_dir(&ckpts).map_or(true, |mut r| r.next().is_none()) {
         assert!(
             t0.elapsed() < Duration::from_secs(120),

@@ -1,41 +1,31 @@
 //! ToolBench episodes: the model answers a query turn by turn, with observations replayed
 //! from the recorded trajectory, until it calls `Finish`, breaks a ToolEval rule or runs
-//! out of turns (`eval.max_turns`). One verdict per trajectory, evaluator `episode`.
+//! out of turns (`eval.max_turns`). Each episode is stored whole as a prediction: its
+//! transcript, its ending, the final answer and the path as ToolEval's nodes, which the
+//! `episode` and `llm_judge` evaluators read.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
-use super::pipeline::RunError;
-use super::Event;
-use crate::config::RunConfig;
+use super::train::Loaded;
+use super::RunError;
 use crate::data::toolbench::{Trajectory, MAX_OBSERVATION_CHARS};
 use crate::data::{self, Example, GoldCall, Turn, EOS_ID};
-use crate::eval::llm_judge::{self, Judge};
-use crate::eval::parse_react;
 use crate::eval::toolbench::{judge_turn, replay_observation, TurnOutcome};
-use crate::model::{self, Decoding, GenerateOptions, Opt};
-use crate::store::Record;
+use crate::eval::{parse_react, Prediction, PredictionKind};
+use crate::exec::{Event, RunContext};
+use crate::model::{self, Decoding, GenerateOptions};
 use crate::train::TrainError;
-
-/// How many episodes passed ToolEval's rules (`episode`) and, with a judge, the LLM
-/// judge's pass-rate procedure on the whole path (`llm_judge`).
-pub struct EpisodeScores {
-    pub rules: usize,
-    pub judged: Option<usize>,
-}
 
 /// Runs every trajectory's episode.
 pub fn run_episodes(
-    ctx: &super::RunContext,
-    model: &Opt,
-    tok: &tokenizers::Tokenizer,
+    ctx: &RunContext,
+    m: &Loaded,
     trajectories: &[Trajectory],
-    llm: Option<&Judge>,
-) -> Result<EpisodeScores, RunError> {
-    let (run_id, cfg, cancel, emit): (&str, &RunConfig, &AtomicBool, &dyn Fn(Event)) =
-        (ctx.run_id, ctx.config, ctx.cancel, ctx.emit);
-    let mut judged = llm.map(|_| 0usize);
+) -> Result<Vec<Prediction>, RunError> {
+    let (run_id, cfg, cancel, emit) = (ctx.run_id, ctx.config, ctx.cancel, ctx.emit);
+    let (model, tok) = (&m.model, &m.tokenizer);
     emit(Event::Phase {
         run_id: run_id.to_string(),
         phase: "episodes",
@@ -43,6 +33,7 @@ pub fn run_episodes(
     });
     let max_positions = model.config().max_position_embeddings;
     let mut passed = 0;
+    let mut out = Vec::with_capacity(trajectories.len());
     for (n, traj) in trajectories.iter().enumerate() {
         if cancel.load(Ordering::Relaxed) {
             return Err(TrainError::Interrupted.into());
@@ -89,8 +80,8 @@ pub fn run_episodes(
                     Decoding::Greedy
                 },
             };
-            let out = model::generate(model, &[prompt], &opts, &|_| false)?;
-            let text = data::decode(tok, &out[0])?;
+            let gen = model::generate(model, &[prompt], &opts, &|_| false)?;
+            let text = data::decode(tok, &gen[0])?;
             transcript.push_str(&format!("<|assistant|>\n{text}\n"));
             nodes.push(serde_json::json!({"role": "assistant", "message": text}));
             match judge_turn(&text, traj) {
@@ -116,51 +107,33 @@ pub fn run_episodes(
                 }
             }
         }
-        let ok = verdict == "pass";
-        passed += ok as usize;
-        let gold = traj.steps.last().map(|s| s.action_input.clone());
-        if let (Some(j), Some(count)) = (llm, judged.as_mut()) {
-            let d = j.judge(&llm_judge::Item {
-                id: &traj.id,
-                query: &traj.query,
-                tools: &traj.functions,
-                final_answer: final_answer.as_deref(),
-                details: chain(nodes),
-            })?;
-            *count += d.passed as usize;
-            emit(Event::Record(Record::Verdict {
-                run_id: run_id.to_string(),
-                dataset: "toolbench".into(),
-                example_id: traj.id.clone(),
-                category: traj.group.clone(),
-                evaluator: "llm_judge".into(),
-                verdict: d.verdict,
-                passed: d.passed,
-                prediction: transcript.clone(),
-                gold: gold.clone().unwrap_or_default(),
-            }));
-        }
-        emit(Event::Record(Record::Verdict {
-            run_id: run_id.to_string(),
-            dataset: "toolbench".into(),
+        passed += (verdict == "pass") as usize;
+        let p = Prediction {
+            kind: PredictionKind::Episode,
             example_id: traj.id.clone(),
+            dataset: "toolbench".into(),
             category: traj.group.clone(),
-            evaluator: "episode".into(),
-            verdict: verdict.into(),
-            passed: ok,
             prediction: transcript,
-            gold: gold.unwrap_or_default(),
-        }));
+            gold: traj
+                .steps
+                .last()
+                .map(|s| s.action_input.clone())
+                .unwrap_or_default(),
+            detail: Some(serde_json::json!({
+                "ending": verdict,
+                "final_answer": final_answer,
+                "details": chain(nodes),
+            })),
+        };
+        super::generate::emit_prediction(ctx, &p);
+        out.push(p);
         emit(Event::Progress {
             run_id: run_id.to_string(),
             pos: n as u64 + 1,
-            message: format!("episodes passed {passed}/{}", n + 1),
+            message: format!("episodes finished {passed}/{}", n + 1),
         });
     }
-    Ok(EpisodeScores {
-        rules: passed,
-        judged,
-    })
+    Ok(out)
 }
 
 /// The final answer of a `Finish` call that ended an episode with `verdict`: the answer

@@ -1,0 +1,134 @@
+//! The judge stage: one verdict set, an evaluator's verdict on every stored prediction it
+//! reads (test steps, or episodes for `episode` and an episode-reading `llm_judge`).
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use super::RunError;
+use crate::config::Evaluator;
+use crate::data::{self, Example, Source};
+use crate::eval::{self, llm_judge, Judgment, Prediction, PredictionKind};
+use crate::exec::{Event, RunContext};
+use crate::plan::stages::{reads_episodes, Kinds, VerdictSetId};
+use crate::store::Record;
+use crate::train::TrainError;
+
+pub fn run(
+    ctx: &RunContext,
+    set: &VerdictSetId,
+    predictions: &[Prediction],
+    eval: &[Example],
+) -> Result<(), RunError> {
+    let (run_id, cfg, emit) = (ctx.run_id, ctx.config, ctx.emit);
+    let kind = if reads_episodes(set.evaluator, Kinds::of(cfg)) {
+        PredictionKind::Episode
+    } else {
+        PredictionKind::Step
+    };
+    let mine: Vec<&Prediction> = predictions.iter().filter(|p| p.kind == kind).collect();
+    emit(Event::Phase {
+        run_id: run_id.to_string(),
+        phase: "judge",
+        total: mine.len() as u64,
+    });
+    let llm = match set.evaluator {
+        Evaluator::LlmJudge => Some(llm_judge::Judge::new(&cfg.eval.judge, ctx.db)?),
+        _ => None,
+    };
+    let examples: HashMap<&str, &Example> = eval.iter().map(|e| (e.id.as_str(), e)).collect();
+    let trajectories = match (kind, Source::parse(&cfg.data.eval)) {
+        (PredictionKind::Episode, Source::ToolBench(dir)) => data::toolbench::load_answers(&dir)?,
+        _ => Vec::new(),
+    };
+    let trajectories: HashMap<&str, &data::toolbench::Trajectory> =
+        trajectories.iter().map(|t| (t.id.as_str(), t)).collect();
+    let mut passed = 0usize;
+    for (n, p) in mine.iter().enumerate() {
+        if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(TrainError::Interrupted.into());
+        }
+        let v = match (set.evaluator, p.kind, p.ending()) {
+            (ev, PredictionKind::Step, Some(ending)) if ev != Evaluator::Episode => Judgment {
+                passed: false,
+                verdict: ending.to_string(),
+            },
+            (Evaluator::Episode, _, ending) => {
+                let ending = ending.unwrap_or("no_finish");
+                Judgment {
+                    passed: ending == "pass",
+                    verdict: ending.to_string(),
+                }
+            }
+            (Evaluator::LlmJudge, kind, _) => {
+                let j = llm.as_ref().expect("a judge for llm_judge");
+                let d = match kind {
+                    PredictionKind::Episode => {
+                        let Some(t) = trajectories.get(p.example_id.as_str()) else {
+                            return Err(missing(ctx, p));
+                        };
+                        let detail = p.detail.clone().unwrap_or_default();
+                        j.judge(&llm_judge::Item {
+                            id: &t.id,
+                            query: &t.query,
+                            tools: &t.functions,
+                            final_answer: detail["final_answer"].as_str(),
+                            details: detail.get("details").cloned().unwrap_or(json!([])),
+                        })?
+                    }
+                    // The step's text is the answer judged; the path is that one step.
+                    PredictionKind::Step => {
+                        let Some(e) = examples.get(p.example_id.as_str()) else {
+                            return Err(missing(ctx, p));
+                        };
+                        let text = p.prediction.as_str();
+                        j.judge(&llm_judge::Item {
+                            id: &e.id,
+                            query: &e.query,
+                            tools: &e.tools,
+                            final_answer: Some(text).filter(|t| !t.trim().is_empty()),
+                            details: json!([{"role": "assistant", "message": text, "next": []}]),
+                        })?
+                    }
+                };
+                Judgment {
+                    passed: d.passed,
+                    verdict: d.verdict,
+                }
+            }
+            (ev, _, _) => {
+                let Some(e) = examples.get(p.example_id.as_str()) else {
+                    return Err(missing(ctx, p));
+                };
+                eval::judge(ev, &p.prediction, e)
+            }
+        };
+        passed += v.passed as usize;
+        emit(Event::Record(Record::StageVerdict {
+            verdict_set_id: set.id.clone(),
+            kind: p.kind,
+            example_id: p.example_id.clone(),
+            verdict: v.verdict,
+            passed: v.passed,
+        }));
+        emit(Event::Progress {
+            run_id: run_id.to_string(),
+            pos: n as u64 + 1,
+            message: format!("{} pass {passed}/{}", set.evaluator, n + 1),
+        });
+    }
+    Ok(())
+}
+
+/// A stored prediction whose example the evaluation data no longer has: the data changed
+/// under a finished generation.
+fn missing(ctx: &RunContext, p: &Prediction) -> RunError {
+    RunError::Data(data::DataError::File {
+        path: ctx.config.data.eval.clone(),
+        message: format!(
+            "stored prediction {} of generation {} has no example here: did the file change \
+             since it was generated?",
+            p.example_id, ctx.stages.generation
+        ),
+    })
+}

@@ -1,0 +1,498 @@
+//! A run's stages in the store: trainings, generations and verdict sets, each done once
+//! for its identity and shared by every run that names it. A run's own rows (`metrics`,
+//! `eval_results`) are assembled from its stages when it finishes, so what reports, `query`
+//! and `export` read is unchanged.
+
+use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use serde::Serialize;
+
+use super::{err, process_alive, Ownership, Result, RunStatus, Store, NOW};
+use crate::eval::{Prediction, PredictionKind};
+use crate::plan::stages::{StageIds, VerdictSetId};
+
+/// The stages of a run, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Train,
+    Generate,
+    Judge,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Train => "train",
+            Stage::Generate => "generate",
+            Stage::Judge => "judge",
+        }
+    }
+
+    fn table(self) -> &'static str {
+        match self {
+            Stage::Train => "trainings",
+            Stage::Generate => "generations",
+            Stage::Judge => "verdict_sets",
+        }
+    }
+}
+
+/// What a run still has to do, read from the store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageNeeds {
+    pub train: bool,
+    pub generate: bool,
+    /// Verdict sets not done yet, in evaluator order.
+    pub judge: Vec<VerdictSetId>,
+    /// The training's folder, relative to the results folder.
+    pub training_dir: String,
+}
+
+impl StageNeeds {
+    /// The stages this run will run, for display.
+    pub fn stages(&self) -> Vec<Stage> {
+        let mut out = Vec::new();
+        if self.train {
+            out.push(Stage::Train);
+        }
+        if self.generate {
+            out.push(Stage::Generate);
+        }
+        if !self.judge.is_empty() {
+            out.push(Stage::Judge);
+        }
+        out
+    }
+}
+
+/// A done stage, with what produced it (for the stale-code warning).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoneStage {
+    pub stage: Stage,
+    pub id: String,
+    pub provenance: Option<serde_json::Value>,
+}
+
+/// The outcome of claiming a run's stages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageClaim {
+    Claimed(StageNeeds),
+    /// Another live process is producing a stage this run needs.
+    Busy,
+}
+
+/// A stage row's status, host and owner pid.
+type StageRow = (String, Option<String>, Option<i64>);
+
+fn status_of(tx: &rusqlite::Connection, stage: Stage, id: &str) -> rusqlite::Result<Option<StageRow>> {
+    let table = stage.table();
+    let sql = match stage {
+        Stage::Judge => format!("SELECT status, NULL, NULL FROM {table} WHERE id = ?1"),
+        _ => format!("SELECT status, host, pid FROM {table} WHERE id = ?1"),
+    };
+    tx.query_row(&sql, [id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()
+}
+
+/// Records a run's stages (new ones as pending) and which stages make the run. A done run
+/// keeps the stages that made it.
+pub(crate) fn register(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    s: &StageIds,
+    dir: Option<&str>,
+) -> rusqlite::Result<()> {
+    let done: bool = tx
+        .query_row("SELECT status = 'done' FROM runs WHERE id = ?1", [run_id], |r| r.get(0))
+        .optional()?
+        .unwrap_or(false);
+    if done || s.training.is_empty() {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO trainings (id, key_json, status, dir) VALUES (?1, ?2, 'pending', ?3)",
+    )?
+    .execute(params![
+        s.training,
+        s.keys.training.to_string(),
+        dir.map_or_else(|| training_dir(&s.training), String::from)
+    ])?;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO generations (id, training_id, key_json, status)
+         VALUES (?1, ?2, ?3, 'pending')",
+    )?
+    .execute(params![s.generation, s.training, s.keys.generation.to_string()])?;
+    tx.prepare_cached(
+        "INSERT INTO run_stages (run_id, training_id, generation_id, checkpoint_epoch)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(run_id) DO UPDATE SET training_id = excluded.training_id,
+           generation_id = excluded.generation_id, checkpoint_epoch = excluded.checkpoint_epoch",
+    )?
+    .execute(params![
+        run_id,
+        s.training,
+        s.generation,
+        s.checkpoint_epoch.map(|e| e as i64)
+    ])?;
+    tx.prepare_cached("DELETE FROM run_verdict_sets WHERE run_id = ?1")?
+        .execute([run_id])?;
+    for (i, (v, key)) in s.verdicts.iter().zip(&s.keys.verdicts).enumerate() {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO verdict_sets (id, generation_id, evaluator, version, key_json, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+        )?
+        .execute(params![v.id, s.generation, v.evaluator.name(), v.version, key.to_string()])?;
+        tx.prepare_cached(
+            "INSERT INTO run_verdict_sets (run_id, position, evaluator, verdict_set_id)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![run_id, i as i64, v.evaluator.name(), v.id])?;
+    }
+    Ok(())
+}
+
+/// Where a training's files go, relative to the results folder.
+pub fn training_dir(training_id: &str) -> String {
+    format!("trainings/{training_id}")
+}
+
+impl Store {
+    /// Registers one run's stages (a Slurm task's shard, which has no plan), its training
+    /// in `dir` (relative to the results folder) when given.
+    pub fn ensure_stages(&mut self, run_id: &str, stages: &StageIds, dir: Option<&str>) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(&path))?;
+        register(&tx, run_id, stages, dir).map_err(err(&path))?;
+        tx.commit().map_err(err(&path))
+    }
+
+    /// What a run still needs, without claiming anything (for `plan`).
+    pub fn stage_needs(&self, stages: &StageIds) -> Result<StageNeeds> {
+        let done = |stage: Stage, id: &str| -> Result<bool> {
+            Ok(status_of(&self.conn, stage, id)
+                .map_err(err(&self.path))?
+                .is_some_and(|(s, _, _)| s == "done"))
+        };
+        let train = !done(Stage::Train, &stages.training)?;
+        let generate = train || !done(Stage::Generate, &stages.generation)?;
+        let mut judge = Vec::new();
+        for v in &stages.verdicts {
+            if generate || !done(Stage::Judge, &v.id)? {
+                judge.push(v.clone());
+            }
+        }
+        Ok(StageNeeds {
+            train,
+            generate,
+            judge,
+            training_dir: self.training_dir_of(&stages.training)?,
+        })
+    }
+
+    fn training_dir_of(&self, training_id: &str) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("SELECT dir FROM trainings WHERE id = ?1", [training_id], |r| r.get(0))
+            .optional()
+            .map_err(err(&self.path))?
+            .unwrap_or_else(|| training_dir(training_id)))
+    }
+
+    /// Takes the stages a claimed run must produce: a training or generation that another
+    /// live process is producing makes the run wait (`Busy`); one of an earlier, dead
+    /// attempt is taken over and its partial rows cleared, so a replay cannot double them.
+    /// `model_present` says whether a done training's model is still on disk; when it is
+    /// not, the training runs again.
+    pub fn claim_stages(
+        &mut self,
+        stages: &StageIds,
+        host: &str,
+        ownership: Ownership,
+        model_present: &dyn Fn(&str) -> bool,
+    ) -> Result<StageClaim> {
+        let mut needs = self.stage_needs(stages)?;
+        if !needs.train && needs.generate && !model_present(&needs.training_dir) {
+            needs.train = true;
+            needs.training_dir = training_dir(&stages.training);
+        }
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(&path))?;
+        let me = std::process::id() as i64;
+        let mut take = Vec::new();
+        if needs.train {
+            take.push((Stage::Train, stages.training.as_str()));
+        }
+        if needs.generate {
+            take.push((Stage::Generate, stages.generation.as_str()));
+        }
+        for (stage, id) in &take {
+            if let Some((s, h, Some(pid))) = status_of(&tx, *stage, id).map_err(err(&path))? {
+                let other_live = pid == me
+                    || h.as_deref() != Some(host)
+                    || process_alive(pid);
+                if s == "running" && ownership == Ownership::CheckOwner && other_live {
+                    return Ok(StageClaim::Busy);
+                }
+            }
+        }
+        for (stage, id) in &take {
+            tx.execute(
+                &format!(
+                    "UPDATE {} SET status = 'running', host = ?2, pid = ?3, started_at = {NOW},
+                     finished_at = NULL, error = NULL WHERE id = ?1",
+                    stage.table()
+                ),
+                params![id, host, me],
+            )
+            .map_err(err(&path))?;
+        }
+        if needs.train {
+            tx.execute(
+                "UPDATE trainings SET dir = ?2 WHERE id = ?1",
+                params![stages.training, needs.training_dir],
+            )
+            .map_err(err(&path))?;
+        }
+        if needs.generate {
+            tx.execute("DELETE FROM predictions WHERE generation_id = ?1", [&stages.generation])
+                .map_err(err(&path))?;
+        }
+        for v in &needs.judge {
+            tx.execute("DELETE FROM verdicts WHERE verdict_set_id = ?1", [&v.id])
+                .map_err(err(&path))?;
+        }
+        tx.commit().map_err(err(&path))?;
+        Ok(StageClaim::Claimed(needs))
+    }
+
+    /// Gives a claimed run back (its stages were busy): pending again, as if never taken.
+    pub fn unclaim(&mut self, run_id: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE runs SET status = 'pending', attempts = MAX(attempts - 1, 0), pid = NULL,
+                 started_at = NULL WHERE id = ?1 AND status = 'running'",
+                [run_id],
+            )
+            .map(drop)
+            .map_err(err(&self.path))
+    }
+
+    /// Marks a stage done, with what produced it.
+    pub fn finish_stage(
+        &mut self,
+        stage: Stage,
+        id: &str,
+        duration_s: f64,
+        provenance: &serde_json::Value,
+        batch: &[super::Record],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(&path))?;
+        super::write_records(&tx, batch).map_err(err(&path))?;
+        let sql = match stage {
+            Stage::Judge => format!(
+                "UPDATE verdict_sets SET status = 'done', finished_at = {NOW}, error = NULL,
+                 provenance_json = ?2 WHERE id = ?1"
+            ),
+            _ => format!(
+                "UPDATE {} SET status = 'done', finished_at = {NOW}, error = NULL, pid = NULL,
+                 provenance_json = ?2, duration_s = ?3 WHERE id = ?1",
+                stage.table()
+            ),
+        };
+        let prov = provenance.to_string();
+        match stage {
+            Stage::Judge => tx.execute(&sql, params![id, prov]),
+            _ => tx.execute(&sql, params![id, prov, duration_s]),
+        }
+        .map_err(err(&path))?;
+        tx.commit().map_err(err(&path))
+    }
+
+    /// The stored predictions of a generation, in a stable order.
+    pub fn predictions(&self, generation_id: &str) -> Result<Vec<Prediction>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT kind, example_id, dataset, category, prediction, gold, detail_json
+                 FROM predictions WHERE generation_id = ?1 ORDER BY kind, example_id",
+            )
+            .map_err(err(&self.path))?;
+        let rows = stmt
+            .query_map([generation_id], |r| {
+                let detail: Option<String> = r.get(6)?;
+                Ok(Prediction {
+                    kind: PredictionKind::parse(&r.get::<_, String>(0)?),
+                    example_id: r.get(1)?,
+                    dataset: r.get(2)?,
+                    category: r.get(3)?,
+                    prediction: r.get(4)?,
+                    gold: r.get(5)?,
+                    detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+                })
+            })
+            .map_err(err(&self.path))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(err(&self.path))
+    }
+
+    /// The done stages of these runs with their provenance (for the stale-code warning).
+    pub fn done_stages(&self, stages: &StageIds) -> Result<Vec<DoneStage>> {
+        let mut out = Vec::new();
+        let mut ids = vec![
+            (Stage::Train, stages.training.clone()),
+            (Stage::Generate, stages.generation.clone()),
+        ];
+        ids.extend(stages.verdicts.iter().map(|v| (Stage::Judge, v.id.clone())));
+        for (stage, id) in ids {
+            let row: Option<Option<String>> = self
+                .conn
+                .query_row(
+                    &format!(
+                        "SELECT provenance_json FROM {} WHERE id = ?1 AND status = 'done'",
+                        stage.table()
+                    ),
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err(&self.path))?;
+            if let Some(p) = row {
+                out.push(DoneStage {
+                    stage,
+                    id,
+                    provenance: p.and_then(|p| serde_json::from_str(&p).ok()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks stages pending again so they rerun (`run --rerun-stale`); the runs made of
+    /// them are pending too.
+    pub fn reset_stages(&mut self, stages: &[(Stage, String)]) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(&path))?;
+        for (stage, id) in stages {
+            tx.execute(
+                &format!("UPDATE {} SET status = 'pending' WHERE id = ?1", stage.table()),
+                [id],
+            )
+            .map_err(err(&path))?;
+            let runs_of = match stage {
+                Stage::Train => "SELECT run_id FROM run_stages WHERE training_id = ?1",
+                Stage::Generate => "SELECT run_id FROM run_stages WHERE generation_id = ?1",
+                Stage::Judge => "SELECT run_id FROM run_verdict_sets WHERE verdict_set_id = ?1",
+            };
+            tx.execute(
+                &format!("UPDATE runs SET status = 'pending' WHERE id IN ({runs_of})"),
+                [id],
+            )
+            .map_err(err(&path))?;
+        }
+        tx.commit().map_err(err(&path))
+    }
+}
+
+/// When a run ends unfinished, the stages it was producing end with it (a done stage stays
+/// done: its rows are complete).
+pub(crate) fn end_unfinished(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    status: RunStatus,
+    error: Option<&str>,
+) -> rusqlite::Result<()> {
+    let me = std::process::id() as i64;
+    for (table, col) in [("trainings", "training_id"), ("generations", "generation_id")] {
+        tx.execute(
+            &format!(
+                "UPDATE {table} SET status = ?2, error = ?3, pid = NULL, finished_at = {NOW}
+                 WHERE status = 'running' AND pid = ?4
+                   AND id = (SELECT {col} FROM run_stages WHERE run_id = ?1)"
+            ),
+            params![run_id, status.as_str(), error, me],
+        )?;
+    }
+    Ok(())
+}
+
+/// A finished run's own rows, from its stages: the training's metrics (up to its epoch
+/// when the training is a longer run's), every verdict with its prediction, and the pass
+/// rates (`pass_rate` and `n_eval` from the first evaluator, `pass_rate_<name>` for each).
+pub(crate) fn assemble(tx: &Transaction<'_>, run_id: &str) -> rusqlite::Result<()> {
+    let stages: Option<(String, Option<i64>)> = tx
+        .query_row(
+            "SELECT training_id, checkpoint_epoch FROM run_stages WHERE run_id = ?1",
+            [run_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((training, epoch)) = stages else {
+        return Ok(());
+    };
+    tx.execute("DELETE FROM metrics WHERE run_id = ?1", [run_id])?;
+    tx.execute("DELETE FROM eval_results WHERE run_id = ?1", [run_id])?;
+    // Steps of the run's own epochs: a prefix of the longer training's curve.
+    let last_step: Option<i64> = match epoch {
+        Some(e) => tx
+            .query_row(
+                "SELECT CAST(value AS INTEGER) * ?2 FROM training_metrics
+                 WHERE training_id = ?1 AND name = 'steps_per_epoch' AND step = -1",
+                params![training, e],
+                |r| r.get(0),
+            )
+            .optional()?,
+        None => None,
+    };
+    tx.execute(
+        "INSERT OR REPLACE INTO metrics (run_id, name, split, step, value)
+         SELECT ?1, name, split, step, value FROM training_metrics
+         WHERE training_id = ?2 AND (?3 IS NULL OR step <= ?3)",
+        params![run_id, training, last_step],
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO eval_results
+           (run_id, dataset, example_id, category, evaluator, verdict, passed, prediction, gold)
+         SELECT ?1, p.dataset, p.example_id, p.category, rv.evaluator, v.verdict, v.passed,
+                p.prediction, p.gold
+         FROM run_verdict_sets rv
+         JOIN verdict_sets vs ON vs.id = rv.verdict_set_id
+         JOIN verdicts v ON v.verdict_set_id = vs.id
+         JOIN predictions p ON p.generation_id = vs.generation_id AND p.kind = v.kind
+          AND p.example_id = v.example_id
+         WHERE rv.run_id = ?1",
+        [run_id],
+    )?;
+    let mut rates = tx.prepare_cached(
+        "SELECT rv.position, rv.evaluator, COUNT(v.example_id), COALESCE(SUM(v.passed), 0)
+         FROM run_verdict_sets rv LEFT JOIN verdicts v ON v.verdict_set_id = rv.verdict_set_id
+         WHERE rv.run_id = ?1 GROUP BY rv.position, rv.evaluator ORDER BY rv.position",
+    )?;
+    let rows: Vec<(i64, String, i64, i64)> = rates
+        .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut put = tx.prepare_cached(
+        "INSERT OR REPLACE INTO metrics (run_id, name, split, step, value)
+         VALUES (?1, ?2, 'test', -1, ?3)",
+    )?;
+    for (pos, ev, n, passed) in rows {
+        let rate = passed as f64 / n.max(1) as f64;
+        if pos == 0 {
+            put.execute(params![run_id, "pass_rate", rate])?;
+            put.execute(params![run_id, "n_eval", n as f64])?;
+        }
+        put.execute(params![run_id, format!("pass_rate_{ev}"), rate])?;
+    }
+    Ok(())
+}
