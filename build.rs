@@ -9,7 +9,10 @@ fn main() {
         if line.starts_with("name = ") {
             in_candle = line == "name = \"candle-core\"";
         } else if in_candle && line.starts_with("version = ") {
-            version = line.trim_start_matches("version = ").trim_matches('"').to_string();
+            version = line
+                .trim_start_matches("version = ")
+                .trim_matches('"')
+                .to_string();
             break;
         }
     }

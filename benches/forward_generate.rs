@@ -8,8 +8,8 @@ use std::time::Instant;
 
 mod common;
 
-use ablate::run::device_for;
 use ablate::model::{self, generate, Decoding, GenerateOptions, OptConfig, PaddingMask};
+use ablate::run::device_for;
 use candle_core::Tensor;
 use common::arg;
 use rand::{Rng, SeedableRng};
@@ -27,7 +27,8 @@ fn main() {
     let prompt: usize = arg(&args, "--prompt", "32").parse().expect("--prompt");
     let new: usize = arg(&args, "--new", "32").parse().expect("--new");
     let reps: usize = arg(&args, "--reps", "3").parse().expect("--reps");
-    let device = device_for(arg(&args, "--device", "cpu").parse().expect("device")).expect("device");
+    let device =
+        device_for(arg(&args, "--device", "cpu").parse().expect("device")).expect("device");
     for name in configs.split(',') {
         let cfg = OptConfig::preset(name).expect("preset: tiny, small, opt-125m, ...");
         let m = model::build(&cfg, &[], 0, &device).expect("model");

@@ -12,8 +12,8 @@ mod common;
 
 use ablate::config::DecayGroups;
 use ablate::data::Batch;
-use ablate::run::device_for;
 use ablate::model::{self, OptConfig};
+use ablate::run::device_for;
 use ablate::train::loss_and_grads;
 use ablate::train::optim::{clip_grad_norm, AdamW};
 use common::arg;
@@ -26,7 +26,8 @@ fn main() {
     let seq: usize = arg(&args, "--seq", "256").parse().expect("--seq");
     let steps: usize = arg(&args, "--steps", "10").parse().expect("--steps");
     let warmup: usize = arg(&args, "--warmup", "2").parse().expect("--warmup");
-    let device = device_for(arg(&args, "--device", "cpu").parse().expect("device")).expect("device");
+    let device =
+        device_for(arg(&args, "--device", "cpu").parse().expect("device")).expect("device");
     let cfg = OptConfig::preset(config.trim_end_matches("-shape"))
         .expect("preset: tiny, small, opt-125m, opt-350m, opt-1.3b");
     let loaded = model::build(&cfg, &[], 0, &device).expect("model");

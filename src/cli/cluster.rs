@@ -322,7 +322,11 @@ pub fn cmd_task(manifest: &Path, index: Option<usize>) -> Result<u8, Failure> {
         .map_err(store_failure)?;
     // Tasks of one array may share a training id: each trains in its run's folder.
     shard
-        .ensure_stages(&run.id, &run.stages, Some(&format!("runs/{}/training", run.id)))
+        .ensure_stages(
+            &run.id,
+            &run.stages,
+            Some(&format!("runs/{}/training", run.id)),
+        )
         .map_err(store_failure)?;
     let opts = ExecOptions {
         jobs: 1,

@@ -13,7 +13,7 @@ use crate::config::{self, ConfigError, Override};
 use crate::exec::{self, ExecOptions, Reporter};
 use crate::plan::{self, Plan};
 use crate::report::{self, TemplateSource};
-use crate::store::{RunStatus, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::ui;
 
 mod cluster;
@@ -690,12 +690,9 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
     let mut text = String::new();
     let mut summaries = plan::DataSummaries::new(db.parent().unwrap_or(Path::new(".")));
     for p in &plans {
-        let ids: Vec<String> = p.runs.iter().map(|r| r.id.clone()).collect();
-        let statuses = match &store {
-            Some(s) => s.statuses(&ids).map_err(store_failure)?,
-            None => Default::default(),
-        };
-        let status = |id: &str| statuses.get(id).copied().unwrap_or(RunStatus::Pending);
+        let code = crate::run::provenance::Code::current();
+        let previews = exec::preview::preview(p, store.as_ref(), &|prov| code.differs_from(prov))
+            .map_err(store_failure)?;
         let axes = p.axis_names();
         let data: Vec<plan::DataSummary> = p
             .runs
@@ -703,36 +700,62 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
             .map(|r| summaries.of(&r.config))
             .collect::<Result<_, _>>()
             .map_err(|e| user(anyhow::anyhow!(e)))?;
+        let cost = Cost::of(p, &previews, &data);
+        let stale: Vec<&exec::preview::StaleStage> = {
+            let mut seen = std::collections::HashSet::new();
+            previews
+                .iter()
+                .flat_map(|v| &v.stale)
+                .filter(|s| seen.insert(&s.id))
+                .collect()
+        };
         if json {
             out.push(serde_json::json!({
                 "experiment": p.experiment.name,
                 "file": p.experiment.file.display().to_string(),
                 "axes": axes,
-                "runs": p.runs.iter().zip(&data).map(|(r, d)| serde_json::json!({
+                "to_run": cost,
+                "stale": stale,
+                "runs": p.runs.iter().zip(&data).zip(&previews).map(|((r, d), v)| serde_json::json!({
                     "id": r.id, "axes": r.axes, "baseline": r.is_baseline,
-                    "status": status(&r.id), "config": r.config, "data": d,
+                    "status": v.status, "config": r.config, "data": d,
+                    "stages": {
+                        "training": r.stages.training,
+                        "generation": r.stages.generation,
+                        "verdict_sets": r.stages.verdicts,
+                        "checkpoint_epoch": r.stages.checkpoint_epoch,
+                        "will_run": v.will_run,
+                        "sharing": v.sharing,
+                    },
                 })).collect::<Vec<_>>(),
             }));
         } else {
             let mut headers = vec!["id".to_string()];
             headers.extend(axes.iter().cloned());
             headers.push("status".into());
+            headers.push("will run".into());
             let rows: Vec<Vec<String>> = p
                 .runs
                 .iter()
-                .map(|r| {
+                .zip(&previews)
+                .map(|(r, v)| {
                     let mut row =
                         vec![format!("{}{}", r.id, if r.is_baseline { " *" } else { "" })];
                     row.extend(axes.iter().map(|a| plan::display_value(r.axes.get(a))));
-                    row.push(status(&r.id).as_str().to_string());
+                    row.push(v.status.as_str().to_string());
+                    row.push(if v.will_run.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.will_run
+                            .iter()
+                            .map(|s| s.name())
+                            .collect::<Vec<_>>()
+                            .join(" + ")
+                    });
                     row
                 })
                 .collect();
-            let pending = p
-                .runs
-                .iter()
-                .filter(|r| status(&r.id) != RunStatus::Done)
-                .count();
+            let pending = previews.iter().filter(|v| !v.will_run.is_empty()).count();
             text.push_str(&format!(
                 "{} ({}): {} runs, {} to run\n",
                 p.experiment.name,
@@ -741,6 +764,22 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
                 pending
             ));
             text.push_str(&ui::table(&headers, &rows));
+            text.push_str(&format!("  to run: {cost}\n"));
+            for (r, v) in p.runs.iter().zip(&previews) {
+                if let Some(note) = &v.sharing {
+                    text.push_str(&format!("  {}: {note}\n", r.id));
+                }
+            }
+            if !stale.is_empty() {
+                let reasons: std::collections::BTreeSet<&str> =
+                    stale.iter().map(|s| s.reason.as_str()).collect();
+                text.push_str(&format!(
+                    "  warning: {} done stages were produced by other code ({}) than this \
+                     tree's; `ablate run --rerun-stale` redoes them\n",
+                    stale.len(),
+                    reasons.into_iter().collect::<Vec<_>>().join(", ")
+                ));
+            }
             for (r, d) in p.runs.iter().zip(&data).filter(|(_, d)| d.left_out > 0) {
                 text.push_str(&format!(
                     "  {}: {} of {} training examples left out: their query is in data.eval\n",
@@ -777,6 +816,58 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
         println!("\n(* baseline)");
     }
     Ok(exit::OK)
+}
+
+/// What a plan would cost: trainings (optimizer steps), generations (prompts decoded) and
+/// verdict sets, counting each shared stage once and done stages not at all.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+struct Cost {
+    trainings: usize,
+    train_steps: usize,
+    generations: usize,
+    prompts: usize,
+    verdict_sets: usize,
+}
+
+impl Cost {
+    fn of(
+        p: &plan::Plan,
+        previews: &[exec::preview::RunPreview],
+        data: &[plan::DataSummary],
+    ) -> Cost {
+        let mut c = Cost::default();
+        for ((r, v), d) in p.runs.iter().zip(previews).zip(data) {
+            if v.will_run.contains(&crate::store::Stage::Train) {
+                let epochs = r.stages.keys.training["train"]["epochs"]
+                    .as_u64()
+                    .map_or(r.config.train.epochs, |e| e as usize);
+                c.trainings += 1;
+                c.train_steps +=
+                    (d.train - d.dropped).div_ceil(r.config.train.batch_size.max(1)) * epochs;
+            }
+            if v.will_run.contains(&crate::store::Stage::Generate) {
+                c.generations += 1;
+                c.prompts += match r.config.eval.limit {
+                    0 => d.eval,
+                    n => n.min(d.eval),
+                };
+            }
+            if v.will_run.contains(&crate::store::Stage::Judge) {
+                c.verdict_sets += 1;
+            }
+        }
+        c
+    }
+}
+
+impl std::fmt::Display for Cost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} trainings ({} optimizer steps), {} generations ({} prompts), {} verdict sets",
+            self.trainings, self.train_steps, self.generations, self.prompts, self.verdict_sets
+        )
+    }
 }
 
 fn install_ctrlc() -> Arc<AtomicBool> {

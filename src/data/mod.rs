@@ -681,7 +681,9 @@ pub struct Splits {
 const SYNTHETIC_TEST: u64 = 0x5eed_7e57;
 const SYNTHETIC_VAL: u64 = 0x5eed_7a11;
 
-fn train_and_eval(d: &crate::config::DataConfig) -> Result<(Vec<Example>, Vec<Example>), DataError> {
+fn train_and_eval(
+    d: &crate::config::DataConfig,
+) -> Result<(Vec<Example>, Vec<Example>), DataError> {
     let train = Source::parse(&d.train)
         .load()?
         .unwrap_or_else(|| synthetic::generate(d.n_train, d.seed, "train"));

@@ -4,6 +4,7 @@
 //! stage another run of this process is producing waits for it and then reuses it.
 
 pub mod collect;
+pub mod preview;
 pub mod slurm;
 
 use std::collections::{HashMap, HashSet};
@@ -201,7 +202,9 @@ pub fn execute_runs(
     // In plan order.
     let mut queue: Vec<&PlannedRun> = Vec::new();
     for r in runs {
-        if statuses.get(&r.id) == Some(&RunStatus::Done) {
+        if statuses.get(&r.id) == Some(&RunStatus::Done)
+            && !store.reopen_if_incomplete(&r.id, &r.stages)?
+        {
             outcome.skipped += 1;
             reporter.event(&Event::RunSkipped {
                 run_id: r.id.clone(),
@@ -427,7 +430,13 @@ pub fn execute_runs(
                             provenance,
                         } => {
                             // The stage's last rows and its status land together.
-                            store.finish_stage(*stage, id, *duration_s, provenance, &pending_rows)?;
+                            store.finish_stage(
+                                *stage,
+                                id,
+                                *duration_s,
+                                provenance,
+                                &pending_rows,
+                            )?;
                             pending_rows.clear();
                             if let Some(p) = producing.get_mut(run_id) {
                                 p.retain(|x| x != id);
@@ -472,7 +481,8 @@ pub fn execute_runs(
             }
             std::thread::sleep(WAIT_POLL);
             // Back on the queue in plan order.
-            let mut back: Vec<&PlannedRun> = runs.iter().filter(|r| waiting.contains(&r.id)).collect();
+            let mut back: Vec<&PlannedRun> =
+                runs.iter().filter(|r| waiting.contains(&r.id)).collect();
             back.append(&mut queue);
             queue = back;
             waiting.clear();

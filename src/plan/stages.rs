@@ -82,7 +82,10 @@ fn digest(tag: &str, key: &Value) -> String {
     h.update(tag.as_bytes());
     h.update(b"\n");
     h.update(key.to_string().as_bytes());
-    h.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Whether the synthetic validation split (sized by `n_test`) is the validation set.

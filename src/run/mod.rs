@@ -110,7 +110,12 @@ pub fn run_stages(ctx: &RunContext) -> Result<(), RunError> {
         serde_json::to_string_pretty(ctx.stages).expect("json"),
     )
     .map_err(io(&stages_path))?;
-    let device = device_for(cfg.model.device)?;
+    // Judging needs no model: a re-score runs wherever ablate runs.
+    let device = if ctx.needs.train || ctx.needs.generate {
+        device_for(cfg.model.device)?
+    } else {
+        Device::Cpu
+    };
     let prov = provenance::Provenance::current(&device);
     let finished = |stage: Stage, id: &str, t0: Instant| {
         (ctx.emit)(Event::StageFinished {

@@ -59,7 +59,8 @@ impl Code {
             let Some(head) = git(&["rev-parse", "HEAD"]) else {
                 return Code::default();
             };
-            let status = git(&["status", "--porcelain", "--untracked-files=no"]).unwrap_or_default();
+            let status =
+                git(&["status", "--porcelain", "--untracked-files=no"]).unwrap_or_default();
             let dirty = !status.is_empty();
             Code {
                 git_commit: Some(String::from_utf8_lossy(&head).trim().to_string()),
@@ -189,7 +190,10 @@ mod tests {
             git_commit: Some("0123456789ab".into()),
             ..clean.clone()
         };
-        assert!(moved.differs_from(&stored).unwrap().contains("abc123def456"));
+        assert!(moved
+            .differs_from(&stored)
+            .unwrap()
+            .contains("abc123def456"));
         let dirty = Code {
             git_dirty: Some(true),
             git_diff_sha256: Some("feedbeef".into()),

@@ -32,7 +32,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_judge_cache",
         include_str!("../../migrations/0004_judge_cache.sql"),
     ),
-    ("0005_stages", include_str!("../../migrations/0005_stages.sql")),
+    (
+        "0005_stages",
+        include_str!("../../migrations/0005_stages.sql"),
+    ),
 ];
 
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
@@ -627,7 +630,13 @@ fn write_records(tx: &rusqlite::Transaction<'_>, batch: &[Record]) -> rusqlite::
                 verdict: v,
                 passed,
             } => {
-                stage_verdict.execute(params![verdict_set_id, kind.as_str(), example_id, v, passed])?;
+                stage_verdict.execute(params![
+                    verdict_set_id,
+                    kind.as_str(),
+                    example_id,
+                    v,
+                    passed
+                ])?;
             }
             _ => {}
         }

@@ -158,10 +158,7 @@ impl Store {
         // The shard's stage tables are read through ATTACH (outside any transaction, as
         // SQLite requires), and detached whatever happens.
         self.conn
-            .execute(
-                "ATTACH DATABASE ?1 AS shard",
-                [shard.display().to_string()],
-            )
+            .execute("ATTACH DATABASE ?1 AS shard", [shard.display().to_string()])
             .map_err(err(&path))?;
         let merged = self.merge_attached(run_id, &config_json, &rows, &judged, theirs);
         self.conn

@@ -84,7 +84,11 @@ pub enum StageClaim {
 /// A stage row's status, host and owner pid.
 type StageRow = (String, Option<String>, Option<i64>);
 
-fn status_of(tx: &rusqlite::Connection, stage: Stage, id: &str) -> rusqlite::Result<Option<StageRow>> {
+fn status_of(
+    tx: &rusqlite::Connection,
+    stage: Stage,
+    id: &str,
+) -> rusqlite::Result<Option<StageRow>> {
     let table = stage.table();
     let sql = match stage {
         Stage::Judge => format!("SELECT status, NULL, NULL FROM {table} WHERE id = ?1"),
@@ -95,18 +99,35 @@ fn status_of(tx: &rusqlite::Connection, stage: Stage, id: &str) -> rusqlite::Res
 }
 
 /// Records a run's stages (new ones as pending) and which stages make the run. A done run
-/// keeps the stages that made it.
+/// of the same training takes new verdict sets (a new evaluator version re-scores it); one
+/// made by other stages keeps them.
 pub(crate) fn register(
     tx: &Transaction<'_>,
     run_id: &str,
     s: &StageIds,
     dir: Option<&str>,
 ) -> rusqlite::Result<()> {
+    if s.training.is_empty() {
+        return Ok(());
+    }
+    // A run finished before stages (its stages carry its run id) or from another
+    // training keeps the stages that made it: its results stay what they were.
     let done: bool = tx
-        .query_row("SELECT status = 'done' FROM runs WHERE id = ?1", [run_id], |r| r.get(0))
+        .query_row(
+            "SELECT status = 'done' FROM runs WHERE id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )
         .optional()?
         .unwrap_or(false);
-    if done || s.training.is_empty() {
+    let made_by: Option<String> = tx
+        .query_row(
+            "SELECT training_id FROM run_stages WHERE run_id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if done && made_by.is_some_and(|t| t != s.training) {
         return Ok(());
     }
     tx.prepare_cached(
@@ -121,7 +142,11 @@ pub(crate) fn register(
         "INSERT OR IGNORE INTO generations (id, training_id, key_json, status)
          VALUES (?1, ?2, ?3, 'pending')",
     )?
-    .execute(params![s.generation, s.training, s.keys.generation.to_string()])?;
+    .execute(params![
+        s.generation,
+        s.training,
+        s.keys.generation.to_string()
+    ])?;
     tx.prepare_cached(
         "INSERT INTO run_stages (run_id, training_id, generation_id, checkpoint_epoch)
          VALUES (?1, ?2, ?3, ?4)
@@ -157,9 +182,49 @@ pub fn training_dir(training_id: &str) -> String {
 }
 
 impl Store {
+    /// The training a run was registered with, if it has stages.
+    pub fn run_training(&self, run_id: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT training_id FROM run_stages WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err(&self.path))
+    }
+
+    /// A done run whose planned stages are not all done (a new evaluator version): pending
+    /// again, so the executor runs what is missing and assembles it anew. Returns whether
+    /// it was reopened. Runs made by other stages (before stages existed) are left alone.
+    pub fn reopen_if_incomplete(&mut self, run_id: &str, stages: &StageIds) -> Result<bool> {
+        if stages.training.is_empty() {
+            return Ok(false);
+        }
+        if self.run_training(run_id)?.as_deref() != Some(stages.training.as_str()) {
+            return Ok(false);
+        }
+        let needs = self.stage_needs(stages)?;
+        if needs.stages().is_empty() {
+            return Ok(false);
+        }
+        self.conn
+            .execute(
+                "UPDATE runs SET status = 'pending' WHERE id = ?1 AND status = 'done'",
+                [run_id],
+            )
+            .map_err(err(&self.path))?;
+        Ok(true)
+    }
+
     /// Registers one run's stages (a Slurm task's shard, which has no plan), its training
     /// in `dir` (relative to the results folder) when given.
-    pub fn ensure_stages(&mut self, run_id: &str, stages: &StageIds, dir: Option<&str>) -> Result<()> {
+    pub fn ensure_stages(
+        &mut self,
+        run_id: &str,
+        stages: &StageIds,
+        dir: Option<&str>,
+    ) -> Result<()> {
         let path = self.path.clone();
         let tx = self
             .conn
@@ -195,7 +260,11 @@ impl Store {
     fn training_dir_of(&self, training_id: &str) -> Result<String> {
         Ok(self
             .conn
-            .query_row("SELECT dir FROM trainings WHERE id = ?1", [training_id], |r| r.get(0))
+            .query_row(
+                "SELECT dir FROM trainings WHERE id = ?1",
+                [training_id],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(err(&self.path))?
             .unwrap_or_else(|| training_dir(training_id)))
@@ -233,9 +302,7 @@ impl Store {
         }
         for (stage, id) in &take {
             if let Some((s, h, Some(pid))) = status_of(&tx, *stage, id).map_err(err(&path))? {
-                let other_live = pid == me
-                    || h.as_deref() != Some(host)
-                    || process_alive(pid);
+                let other_live = pid == me || h.as_deref() != Some(host) || process_alive(pid);
                 if s == "running" && ownership == Ownership::CheckOwner && other_live {
                     return Ok(StageClaim::Busy);
                 }
@@ -260,8 +327,11 @@ impl Store {
             .map_err(err(&path))?;
         }
         if needs.generate {
-            tx.execute("DELETE FROM predictions WHERE generation_id = ?1", [&stages.generation])
-                .map_err(err(&path))?;
+            tx.execute(
+                "DELETE FROM predictions WHERE generation_id = ?1",
+                [&stages.generation],
+            )
+            .map_err(err(&path))?;
         }
         for v in &needs.judge {
             tx.execute("DELETE FROM verdicts WHERE verdict_set_id = ?1", [&v.id])
@@ -341,7 +411,8 @@ impl Store {
                 })
             })
             .map_err(err(&self.path))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(err(&self.path))
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(err(&self.path))
     }
 
     /// The done stages of these runs with their provenance (for the stale-code warning).
@@ -386,7 +457,10 @@ impl Store {
             .map_err(err(&path))?;
         for (stage, id) in stages {
             tx.execute(
-                &format!("UPDATE {} SET status = 'pending' WHERE id = ?1", stage.table()),
+                &format!(
+                    "UPDATE {} SET status = 'pending' WHERE id = ?1",
+                    stage.table()
+                ),
                 [id],
             )
             .map_err(err(&path))?;
@@ -414,7 +488,10 @@ pub(crate) fn end_unfinished(
     error: Option<&str>,
 ) -> rusqlite::Result<()> {
     let me = std::process::id() as i64;
-    for (table, col) in [("trainings", "training_id"), ("generations", "generation_id")] {
+    for (table, col) in [
+        ("trainings", "training_id"),
+        ("generations", "generation_id"),
+    ] {
         tx.execute(
             &format!(
                 "UPDATE {table} SET status = ?2, error = ?3, pid = NULL, finished_at = {NOW}
@@ -480,7 +557,9 @@ pub(crate) fn assemble(tx: &Transaction<'_>, run_id: &str) -> rusqlite::Result<(
          WHERE rv.run_id = ?1 GROUP BY rv.position, rv.evaluator ORDER BY rv.position",
     )?;
     let rows: Vec<(i64, String, i64, i64)> = rates
-        .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map([run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     let mut put = tx.prepare_cached(
         "INSERT OR REPLACE INTO metrics (run_id, name, split, step, value)

@@ -326,14 +326,20 @@ fn bfcl_files_load_as_examples_and_model_text_is_judged_as_bfcl_would() {
     // A long written without its L stays the string "101", which the nested type check
     // of ArrayList<long> refuses.
     let ints = right.replace("101L", "101");
-    assert_eq!(judge(Evaluator::Bfcl, &ints, e).verdict, "type_error:nested");
+    assert_eq!(
+        judge(Evaluator::Bfcl, &ints, e).verdict,
+        "type_error:nested"
+    );
 
     let ex = data_bfcl::load(&data().join("bfcl/BFCL_v4_simple_python.json")).unwrap();
     let e = &ex[0]; // calculate_triangle_area(base=10, height=5)
     let right = "Thought: area.\nAction: calculate_triangle_area\nAction Input: {\"base\": 10, \"height\": 5}";
     assert_eq!(judge(Evaluator::Bfcl, right, e).verdict, "pass");
     let float = right.replace("10,", "10.0,");
-    assert_eq!(judge(Evaluator::Bfcl, &float, e).verdict, "type_error:simple");
+    assert_eq!(
+        judge(Evaluator::Bfcl, &float, e).verdict,
+        "type_error:simple"
+    );
     assert_eq!(
         judge(Evaluator::Bfcl, "I cannot help.", e).verdict,
         "simple_function_checker:wrong_count"

@@ -297,7 +297,8 @@ fn a_hub_checkpoint_fine_tunes_with_its_own_tokenizer() {
         .unwrap()
         .unwrap()
         .path();
-    let saved = tokenizers::Tokenizer::from_file(run.join("training/model/tokenizer.json")).unwrap();
+    let saved =
+        tokenizers::Tokenizer::from_file(run.join("training/model/tokenizer.json")).unwrap();
     let own = ModelSource::Dir(fixture("bin"))
         .tokenizer()
         .unwrap()
