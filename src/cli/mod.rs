@@ -50,6 +50,7 @@ Examples:
   ablate submit --slurm experiments/paper/ --partition gpu --time 04:00:00
   ablate status && ablate collect
   ablate report experiments/smoke.toml    # results/reports/smoke.md
+  ablate rescore smoke --evaluator rules  # re-judge stored predictions, no model
   ablate query \"SELECT * FROM run_summary\" --csv
   ablate score bfcl --questions Q.json --answers A.json --predictions P.jsonl";
 
@@ -113,6 +114,10 @@ pub enum Command {
         /// Do not write reports after the sweep.
         #[arg(long)]
         no_report: bool,
+        /// Redo the done stages that other code produced (another git commit, or other
+        /// uncommitted changes; `plan` lists them). By default nothing done reruns.
+        #[arg(long)]
+        rerun_stale: bool,
     },
     /// Submit the pending runs to Slurm as job arrays, one task per run.
     ///
@@ -188,6 +193,29 @@ pub enum Command {
         #[arg(long, conflicts_with = "json")]
         csv: bool,
         /// A JSON object with the sweep's axes and its runs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Judge stored predictions again, without the model: each run's generation gets a
+    /// verdict set of EVALUATOR at its current version (with --set eval.judge.* changed),
+    /// unless that set is done already. A run that names the evaluator with the same
+    /// settings takes the new set as its own. `ablate report` then shows what flipped.
+    ///
+    /// Examples:
+    ///   ablate rescore cpu-evaluators --evaluator rules
+    ///   ablate rescore 3f2a --evaluator llm_judge --set eval.judge.model=gpt-4o
+    #[command(verbatim_doc_comment)]
+    Rescore {
+        /// Sweeps (experiment names) or run ids (unique prefixes) whose runs to re-score.
+        #[arg(required = true)]
+        targets: Vec<String>,
+        /// rules, bfcl, episode or llm_judge.
+        #[arg(long, value_parser = parse_evaluator)]
+        evaluator: crate::config::Evaluator,
+        /// Change a judge setting, e.g. --set eval.judge.model=gpt-4o (eval.judge.* only).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<Override>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -385,7 +413,16 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
             devices,
             json,
             no_report,
-        } => cmd_run(&cli.db, &inputs, jobs, devices, json, no_report),
+            rerun_stale,
+        } => cmd_run(
+            &cli.db,
+            &inputs,
+            jobs,
+            devices,
+            json,
+            no_report,
+            rerun_stale,
+        ),
         Command::Submit {
             inputs,
             slurm: _,
@@ -400,6 +437,12 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Query { sql, csv, json } => cmd_query(&cli.db, &sql, csv, json),
         Command::Export { sweep, json, .. } => cmd_export(&cli.db, &sweep, json),
         Command::Compare { runs, json } => cmd_compare(&cli.db, &runs, json),
+        Command::Rescore {
+            targets,
+            evaluator,
+            sets,
+            json,
+        } => cmd_rescore(&cli.db, &targets, evaluator, &sets, json),
         Command::Fetch {
             models,
             revision,
@@ -892,6 +935,7 @@ fn cmd_run(
     devices: Option<Vec<usize>>,
     json: bool,
     no_report: bool,
+    rerun_stale: bool,
 ) -> Result<u8, Failure> {
     let plans = load_plans(inputs)?;
     if let Some(d) = &devices {
@@ -920,6 +964,17 @@ fn cmd_run(
     };
     let mut code = exit::OK;
     for (p, template) in plans.iter().zip(&templates) {
+        if rerun_stale {
+            let code = crate::run::provenance::Code::current();
+            let stale: Vec<(crate::store::Stage, String)> =
+                exec::preview::preview(p, Some(&store), &|prov| code.differs_from(prov))
+                    .map_err(store_failure)?
+                    .into_iter()
+                    .flat_map(|v| v.stale)
+                    .map(|s| (s.stage, s.id))
+                    .collect();
+            store.reset_stages(&stale).map_err(store_failure)?;
+        }
         let outcome =
             exec::execute(p, &mut store, &opts, reporter.as_mut()).map_err(store_failure)?;
         if !no_report {
@@ -1034,6 +1089,141 @@ fn cmd_export(db: &Path, sweep: &str, json: bool) -> Result<u8, Failure> {
         report::export::write_csv(&data, std::io::stdout())
             .context("writing CSV")
             .map_err(internal)?;
+    }
+    Ok(exit::OK)
+}
+
+fn parse_evaluator(s: &str) -> Result<crate::config::Evaluator, String> {
+    crate::config::Evaluator::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = crate::config::Evaluator::ALL
+            .iter()
+            .map(|e| e.name())
+            .collect();
+        format!("unknown evaluator \"{s}\" (known: {})", known.join(", "))
+    })
+}
+
+fn cmd_rescore(
+    db: &Path,
+    targets: &[String],
+    evaluator: crate::config::Evaluator,
+    sets: &[Override],
+    json: bool,
+) -> Result<u8, Failure> {
+    use crate::run::rescore::{self, RescoreError};
+    if !db.exists() {
+        return Err(store_failure(StoreError::Missing(db.display().to_string())));
+    }
+    let mut store = Store::open(db).map_err(store_failure)?;
+    // Sweeps by name, else runs by id prefix; each run once, in the order given.
+    let mut ids: Vec<String> = Vec::new();
+    for t in targets {
+        let runs: Vec<String> = match store.sweep_runs(t).map_err(store_failure)? {
+            r if !r.is_empty() => r.into_iter().map(|(id, _, _)| id).collect(),
+            _ => match store
+                .run_ids_with_prefix(t)
+                .map_err(store_failure)?
+                .as_slice()
+            {
+                [one] => vec![one.clone()],
+                [] => {
+                    return Err(user(anyhow::anyhow!(
+                        "{t}: no sweep or run of that name in {}",
+                        db.display()
+                    )))
+                }
+                many => {
+                    return Err(user(anyhow::anyhow!(
+                        "{t}: the prefix names {} runs; give more of the id",
+                        many.len()
+                    )))
+                }
+            },
+        };
+        for r in runs {
+            if !ids.contains(&r) {
+                ids.push(r);
+            }
+        }
+    }
+    let mut runs = Vec::new();
+    for id in &ids {
+        let info = store
+            .run_info(id)
+            .map_err(store_failure)?
+            .ok_or_else(|| user(anyhow::anyhow!("{id}: no such run")))?;
+        if info.status != "done" {
+            // Only finished runs have predictions to judge.
+            continue;
+        }
+        let cfg: crate::config::RunConfig = serde_json::from_str(&info.config_json)
+            .with_context(|| format!("run {id}: its stored config does not parse"))
+            .map_err(internal)?;
+        runs.push((id.clone(), cfg));
+    }
+    if runs.is_empty() {
+        return Err(user(anyhow::anyhow!(
+            "no finished run among {}: nothing to re-score",
+            targets.join(", ")
+        )));
+    }
+    let cancel = install_ctrlc();
+    let results = db.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let done = rescore::rescore(
+        &mut store,
+        &results,
+        &runs,
+        evaluator,
+        sets,
+        Some(db),
+        &cancel,
+        &|_| {},
+    )
+    .map_err(|e| match e {
+        RescoreError::Store(s) => store_failure(s),
+        e @ RescoreError::Run { .. } => Failure {
+            code: exit::RUNS_FAILED,
+            error: e.into(),
+        },
+        e => user(e),
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&done).expect("json"));
+    } else {
+        let headers: Vec<String> = [
+            "run",
+            "evaluator",
+            "version",
+            "verdict set",
+            "pass rate",
+            "",
+        ]
+        .map(String::from)
+        .to_vec();
+        let rows: Vec<Vec<String>> = done
+            .iter()
+            .map(|r| {
+                vec![
+                    r.run_id.clone(),
+                    r.evaluator.to_string(),
+                    r.version.clone(),
+                    r.verdict_set.clone(),
+                    if r.skipped.is_some() {
+                        "-".into()
+                    } else {
+                        format!("{}/{}", r.passed, r.judged)
+                    },
+                    match (&r.skipped, r.already_done, r.relinked) {
+                        (Some(why), _, _) => format!("skipped: {why}"),
+                        (None, true, false) => "already judged".into(),
+                        (None, _, true) => "judged; the run takes it".into(),
+                        (None, false, false) => "judged".into(),
+                    },
+                ]
+            })
+            .collect();
+        print!("{}", ui::table(&headers, &rows));
+        println!("`ablate report` shows the verdicts that flipped between versions");
     }
     Ok(exit::OK)
 }

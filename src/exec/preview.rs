@@ -71,11 +71,23 @@ pub fn preview(
                 Some(n) => n.judge.iter().map(|v| &v.id).collect(),
                 None => s.verdicts.iter().map(|v| &v.id).collect(),
             };
-            if judge.into_iter().any(|id| sets.insert(id.clone())) {
+            let new_sets = judge
+                .into_iter()
+                .filter(|id| sets.insert((*id).clone()))
+                .count();
+            if new_sets > 0 {
                 will_run.push(Stage::Judge);
             }
-            if let Some(st) = store {
-                for d in st.done_stages(s)? {
+        }
+        // What made a done run (its registered stages; a run from before stages has its
+        // own), and what a pending run would reuse.
+        if let Some(st) = store {
+            let made = match (status, staged) {
+                (RunStatus::Done, false) => st.registered_stages(&r.id)?,
+                _ => Some(s.clone()),
+            };
+            if let Some(made) = made {
+                for d in st.done_stages(&made)? {
                     if let Some(reason) = d.provenance.as_ref().and_then(stale) {
                         stale_stages.push(StaleStage {
                             stage: d.stage,

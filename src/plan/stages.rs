@@ -75,7 +75,8 @@ pub fn reads_episodes(evaluator: Evaluator, kinds: Kinds) -> bool {
     }
 }
 
-fn digest(tag: &str, key: &Value) -> String {
+/// The id of a stage: a hash of the stage kind and its keys.
+pub fn digest(tag: &str, key: &Value) -> String {
     let mut h = Sha256::new();
     h.update(STAGE_ID_VERSION.as_bytes());
     h.update(b"\n");

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use super::stats::{self, Discordant, Spread, Z95};
 use super::{
-    AgreementRow, Plots, ReportData, ReportError, ReportOptions, RunRow, RunSeries, SPIKE_FACTOR,
-    SPIKE_WINDOW,
+    AgreementRow, Flip, Plots, ReportData, ReportError, ReportOptions, RescoreRow, RunRow,
+    RunSeries, SPIKE_FACTOR, SPIKE_WINDOW,
 };
 use crate::config::HybridSpec;
 use crate::store::{Store, VerdictRow};
@@ -346,6 +346,7 @@ pub fn collect(
     let spec = opts.hybrid.clone().unwrap_or_default();
     let hybrid = hybrid(store, &runs, &spec)?;
     let agreement = agreement(store, sweep)?;
+    let rescores = rescores(store, sweep)?;
 
     let (rows, series): (Vec<RunRow>, Vec<RunSeries>) =
         runs.into_iter().map(|r| (r.row, r.series)).unzip();
@@ -362,6 +363,7 @@ pub fn collect(
         rows,
         counts,
         agreement,
+        rescores,
         comparisons,
         seed_groups,
         breakdown,
@@ -587,6 +589,72 @@ fn agreement(store: &Store, sweep: &str) -> Result<Vec<AgreementRow>, ReportErro
         .collect())
 }
 
+/// Every pair of consecutive verdict sets (by finishing time) of one evaluator on one
+/// generation of the sweep.
+fn rescores(store: &Store, sweep: &str) -> Result<Vec<RescoreRow>, ReportError> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let (_, sets) = store.query(&format!(
+        "SELECT MIN(s.position), MIN(s.run_id), v.generation_id, v.evaluator, v.id, v.version,
+                json_extract(v.key_json, '$.settings'), v.finished_at
+         FROM sweep_runs s
+         JOIN run_stages r ON r.run_id = s.run_id
+         JOIN verdict_sets v ON v.generation_id = r.generation_id AND v.status = 'done'
+         WHERE s.sweep = '{}'
+         GROUP BY v.id
+         ORDER BY 1, v.evaluator, v.finished_at, v.id",
+        sweep.replace('\'', "''")
+    ))?;
+    let label = |r: &[serde_json::Value]| {
+        let settings = text(&r[6]);
+        match settings.as_str() {
+            "" | "{}" => text(&r[5]),
+            s => format!("{} {s}", text(&r[5])),
+        }
+    };
+    let mut out = Vec::new();
+    for pair in sets.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a[2] != b[2] || a[3] != b[3] {
+            continue;
+        }
+        let quoted = |v: &serde_json::Value| text(v).replace('\'', "''");
+        let (set_a, set_b) = (quoted(&a[4]), quoted(&b[4]));
+        let (_, stats) = store.query(&format!(
+            "SELECT COUNT(*), AVG(x.passed = y.passed), AVG(x.passed), AVG(y.passed)
+             FROM verdicts x JOIN verdicts y ON y.verdict_set_id = '{set_b}'
+              AND y.kind = x.kind AND y.example_id = x.example_id
+             WHERE x.verdict_set_id = '{set_a}'"
+        ))?;
+        let (_, flips) = store.query(&format!(
+            "SELECT x.verdict, y.verdict, COUNT(*)
+             FROM verdicts x JOIN verdicts y ON y.verdict_set_id = '{set_b}'
+              AND y.kind = x.kind AND y.example_id = x.example_id
+             WHERE x.verdict_set_id = '{set_a}' AND x.verdict <> y.verdict
+             GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
+        ))?;
+        let st = &stats[0];
+        out.push(RescoreRow {
+            run_id: text(&a[1]),
+            evaluator: text(&a[3]),
+            from: label(a),
+            to: label(b),
+            n: st[0].as_i64().unwrap_or(0),
+            agreement: st[1].as_f64(),
+            pass_from: st[2].as_f64(),
+            pass_to: st[3].as_f64(),
+            flips: flips
+                .iter()
+                .map(|f| Flip {
+                    from: text(&f[0]),
+                    to: text(&f[1]),
+                    count: f[2].as_i64().unwrap_or(0),
+                })
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
 /// A full run id from an id or a unique prefix of one.
 pub fn resolve_run(store: &Store, prefix: &str) -> Result<String, ReportError> {
     let ids = store.run_ids_with_prefix(prefix)?;
@@ -680,6 +748,7 @@ pub(crate) fn empty_for_tests() -> ReportData {
         best: None,
         counts: BTreeMap::new(),
         agreement: vec![],
+        rescores: vec![],
         comparisons: vec![],
         seed_groups: vec![],
         breakdown: vec![],

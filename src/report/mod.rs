@@ -158,6 +158,9 @@ pub struct ReportData {
     pub counts: BTreeMap<String, usize>,
     /// Pairs of evaluators that judged the same predictions of a run.
     pub agreement: Vec<AgreementRow>,
+    /// The same predictions judged twice by one evaluator (a newer version, other judge
+    /// settings): agreement, and what flipped.
+    pub rescores: Vec<RescoreRow>,
     /// Each config (runs differing only by seed pooled) against the baseline's, paired.
     pub comparisons: Vec<Comparison>,
     /// Mean ± sd and t-interval over seeds, when the sweep has a seed axis.
@@ -183,6 +186,30 @@ pub struct AgreementRow {
     pub n: i64,
     pub agreement: Option<f64>,
     pub kappa: Option<f64>,
+}
+
+/// Two verdict sets of one evaluator on one generation, older first.
+#[derive(Debug, Clone, Serialize)]
+pub struct RescoreRow {
+    /// The first run of the sweep with this generation.
+    pub run_id: String,
+    pub evaluator: String,
+    /// Version and settings of each set, e.g. `rules-1` or `llm_judge-1 {"model":"m"}`.
+    pub from: String,
+    pub to: String,
+    pub n: i64,
+    pub agreement: Option<f64>,
+    pub pass_from: Option<f64>,
+    pub pass_to: Option<f64>,
+    /// Examples whose verdict changed, by (old verdict, new verdict), most first.
+    pub flips: Vec<Flip>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Flip {
+    pub from: String,
+    pub to: String,
+    pub count: i64,
 }
 
 /// A gradient-norm spike: this many times the median pre-clip norm of the steps before it.

@@ -7,6 +7,7 @@ mod episode;
 mod generate;
 mod judge;
 pub mod provenance;
+pub mod rescore;
 mod train;
 
 use std::path::{Path, PathBuf};

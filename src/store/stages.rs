@@ -182,6 +182,124 @@ pub fn training_dir(training_id: &str) -> String {
 }
 
 impl Store {
+    /// The stages a run is registered with (its training, generation and verdict sets; no
+    /// keys), if it has any.
+    pub fn registered_stages(&self, run_id: &str) -> Result<Option<StageIds>> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT training_id, generation_id FROM run_stages WHERE run_id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(err(&self.path))?;
+        let Some((training, generation)) = row else {
+            return Ok(None);
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT rv.evaluator, rv.verdict_set_id, COALESCE(v.version, '')
+                 FROM run_verdict_sets rv LEFT JOIN verdict_sets v ON v.id = rv.verdict_set_id
+                 WHERE rv.run_id = ?1 ORDER BY rv.position",
+            )
+            .map_err(err(&self.path))?;
+        let verdicts = stmt
+            .query_map([run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+            })
+            .map_err(err(&self.path))?
+            .filter_map(|r| {
+                let (ev, id, version) = r.ok()?;
+                Some(VerdictSetId {
+                    evaluator: crate::config::Evaluator::parse(&ev)?,
+                    id,
+                    version,
+                })
+            })
+            .collect();
+        Ok(Some(StageIds {
+            training,
+            generation,
+            verdicts,
+            ..Default::default()
+        }))
+    }
+
+    /// The generation a run's predictions are stored under, if it has one that is done.
+    pub fn run_generation(&self, run_id: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT s.generation_id FROM run_stages s JOIN generations g
+                   ON g.id = s.generation_id AND g.status = 'done' WHERE s.run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err(&self.path))
+    }
+
+    /// Records a verdict set of a generation (pending) unless it exists; returns whether it
+    /// is done already.
+    pub fn register_verdict_set(
+        &mut self,
+        generation: &str,
+        set: &VerdictSetId,
+        key: &serde_json::Value,
+    ) -> Result<bool> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO verdict_sets (id, generation_id, evaluator, version, key_json, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+                params![set.id, generation, set.evaluator.name(), set.version, key.to_string()],
+            )
+            .map_err(err(&self.path))?;
+        let done = status_of(&self.conn, Stage::Judge, &set.id)
+            .map_err(err(&self.path))?
+            .is_some_and(|(s, _, _)| s == "done");
+        if !done {
+            self.conn
+                .execute("DELETE FROM verdicts WHERE verdict_set_id = ?1", [&set.id])
+                .map_err(err(&self.path))?;
+        }
+        Ok(done)
+    }
+
+    /// (judged, passed) of a verdict set.
+    pub fn verdict_counts(&self, set: &str) -> Result<(usize, usize)> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(passed), 0) FROM verdicts WHERE verdict_set_id = ?1",
+                [set],
+                |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize)),
+            )
+            .map_err(err(&self.path))
+    }
+
+    /// Makes `set` the run's verdict set at `position` and assembles the run's rows anew
+    /// (a done run only). Returns whether anything changed.
+    pub fn relink_verdict_set(&mut self, run_id: &str, position: usize, set: &str) -> Result<bool> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(&path))?;
+        let changed = tx
+            .execute(
+                "UPDATE run_verdict_sets SET verdict_set_id = ?3
+                 WHERE run_id = ?1 AND position = ?2 AND verdict_set_id <> ?3
+                   AND EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND status = 'done')",
+                params![run_id, position as i64, set],
+            )
+            .map_err(err(&path))?;
+        if changed > 0 {
+            assemble(&tx, run_id).map_err(err(&path))?;
+        }
+        tx.commit().map_err(err(&path))?;
+        Ok(changed > 0)
+    }
+
     /// The training a run was registered with, if it has stages.
     pub fn run_training(&self, run_id: &str) -> Result<Option<String>> {
         self.conn
