@@ -3,6 +3,7 @@
 //! line). Every case exits 2 before the database is opened, without a panic, and leaves
 //! an existing database byte for byte as it was.
 
+use crate::WithoutAblateEnv;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -10,7 +11,7 @@ fn ablate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ablate"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(args)
-        .env_remove("ABLATE_DB")
+        .without_ablate_env()
         .stdin(Stdio::null())
         .output()
         .expect("ablate runs")

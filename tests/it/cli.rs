@@ -1,6 +1,7 @@
 //! End-to-end tests of the `ablate` binary: plan → run → report on micro sweeps, bad input,
 //! crash recovery, and read-only queries.
 
+use crate::WithoutAblateEnv;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -36,13 +37,17 @@ max_new_tokens = 10
 "#;
 
 pub(crate) fn ablate(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ablate"))
-        .current_dir(dir)
+    ablate_command(dir, args).output().expect("ablate runs")
+}
+
+/// The `ablate` binary in `dir`, free of the caller's `ABLATE_*` variables.
+pub(crate) fn ablate_command(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ablate"));
+    c.current_dir(dir)
         .args(args)
-        .env_remove("ABLATE_DB")
         .stdin(Stdio::null())
-        .output()
-        .expect("ablate runs")
+        .without_ablate_env();
+    c
 }
 
 pub(crate) fn setup(text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -965,7 +970,7 @@ fn special_files_in_the_experiments_folder_are_passed_over() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ablate"))
         .current_dir(d)
         .args(["plan", "experiments/"])
-        .env_remove("ABLATE_DB")
+        .without_ablate_env()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -4,6 +4,7 @@
 //! folder found is checked against the token ids and logits transformers computed loading
 //! that very folder (the fixture README is the spec).
 
+use crate::WithoutAblateEnv;
 use std::path::{Path, PathBuf};
 
 use ablate::model::{self, ModelSource, PaddingMask};
@@ -484,7 +485,7 @@ fn fetch_downloads_a_hub_repository_that_plan_then_finds() {
         std::process::Command::new(env!("CARGO_BIN_EXE_ablate"))
             .current_dir(tmp.path())
             .args(args)
-            .env_remove("ABLATE_DB")
+            .without_ablate_env()
             .env_remove("HF_TOKEN")
             .env("HF_HUB_CACHE", &hub)
             .env("HF_HOME", tmp.path().join("hf-home"))

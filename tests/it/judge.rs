@@ -1,6 +1,7 @@
 //! The LLM judge against a local OpenAI-compatible server: ToolEval's procedure call by
 //! call, the cache, and an API key that reaches the endpoint and nothing else.
 
+use crate::WithoutAblateEnv;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -326,7 +327,7 @@ fn run(dir: &Path, args: &[&str], key: Option<&str>) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ablate"));
     c.current_dir(dir)
         .args(args)
-        .env_remove("ABLATE_DB")
+        .without_ablate_env()
         .stdin(Stdio::null());
     if let Some(k) = key {
         c.env("ABLATE_TEST_JUDGE_KEY", k);

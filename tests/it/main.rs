@@ -11,6 +11,7 @@ mod parity;
 mod reliability;
 mod reports;
 mod slurm;
+mod stages;
 mod toolbench;
 
 /// Every variant folder of a fixture set: `$<env>`, or `../shared/fixtures/<default>`, so
@@ -49,4 +50,21 @@ pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> 
         .unwrap()
         .to_scalar()
         .unwrap()
+}
+
+/// Processes the tests start never see the caller's `ABLATE_*` variables (an exported
+/// `ABLATE_DB` or `ABLATE_TRAIN__LR` must not change what a test sees).
+pub(crate) trait WithoutAblateEnv {
+    fn without_ablate_env(&mut self) -> &mut Self;
+}
+
+impl WithoutAblateEnv for std::process::Command {
+    fn without_ablate_env(&mut self) -> &mut Self {
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ABLATE_") {
+                self.env_remove(k);
+            }
+        }
+        self
+    }
 }

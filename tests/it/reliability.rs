@@ -1,6 +1,7 @@
 //! Crash and concurrency: SIGKILL at random points of a sweep must not lose or double a
 //! row, and several `ablate run` processes on one database must train each run once.
 
+use crate::WithoutAblateEnv;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,7 +33,7 @@ fn ablate_cmd(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ablate"));
     c.current_dir(dir)
         .args(args)
-        .env_remove("ABLATE_DB")
+        .without_ablate_env()
         .stdin(Stdio::null());
     c
 }

@@ -1,6 +1,7 @@
 //! The shipped experiments: every CPU twin runs here and renders its report (intervals,
 //! p-values, SVG plots), and the paper's GPU sweeps plan once their data and weights exist.
 
+use crate::WithoutAblateEnv;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -12,7 +13,7 @@ fn ablate(cwd: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ablate"));
     c.current_dir(cwd)
         .args(args)
-        .env_remove("ABLATE_DB")
+        .without_ablate_env()
         .env_remove("HF_HOME")
         .stdin(Stdio::null());
     for (k, v) in envs {

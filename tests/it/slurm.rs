@@ -3,6 +3,7 @@
 //! end. Where the machine cannot host one (not root, no apt-get) the test says so and
 //! skips; `ABLATE_SKIP_SLURM=1` skips it on purpose.
 
+use crate::WithoutAblateEnv;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -88,7 +89,7 @@ fn ablate(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ablate"))
         .current_dir(dir)
         .args(args)
-        .env_remove("ABLATE_DB")
+        .without_ablate_env()
         .stdin(Stdio::null())
         .output()
         .expect("ablate runs")
