@@ -2,11 +2,16 @@
 //! models on tool calling.
 //!
 //! The pipeline, one module each: [`config`] (figment layers, validation) → [`plan`]
-//! (grid expansion, run ids) → [`exec`] (executor, events) → [`train`] / [`eval`]
-//! (candle) → [`store`] (SQLite) → [`report`] (templates). [`data`] and [`model`] feed
-//! training and evaluation; [`ui`] is the only module that prints; [`cli`] is the
-//! command line over all of it.
+//! (grid expansion, run and stage ids) → [`exec`] (scheduling: slots, claims, events,
+//! Slurm) → [`run`] (a run's stages: train, generate, judge) → [`store`] (SQLite) →
+//! [`report`] (templates). [`data`], [`model`], [`train`] and [`eval`] are the stages'
+//! tools; [`ui`] and [`cli`] are the only modules that print.
 
+// Execution emits events and returns values; only the command line and the display print.
+#![deny(clippy::print_stdout, clippy::print_stderr, clippy::dbg_macro)]
+
+pub mod bfcl;
+#[allow(clippy::print_stdout, clippy::print_stderr)]
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -18,4 +23,5 @@ pub mod report;
 pub mod run;
 pub mod store;
 pub mod train;
+#[allow(clippy::print_stdout, clippy::print_stderr)]
 pub mod ui;

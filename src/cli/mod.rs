@@ -617,7 +617,7 @@ fn cmd_score_bfcl(
     predictions: &Path,
     json: bool,
 ) -> Result<u8, Failure> {
-    use crate::eval::bfcl;
+    use crate::bfcl;
     let qs: Vec<bfcl::Question> = bfcl::load_jsonl(questions).map_err(user)?;
     let ans: Vec<bfcl::Answer> = match answers {
         Some(a) => bfcl::load_jsonl(a).map_err(user)?,

@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::data::{Source, Template, Truncation};
+pub use crate::data::LossOn;
+use crate::data::{Source, SplitSpec, Template, Truncation};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +130,21 @@ pub struct DataConfig {
     pub val_fraction: f64,
 }
 
+impl DataConfig {
+    /// The keys that choose a run's examples, for `data::splits`.
+    pub fn split_spec(&self) -> SplitSpec<'_> {
+        SplitSpec {
+            train: &self.train,
+            eval: &self.eval,
+            val: &self.val,
+            val_fraction: self.val_fraction,
+            n_train: self.n_train,
+            n_test: self.n_test,
+            seed: self.seed,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
@@ -143,15 +159,6 @@ pub enum Precision {
     F32,
     Bf16,
     F16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LossOn {
-    /// Loss on the assistant's completion only (TRL's completion-only collator).
-    Completion,
-    /// Loss on every token.
-    All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

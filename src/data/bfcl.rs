@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::{BfclTruth, DataError, Example, GoldCall, ToolSpec};
-use crate::eval::bfcl::python::json_dumps;
-use crate::eval::bfcl::{
+use crate::bfcl::python::json_dumps;
+use crate::bfcl::{
     as_literals, category_of, find_description, load_jsonl, Answer, BfclError, Language, Question,
 };
 

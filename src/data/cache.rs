@@ -251,8 +251,7 @@ fn read_split(path: &Path) -> Option<EncodedSplit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LossOn;
-    use crate::data::{synthetic, Template, Truncation};
+    use crate::data::{synthetic, LossOn, Template, Truncation};
 
     #[test]
     fn a_split_is_tokenized_once_and_read_back_identical_and_a_bad_file_is_redone() {

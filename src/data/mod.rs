@@ -20,8 +20,6 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::config::LossOn;
-
 /// A tool offered to the model, with JSON-schema parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolSpec {
@@ -681,13 +679,37 @@ pub struct Splits {
 const SYNTHETIC_TEST: u64 = 0x5eed_7e57;
 const SYNTHETIC_VAL: u64 = 0x5eed_7a11;
 
-fn train_and_eval(
-    d: &crate::config::DataConfig,
-) -> Result<(Vec<Example>, Vec<Example>), DataError> {
-    let train = Source::parse(&d.train)
+/// Which tokens of an example carry the loss (`train.loss_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossOn {
+    /// Loss on the assistant's completion only (TRL's completion-only collator).
+    Completion,
+    /// Loss on every token.
+    All,
+}
+
+/// Where a run's examples come from: the data keys of `[data]` that choose examples (the
+/// config builds one; data never reads the config).
+#[derive(Debug, Clone, Copy)]
+pub struct SplitSpec<'a> {
+    /// `synthetic` or a path.
+    pub train: &'a str,
+    /// `synthetic` or a path.
+    pub eval: &'a str,
+    /// A validation source, or empty (see `val_fraction`).
+    pub val: &'a str,
+    pub val_fraction: f64,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub seed: u64,
+}
+
+fn train_and_eval(d: &SplitSpec) -> Result<(Vec<Example>, Vec<Example>), DataError> {
+    let train = Source::parse(d.train)
         .load()?
         .unwrap_or_else(|| synthetic::generate(d.n_train, d.seed, "train"));
-    let eval = Source::parse(&d.eval)
+    let eval = Source::parse(d.eval)
         .load()?
         .unwrap_or_else(|| synthetic::generate(d.n_test, d.seed ^ SYNTHETIC_TEST, "test"));
     Ok((train, eval))
@@ -695,7 +717,7 @@ fn train_and_eval(
 
 /// The distinct training queries the leak guard leaves out (they are evaluation queries),
 /// sorted: what a training's identity needs to know of its evaluation set.
-pub fn left_out_queries(d: &crate::config::DataConfig) -> Result<Vec<String>, DataError> {
+pub fn left_out_queries(d: &SplitSpec) -> Result<Vec<String>, DataError> {
     let (train, eval) = train_and_eval(d)?;
     let evaluated: std::collections::HashSet<&str> =
         eval.iter().map(|e| e.query.as_str()).collect();
@@ -708,7 +730,7 @@ pub fn left_out_queries(d: &crate::config::DataConfig) -> Result<Vec<String>, Da
 }
 
 /// Loads a run's splits as its data config says.
-pub fn splits(d: &crate::config::DataConfig) -> Result<Splits, DataError> {
+pub fn splits(d: &SplitSpec) -> Result<Splits, DataError> {
     let (train, eval) = train_and_eval(d)?;
     let evaluated: std::collections::HashSet<&str> =
         eval.iter().map(|e| e.query.as_str()).collect();
@@ -717,7 +739,7 @@ pub fn splits(d: &crate::config::DataConfig) -> Result<Splits, DataError> {
     let (train, val) = if !d.val.is_empty() {
         (
             train,
-            Source::parse(&d.val).load()?.unwrap_or_else(synthetic_val),
+            Source::parse(d.val).load()?.unwrap_or_else(synthetic_val),
         )
     } else if d.val_fraction > 0.0 {
         hold_out_by_query(train, d.val_fraction, d.seed)

@@ -18,11 +18,8 @@
 //! Authorization header; anything the endpoint says back is scrubbed of it before it is
 //! kept or shown.
 
-use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -33,8 +30,8 @@ use crate::data::ToolSpec;
 pub enum JudgeError {
     #[error("LLM judge at {url}: {message}")]
     Endpoint { url: String, message: String },
-    #[error("LLM judge cache {path}: {message}")]
-    Cache { path: String, message: String },
+    #[error("LLM judge cache: {0}")]
+    Cache(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,34 +136,43 @@ fn function(name: &str) -> (&'static str, &'static str, &'static [&'static str])
     }
 }
 
-pub struct Judge {
+/// One answer of the endpoint, as the cache keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedAnswer {
+    /// sha256 of endpoint, model, function, judgment index and prompt.
+    pub key: String,
+    pub endpoint: String,
+    pub model: String,
+    pub function: String,
+    /// The function call's arguments (already scrubbed of the API key).
+    pub response: Value,
+}
+
+/// Where the judge's answers are kept, so the same question is never asked twice: the
+/// results database's `judge_cache`, which the store provides (the judge itself has no
+/// database connection).
+pub trait AnswerCache {
+    fn get(&self, key: &str) -> Result<Option<Value>, String>;
+    fn put(&self, answer: CachedAnswer) -> Result<(), String>;
+}
+
+pub struct Judge<'a> {
     cfg: JudgeConfig,
     endpoint: String,
     key: Option<String>,
     agent: ureq::Agent,
-    cache: Option<Mutex<Connection>>,
-    cache_path: String,
+    cache: Option<&'a dyn AnswerCache>,
 }
 
-impl Judge {
-    /// A judge for `cfg`, caching in the database at `cache` (which must exist: the
-    /// executor's store created it).
-    pub fn new(cfg: &JudgeConfig, cache: Option<&Path>) -> Result<Judge, JudgeError> {
+impl<'a> Judge<'a> {
+    /// A judge for `cfg`, keeping its answers in `cache`.
+    pub fn new(
+        cfg: &JudgeConfig,
+        cache: Option<&'a dyn AnswerCache>,
+    ) -> Result<Judge<'a>, JudgeError> {
         let key = std::env::var(&cfg.api_key_env)
             .ok()
             .filter(|k| !k.trim().is_empty());
-        let cache_path = cache.map(|p| p.display().to_string()).unwrap_or_default();
-        let cache = match cache {
-            Some(p) => {
-                let c = Connection::open(p).map_err(|e| JudgeError::Cache {
-                    path: cache_path.clone(),
-                    message: e.to_string(),
-                })?;
-                let _ = c.busy_timeout(Duration::from_secs(30));
-                Some(Mutex::new(c))
-            }
-            None => None,
-        };
         Ok(Judge {
             endpoint: format!("{}/chat/completions", cfg.url.trim_end_matches('/')),
             cfg: cfg.clone(),
@@ -175,7 +181,6 @@ impl Judge {
                 .timeout(Duration::from_secs(cfg.timeout_s.max(1)))
                 .build(),
             cache,
-            cache_path,
         })
     }
 
@@ -237,42 +242,25 @@ impl Judge {
     }
 
     fn cached(&self, key: &str) -> Result<Option<Value>, JudgeError> {
-        let Some(c) = &self.cache else {
-            return Ok(None);
-        };
-        let c = c.lock().expect("cache connection");
-        let text: Option<String> = c
-            .query_row(
-                "SELECT response FROM judge_cache WHERE key = ?1",
-                [key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| JudgeError::Cache {
-                path: self.cache_path.clone(),
-                message: e.to_string(),
-            })?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        match self.cache {
+            Some(c) => c.get(key).map_err(JudgeError::Cache),
+            None => Ok(None),
+        }
     }
 
     fn remember(&self, key: &str, name: &str, response: &Value) -> Result<(), JudgeError> {
-        let Some(c) = &self.cache else {
-            return Ok(());
-        };
-        let c = c.lock().expect("cache connection");
-        c.execute(
-            &format!(
-                "INSERT OR REPLACE INTO judge_cache (key, endpoint, model, function, response, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, {})",
-                crate::store::NOW
-            ),
-            params![key, self.cfg.url, self.cfg.model, name, response.to_string()],
-        )
-        .map(drop)
-        .map_err(|e| JudgeError::Cache {
-            path: self.cache_path.clone(),
-            message: e.to_string(),
-        })
+        match self.cache {
+            Some(c) => c
+                .put(CachedAnswer {
+                    key: key.to_string(),
+                    endpoint: self.cfg.url.clone(),
+                    model: self.cfg.model.clone(),
+                    function: name.to_string(),
+                    response: response.clone(),
+                })
+                .map_err(JudgeError::Cache),
+            None => Ok(()),
+        }
     }
 
     /// Asks the judge to call function `name` on `prompt`; returns (status, reason) and

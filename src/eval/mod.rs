@@ -1,13 +1,13 @@
 //! Evaluation: the ReAct parser and the rule-based evaluator. Each evaluator gives one
 //! verdict per example; the pass rate is derived from the stored verdicts.
 
-pub mod bfcl;
 pub mod llm_judge;
 pub mod toolbench;
 
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::bfcl;
 use crate::config::Evaluator;
 use crate::data::{Example, ToolSpec};
 

@@ -226,7 +226,7 @@ impl DataSummaries {
             return Ok(*s);
         }
         let d = &cfg.data;
-        let s = crate::data::splits(d).map_err(|e| e.to_string())?;
+        let s = crate::data::splits(&d.split_spec()).map_err(|e| e.to_string())?;
         let source = ModelSource::resolve(&cfg.model.name).map_err(|e| e.to_string())?;
         let tok = match source.tokenizer().map_err(|e| e.to_string())? {
             Some(t) => t,

@@ -258,7 +258,7 @@ impl LeakGuards {
         if let Some(v) = self.done.get(&key) {
             return Ok(v.clone());
         }
-        let queries = crate::data::left_out_queries(d)?;
+        let queries = crate::data::left_out_queries(&d.split_spec())?;
         let v = (!queries.is_empty()).then(|| {
             let mut h = Sha256::new();
             for q in &queries {

@@ -11,6 +11,7 @@ use crate::data::{self, Example, Source};
 use crate::eval::{self, llm_judge, Judgment, Prediction, PredictionKind};
 use crate::exec::{Event, RunContext};
 use crate::plan::stages::{reads_episodes, Kinds, VerdictSetId};
+use crate::store::judge_cache::JudgeCacheReader;
 use crate::store::Record;
 use crate::train::TrainError;
 
@@ -32,8 +33,19 @@ pub fn run(
         phase: "judge",
         total: mine.len() as u64,
     });
+    let cache = match (set.evaluator, ctx.db) {
+        (Evaluator::LlmJudge, Some(db)) => Some(StoreCache {
+            reader: JudgeCacheReader::open(db)
+                .map_err(|e| llm_judge::JudgeError::Cache(e.to_string()))?,
+            emit,
+        }),
+        _ => None,
+    };
     let llm = match set.evaluator {
-        Evaluator::LlmJudge => Some(llm_judge::Judge::new(&cfg.eval.judge, ctx.db)?),
+        Evaluator::LlmJudge => Some(llm_judge::Judge::new(
+            &cfg.eval.judge,
+            cache.as_ref().map(|c| c as &dyn llm_judge::AnswerCache),
+        )?),
         _ => None,
     };
     let examples: HashMap<&str, &Example> = eval.iter().map(|e| (e.id.as_str(), e)).collect();
@@ -118,6 +130,24 @@ pub fn run(
         });
     }
     Ok(())
+}
+
+/// The judge's answers: read from the database, written by the store's one writer (the
+/// answer travels as a record, like every other row of the run).
+struct StoreCache<'a> {
+    reader: JudgeCacheReader,
+    emit: &'a dyn Fn(Event),
+}
+
+impl llm_judge::AnswerCache for StoreCache<'_> {
+    fn get(&self, key: &str) -> Result<Option<serde_json::Value>, String> {
+        self.reader.get(key)
+    }
+
+    fn put(&self, answer: llm_judge::CachedAnswer) -> Result<(), String> {
+        (self.emit)(Event::Record(Record::JudgeAnswer(answer)));
+        Ok(())
+    }
 }
 
 /// A stored prediction whose example the evaluation data no longer has: the data changed

@@ -35,7 +35,7 @@ pub enum RescoreError {
     Run {
         run: String,
         #[source]
-        source: RunError,
+        source: Box<RunError>,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -154,9 +154,9 @@ pub fn rescore(
             let t0 = Instant::now();
             let wrap = |e: RunError| RescoreError::Run {
                 run: run_id.clone(),
-                source: e,
+                source: Box::new(e),
             };
-            let splits = crate::data::splits(&cfg.data)
+            let splits = crate::data::splits(&cfg.data.split_spec())
                 .map_err(RunError::from)
                 .map_err(wrap)?;
             let options = RunOptions::default();

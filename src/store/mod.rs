@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::plan::{canonical_json, Plan};
 
+pub mod judge_cache;
 mod read;
 mod shard;
 pub mod stages;
@@ -134,6 +135,8 @@ pub enum Record {
         verdict: String,
         passed: bool,
     },
+    /// An answer of the LLM judge's endpoint, for `judge_cache`.
+    JudgeAnswer(crate::eval::llm_judge::CachedAnswer),
     /// A run's verdict row as `eval_results` holds it (merging a shard's rows).
     Verdict {
         run_id: String,

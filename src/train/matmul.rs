@@ -464,6 +464,7 @@ mod tests {
     /// wider matrix, accumulation and scaling), against a naive product, through the
     /// gemm crate and, where this machine has it, OpenBLAS.
     #[test]
+    #[allow(clippy::print_stderr)] // says which backends the test could check
     fn products_match_a_naive_product_in_every_layout() {
         let backends: Vec<Option<&Blas>> = std::iter::once(None).chain(blas().map(Some)).collect();
         if backends.len() == 1 {

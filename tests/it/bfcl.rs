@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use ablate::bfcl::{self, Answer, Call, Prediction, Question};
 use ablate::config::Evaluator;
-use ablate::eval::bfcl::{self, Answer, Call, Prediction, Question};
 use serde_json::Value;
 
 fn data() -> PathBuf {
@@ -520,7 +520,7 @@ fn java_and_javascript_possible_answers_pass_and_perturbations_fail_for_their_re
 
 #[test]
 fn java_and_javascript_literals_convert_as_bfcl_converts_them() {
-    use ablate::eval::bfcl::{Language, Raised};
+    use ablate::bfcl::{Language, Raised};
     let rows = fixture("converters.jsonl");
     assert!(rows.len() > 90);
     for r in rows {

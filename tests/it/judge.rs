@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use ablate::config::JudgeConfig;
 use ablate::data::ToolSpec;
 use ablate::eval::llm_judge::{Item, Judge};
+use ablate::store::judge_cache::JudgeCacheDb;
 use ablate::store::Store;
 use serde_json::{json, Value};
 
@@ -168,7 +169,8 @@ fn the_judge_follows_tooleval_and_asks_each_question_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
     drop(Store::open(&db).unwrap());
-    let judge = Judge::new(&config(&server.url, "ABLATE_TEST_KEY_A", 3), Some(&db)).unwrap();
+    let cache = JudgeCacheDb::open(&db).unwrap();
+    let judge = Judge::new(&config(&server.url, "ABLATE_TEST_KEY_A", 3), Some(&cache)).unwrap();
     let t = tools();
 
     // Solved at once: one question per judgment, no solvability check.
@@ -299,7 +301,8 @@ fn a_successful_reply_that_echoes_the_key_is_kept_without_it() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
     drop(Store::open(&db).unwrap());
-    let judge = Judge::new(&config(&server.url, "ABLATE_TEST_KEY_C", 1), Some(&db)).unwrap();
+    let cache = JudgeCacheDb::open(&db).unwrap();
+    let judge = Judge::new(&config(&server.url, "ABLATE_TEST_KEY_C", 1), Some(&cache)).unwrap();
     let t = tools();
     let d = judge.judge(&item("q", "Paris", &t)).unwrap();
     assert!(d.passed);

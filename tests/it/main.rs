@@ -6,6 +6,7 @@ mod bfcl;
 mod cli;
 mod hub;
 mod judge;
+mod layering;
 mod model;
 mod parity;
 mod reliability;

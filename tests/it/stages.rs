@@ -244,7 +244,11 @@ fn a_new_checker_version_rescores_stored_predictions_and_the_report_shows_the_fl
     };
     let r = mine(&json);
     // The other run of the sweep was judged by this version already.
-    assert!(json.as_array().unwrap().iter().any(|r| r["already_done"] == true));
+    assert!(json
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["already_done"] == true));
     assert_eq!(r["already_done"], false, "{json}");
     assert_eq!(r["relinked"], true, "{json}");
     assert_eq!(r["judged"], 6, "{json}");

@@ -55,7 +55,7 @@ impl Re {
 /// Builds a `Re` from a literal pattern.
 macro_rules! re {
     ($p:expr) => {
-        $crate::eval::bfcl::python::Re::new(|| {
+        $crate::bfcl::python::Re::new(|| {
             fancy_regex::Regex::new($p).expect("BFCL pattern compiles")
         })
     };

@@ -1,5 +1,5 @@
-//! A port of BFCL's AST checker (`bfcl_eval/eval_checker/ast_eval/ast_checker.py`,
-//! bfcl-eval 2026.3.23), rule for rule, odd ones included (see
+//! BFCL's file format and a port of its AST checker
+//! (`bfcl_eval/eval_checker/ast_eval/ast_checker.py`, bfcl-eval 2026.3.23), rule for rule, odd ones included (see
 //! `../shared/notes/bfcl-checker.md`): values are compared with Python's semantics
 //! (`type(v) == T`, `1 == 1.0 == True`), strings and list elements after BFCL's
 //! `standardize_string`, parallel calls matched greedily in gold order. In the Java and
