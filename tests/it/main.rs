@@ -7,6 +7,7 @@ mod cli;
 mod hub;
 mod judge;
 mod layering;
+mod migration;
 mod model;
 mod parity;
 mod reliability;

@@ -1,0 +1,197 @@
+//! A database written by the ablate of schema 4 (before run stages) opens, migrates, and
+//! reports as it did; its run ids work in every command, and nothing reruns.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use rusqlite::Connection;
+use serde_json::Value;
+
+use crate::WithoutAblateEnv;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+const FIXTURE: &str = "tests/fixtures/db-v4";
+
+/// `ablate --db <db> args...` from the repository root (the fixture's data paths are
+/// relative to it).
+fn ablate(db: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .current_dir(repo())
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .without_ablate_env()
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rows(db: &Path, sql: &str) -> Vec<String> {
+    let c = Connection::open(db).unwrap();
+    let mut s = c.prepare(sql).unwrap();
+    s.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn a_schema_4_database_migrates_reports_unchanged_and_keeps_its_run_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("ablate.db");
+    let sql = std::fs::read_to_string(repo().join(FIXTURE).join("ablate-v4.sql")).unwrap();
+    Connection::open(&db).unwrap().execute_batch(&sql).unwrap();
+    let summary = "SELECT run_id || ' ' || status || ' ' || quote(pass_rate) || ' ' || \
+                   quote(n_eval) || ' ' || quote(final_train_loss) FROM run_summary ORDER BY 1";
+    let before = rows(&db, summary);
+    let ids = rows(&db, "SELECT id FROM runs ORDER BY id");
+    assert_eq!(ids.len(), 4);
+
+    // The reports come out byte for byte as the old version wrote them.
+    for name in ["micro", "evaluators", "episodes"] {
+        let file = format!("{FIXTURE}/experiments/{name}.toml");
+        ok(&ablate(&db, &["report", &file]));
+        let now =
+            std::fs::read_to_string(tmp.path().join(format!("reports/v4-{name}.md"))).unwrap();
+        let then = std::fs::read_to_string(repo().join(format!("{FIXTURE}/reports/v4-{name}.md")))
+            .unwrap();
+        assert_eq!(now, then, "v4-{name}.md changed");
+    }
+    let c = Connection::open(&db).unwrap();
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 5);
+    assert_eq!(rows(&db, summary), before, "run_summary changed");
+    // Each finished run is one done training, generation and verdict set per evaluator.
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT run_id || ' ' || training_status || ' ' || generation_status || ' ' || \
+             verdict_sets_done || '/' || verdict_sets FROM run_stage_status ORDER BY 1"
+        ),
+        ids.iter()
+            .zip(rows(
+                &db,
+                "SELECT CAST(json_array_length(config_json, '$.eval.evaluators') AS TEXT) \
+                 FROM runs ORDER BY id"
+            ))
+            .map(|(id, n)| format!("{id} done done {n}/{n}"))
+            .collect::<Vec<_>>()
+    );
+    // Episodes kept their transcripts as episode predictions, with their endings.
+    let episodes = rows(
+        &db,
+        "SELECT json_extract(detail_json, '$.ending') FROM predictions WHERE kind = 'episode'",
+    );
+    assert_eq!(episodes.len(), 2, "{episodes:?}");
+
+    // The same experiments plan as done, under the same ids, and nothing reruns.
+    let plan: Value = serde_json::from_str(&ok(&ablate(
+        &db,
+        &["plan", &format!("{FIXTURE}/experiments"), "--json"],
+    )))
+    .unwrap();
+    let planned: Vec<(String, String, usize)> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["runs"].as_array().unwrap().clone())
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+                r["stages"]["will_run"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    let mut planned_ids: Vec<&String> = planned.iter().map(|p| &p.0).collect();
+    planned_ids.sort();
+    assert_eq!(
+        planned_ids,
+        ids.iter().collect::<Vec<_>>(),
+        "run ids changed"
+    );
+    assert!(
+        planned.iter().all(|p| p.1 == "done" && p.2 == 0),
+        "{planned:?}"
+    );
+    let run = ok(&ablate(
+        &db,
+        &[
+            "run",
+            &format!("{FIXTURE}/experiments"),
+            "--json",
+            "--no-report",
+        ],
+    ));
+    assert!(!run.contains("\"stage_finished\""), "{run}");
+    assert!(!run.contains("\"run_started\""), "{run}");
+
+    // Existing ids work in compare, export and query.
+    let micro: Vec<&String> = ids
+        .iter()
+        .filter(|id| {
+            rows(
+                &db,
+                &format!("SELECT sweep FROM sweep_runs WHERE run_id = '{id}'"),
+            )[0] == "v4-micro"
+        })
+        .collect();
+    let cmp = ok(&ablate(&db, &["compare", &micro[0][..6], &micro[1][..6]]));
+    assert!(
+        cmp.contains(micro[0].as_str()) && cmp.contains(micro[1].as_str()),
+        "{cmp}"
+    );
+    let csv = ok(&ablate(&db, &["export", "v4-micro"]));
+    assert!(micro.iter().all(|id| csv.contains(id.as_str())), "{csv}");
+    let q = ok(&ablate(
+        &db,
+        &[
+            "query",
+            &format!(
+                "SELECT pass_rate FROM run_summary WHERE run_id = '{}'",
+                micro[0]
+            ),
+            "--csv",
+        ],
+    ));
+    assert_eq!(q.lines().count(), 2, "{q}");
+
+    // Re-scoring a migrated run with today's checker reads its stored predictions and
+    // agrees with the verdicts it has.
+    let out: Value = serde_json::from_str(&ok(&ablate(
+        &db,
+        &["rescore", "v4-evaluators", "--evaluator", "bfcl", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(out[0]["judged"], 4, "{out}");
+    assert_eq!(out[0]["relinked"], true, "{out}");
+    assert_eq!(
+        rows(&db, summary),
+        before,
+        "a re-score with the same checker changed a rate"
+    );
+    ok(&ablate(
+        &db,
+        &["report", &format!("{FIXTURE}/experiments/evaluators.toml")],
+    ));
+    let md = std::fs::read_to_string(tmp.path().join("reports/v4-evaluators.md")).unwrap();
+    assert!(
+        md.contains("| bfcl | before-stages | bfcl-1 | 4 | 100.0% |"),
+        "{md}"
+    );
+}
