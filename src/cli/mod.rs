@@ -808,8 +808,9 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
             ));
             text.push_str(&ui::table(&headers, &rows));
             text.push_str(&format!("  to run: {cost}\n"));
+            // How a run to be trained gets its model (done runs need no note).
             for (r, v) in p.runs.iter().zip(&previews) {
-                if let Some(note) = &v.sharing {
+                if let Some(note) = v.sharing.as_ref().filter(|_| !v.will_run.is_empty()) {
                     text.push_str(&format!("  {}: {note}\n", r.id));
                 }
             }
@@ -905,10 +906,16 @@ impl Cost {
 
 impl std::fmt::Display for Cost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         write!(
             f,
-            "{} trainings ({} optimizer steps), {} generations ({} prompts), {} verdict sets",
-            self.trainings, self.train_steps, self.generations, self.prompts, self.verdict_sets
+            "{} ({}), {} ({}), {}",
+            n(self.trainings, "training", "trainings"),
+            n(self.train_steps, "optimizer step", "optimizer steps"),
+            n(self.generations, "generation", "generations"),
+            n(self.prompts, "prompt", "prompts"),
+            n(self.verdict_sets, "verdict set", "verdict sets"),
         )
     }
 }

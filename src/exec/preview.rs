@@ -9,6 +9,10 @@ use serde::Serialize;
 use crate::plan::{Plan, Sharing};
 use crate::store::{RunStatus, Stage, Store, StoreError};
 
+fn epochs(n: usize) -> String {
+    format!("{n} epoch{}", if n == 1 { "" } else { "s" })
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunPreview {
     pub status: RunStatus,
@@ -101,13 +105,13 @@ pub fn preview(
         let sharing = match &r.sharing {
             Sharing::Alone => None,
             Sharing::PrefixOf(n) => Some(format!(
-                "its model is the {n}-epoch training's checkpoint after {} epochs \
+                "its model is the {n}-epoch training's checkpoint after {} \
                  (a constant schedule makes it an exact prefix)",
-                r.config.train.epochs
+                epochs(r.config.train.epochs)
             )),
             Sharing::Refused(why) => Some(format!(
-                "trains its own {} epochs rather than a prefix of a longer run: {why}",
-                r.config.train.epochs
+                "trains its own {} rather than a prefix of a longer run: {why}",
+                epochs(r.config.train.epochs)
             )),
         };
         out.push(RunPreview {

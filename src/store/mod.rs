@@ -641,6 +641,7 @@ fn write_records(tx: &rusqlite::Transaction<'_>, batch: &[Record]) -> rusqlite::
                     passed
                 ])?;
             }
+            Record::JudgeAnswer(a) => judge_cache::insert(tx, a)?,
             _ => {}
         }
     }

@@ -198,7 +198,10 @@ fn a_new_checker_version_rescores_stored_predictions_and_the_report_shows_the_fl
     let plan = ok(&ablate(d, &["plan", "experiments/micro.toml"]));
     let line = plan.lines().find(|l| l.starts_with(&run)).unwrap();
     assert!(line.contains("done") && line.ends_with("judge"), "{plan}");
-    assert!(plan.contains("0 trainings"), "{plan}");
+    assert!(
+        plan.contains("0 trainings (0 optimizer steps), 0 generations"),
+        "{plan}"
+    );
     let out = ok(&ablate(
         d,
         &["run", "experiments/micro.toml", "--json", "--no-report"],
@@ -344,7 +347,7 @@ fn an_epoch_prefix_is_shared_only_where_exact_and_then_bit_identical() {
         shorter["stages"]["sharing"]
             .as_str()
             .unwrap()
-            .contains("3-epoch training's checkpoint after 1 epochs"),
+            .contains("3-epoch training's checkpoint after 1 epoch "),
         "{shorter}"
     );
     let out = ok(&ablate(
@@ -385,7 +388,7 @@ fn an_epoch_prefix_is_shared_only_where_exact_and_then_bit_identical() {
     let plan = ok(&ablate(linear.path(), &["plan", f.to_str().unwrap()]));
     assert!(plan.contains("2 trainings"), "{plan}");
     assert!(
-        plan.contains("trains its own 1 epochs rather than a prefix of a longer run: the linear schedule decays over the total steps"),
+        plan.contains("trains its own 1 epoch rather than a prefix of a longer run: the linear schedule decays over the total steps"),
         "{plan}"
     );
 }
