@@ -1163,7 +1163,7 @@ fn cmd_rescore(
             // Only finished runs have predictions to judge.
             continue;
         }
-        let cfg: crate::config::RunConfig = serde_json::from_str(&info.config_json)
+        let cfg = crate::config::RunConfig::from_stored(&info.config_json)
             .with_context(|| format!("run {id}: its stored config does not parse"))
             .map_err(internal)?;
         runs.push((id.clone(), cfg));

@@ -462,6 +462,25 @@ impl std::fmt::Display for Evaluator {
 }
 
 impl RunConfig {
+    /// A configuration as the store keeps it (`runs.config_json`), read over today's
+    /// defaults: a key added since the run was stored takes the default its id assumed
+    /// (see `plan::ADDED_KEYS`), so a run of any release reads back typed.
+    pub fn from_stored(json: &str) -> Result<RunConfig, serde_json::Error> {
+        fn overlay(base: &mut serde_json::Value, top: serde_json::Value) {
+            match (base, top) {
+                (serde_json::Value::Object(b), serde_json::Value::Object(t)) => {
+                    for (k, v) in t {
+                        overlay(b.entry(k).or_insert(serde_json::Value::Null), v);
+                    }
+                }
+                (b, t) => *b = t,
+            }
+        }
+        let mut v = serde_json::to_value(RunConfig::default()).expect("config serializes");
+        overlay(&mut v, serde_json::from_str(json)?);
+        serde_json::from_value(v)
+    }
+
     /// Semantic checks that serde cannot express: each problem as (dotted key, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -655,5 +674,44 @@ impl RunConfig {
             bad("eval.stop", "stop strings must not be empty".into());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_config_from_before_a_key_existed_reads_back_with_its_default() {
+        let mut old = serde_json::to_value(RunConfig::default()).unwrap();
+        old["train"]["lr"] = serde_json::json!(0.001);
+        old["eval"]["evaluators"] = serde_json::json!(["bfcl", "rules"]);
+        // Keys added after the first ids were issued (plan::ADDED_KEYS).
+        old["eval"].as_object_mut().unwrap().remove("temperature");
+        old["eval"].as_object_mut().unwrap().remove("judge");
+        old["data"].as_object_mut().unwrap().remove("template");
+        let cfg = RunConfig::from_stored(&old.to_string()).unwrap();
+        assert_eq!(cfg.train.lr, 0.001);
+        assert_eq!(cfg.eval.evaluators, [Evaluator::Bfcl, Evaluator::Rules]);
+        assert_eq!(cfg.eval.temperature, 0.0);
+        assert_eq!(cfg.eval.judge, JudgeConfig::default());
+        // The strict reader refuses it; an unknown key is refused by both.
+        assert!(serde_json::from_value::<RunConfig>(old.clone()).is_err());
+        old["eval"]["nonsense"] = serde_json::json!(1);
+        assert!(RunConfig::from_stored(&old.to_string()).is_err());
+    }
+
+    #[test]
+    fn devices_and_evaluators_keep_their_spellings() {
+        for s in ["cpu", "auto", "cuda:3"] {
+            let d: DeviceSpec = s.parse().unwrap();
+            assert_eq!(serde_json::to_value(d).unwrap(), s);
+        }
+        assert!("gpu".parse::<DeviceSpec>().unwrap_err().contains("cuda:N"));
+        for e in Evaluator::ALL {
+            let v = serde_json::to_value(e).unwrap();
+            assert_eq!(v, e.name());
+            assert_eq!(serde_json::from_value::<Evaluator>(v).unwrap(), e);
+        }
     }
 }

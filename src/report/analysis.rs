@@ -11,7 +11,7 @@ use super::{
     AgreementRow, Flip, Plots, ReportData, ReportError, ReportOptions, RescoreRow, RunRow,
     RunSeries, SPIKE_FACTOR, SPIKE_WINDOW,
 };
-use crate::config::HybridSpec;
+use crate::config::{HybridSpec, RunConfig};
 use crate::store::{Store, VerdictRow};
 
 /// A paired test of one set of outcomes against a reference on the same examples.
@@ -165,12 +165,13 @@ fn load_run(
         .run_info(run_id)?
         .ok_or_else(|| ReportError::UnknownRun(run_id.into()))?;
     let axes_map: BTreeMap<String, Value> = serde_json::from_str(axes_json).unwrap_or_default();
-    let config: Value = serde_json::from_str(&info.config_json).unwrap_or(Value::Null);
-    let evaluator = config["eval"]["evaluators"][0]
-        .as_str()
-        .unwrap_or("rules")
+    let config = RunConfig::from_stored(&info.config_json).ok();
+    let evaluator = config
+        .as_ref()
+        .and_then(|c| c.eval.evaluators.first())
+        .map_or("rules", |e| e.name())
         .to_string();
-    let seed = config["train"]["seed"].as_u64();
+    let seed = config.as_ref().map(|c| c.train.seed);
     let loss = store.series(run_id, "loss", "train")?;
     let val_loss = store.series(run_id, "loss", "val")?;
     let grad_norm = store.series(run_id, "grad_norm", "train")?;
