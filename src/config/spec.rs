@@ -94,13 +94,99 @@ pub enum ModelInit {
     Pretrained,
 }
 
+/// A data source as written in a file (`synthetic`, a file or a folder), parsed once when
+/// the configuration is read: what kind of source it is depends on the file system (a
+/// folder of answer files, a JSON list, JSON Lines), so it is decided once and carried.
+/// Spelled as written in ids and the database.
+#[derive(Debug, Clone)]
+pub struct DataSource {
+    spec: String,
+    /// None for an empty spec (no such source).
+    source: Option<Source>,
+}
+
+impl DataSource {
+    pub fn new(spec: &str) -> DataSource {
+        DataSource {
+            spec: spec.to_string(),
+            source: (!spec.is_empty()).then(|| Source::parse(spec)),
+        }
+    }
+
+    /// What it is; None when the key is empty.
+    pub fn source(&self) -> Option<&Source> {
+        self.source.as_ref()
+    }
+
+    pub fn is_synthetic(&self) -> bool {
+        matches!(self.source, Some(Source::Synthetic))
+    }
+
+    pub fn is_toolbench(&self) -> bool {
+        matches!(self.source, Some(Source::ToolBench(_)))
+    }
+
+    pub fn is_bfcl(&self) -> bool {
+        matches!(self.source, Some(Source::Bfcl(_)))
+    }
+}
+
+impl std::ops::Deref for DataSource {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.spec
+    }
+}
+
+impl PartialEq for DataSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
+}
+
+impl PartialEq<&str> for DataSource {
+    fn eq(&self, other: &&str) -> bool {
+        self.spec == *other
+    }
+}
+
+impl std::fmt::Display for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.spec)
+    }
+}
+
+impl From<&str> for DataSource {
+    fn from(s: &str) -> DataSource {
+        DataSource::new(s)
+    }
+}
+
+impl Serialize for DataSource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.spec)
+    }
+}
+
+impl<'de> Deserialize<'de> for DataSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(DataSource::new(&String::deserialize(d)?))
+    }
+}
+
+impl Default for DataSource {
+    fn default() -> DataSource {
+        DataSource::new("")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// `synthetic` (the built-in tool-calling task) or a path.
-    pub train: String,
+    pub train: DataSource,
     /// `synthetic` or a path.
-    pub eval: String,
+    pub eval: DataSource,
     /// Size of the synthetic training split.
     pub n_train: usize,
     /// Size of the synthetic test split.
@@ -123,7 +209,7 @@ pub struct DataConfig {
     /// for `val_fraction` (or, without it, a synthetic split for synthetic training data
     /// and no validation loss otherwise). Never the evaluation set.
     #[serde(default)]
-    pub val: String,
+    pub val: DataSource,
     /// Share of the training queries held out for validation (all steps of a query on
     /// the same side), when `val` is empty.
     #[serde(default)]
@@ -131,17 +217,24 @@ pub struct DataConfig {
 }
 
 impl DataConfig {
-    /// The keys that choose a run's examples, for `data::splits`.
-    pub fn split_spec(&self) -> SplitSpec<'_> {
-        SplitSpec {
-            train: &self.train,
-            eval: &self.eval,
-            val: &self.val,
+    /// The keys that choose a run's examples, for `data::splits` (an empty `data.train`
+    /// or `data.eval` names no source: validation refuses it, and so does this).
+    pub fn split_spec(&self) -> Result<SplitSpec<'_>, crate::data::DataError> {
+        fn named<'a>(key: &str, d: &'a DataSource) -> Result<&'a Source, crate::data::DataError> {
+            d.source().ok_or_else(|| crate::data::DataError::File {
+                path: key.to_string(),
+                message: "names no source (\"synthetic\" or a path)".into(),
+            })
+        }
+        Ok(SplitSpec {
+            train: named("data.train", &self.train)?,
+            eval: named("data.eval", &self.eval)?,
+            val: self.val.source(),
             val_fraction: self.val_fraction,
             n_train: self.n_train,
             n_test: self.n_test,
             seed: self.seed,
-        }
+        })
     }
 }
 
@@ -368,7 +461,7 @@ impl Default for RunConfig {
                 max_seq_len: 128,
                 template: Template::Compact,
                 truncation: Truncation::KeepStart,
-                val: String::new(),
+                val: DataSource::default(),
                 val_fraction: 0.0,
             },
             train: TrainConfig {
@@ -569,7 +662,7 @@ impl RunConfig {
                 "set data.val or data.val_fraction, not both".into(),
             );
         }
-        if matches!(Source::parse(&d.val), Source::Bfcl(_)) && !d.val.is_empty() {
+        if d.val.is_bfcl() {
             bad(
                 "data.val",
                 format!(
@@ -584,7 +677,12 @@ impl RunConfig {
                 format!("must be at least 8, found {}", d.max_seq_len),
             );
         }
-        if matches!(Source::parse(&d.train), Source::Bfcl(_)) {
+        for (k, v) in [("data.train", &d.train), ("data.eval", &d.eval)] {
+            if v.trim().is_empty() {
+                bad(k, "must name a source: \"synthetic\" or a path".into());
+            }
+        }
+        if d.train.is_bfcl() {
             bad(
                 "data.train",
                 format!(
@@ -600,15 +698,15 @@ impl RunConfig {
         if e.evaluators.is_empty() {
             bad("eval.evaluators", "must name at least one evaluator".into());
         }
-        let eval_source = Source::parse(&d.eval);
+
         for ev in &e.evaluators {
             match ev {
-                Evaluator::Episode if !matches!(eval_source, Source::ToolBench(_)) => bad(
+                Evaluator::Episode if !d.eval.is_toolbench() => bad(
                     "eval.evaluators",
                     "\"episode\" needs data.eval to name a directory of ToolBench answer files"
                         .into(),
                 ),
-                Evaluator::Bfcl if !matches!(eval_source, Source::Bfcl(_)) => bad(
+                Evaluator::Bfcl if !d.eval.is_bfcl() => bad(
                     "eval.evaluators",
                     "\"bfcl\" needs data.eval to name a BFCL question file".into(),
                 ),

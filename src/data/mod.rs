@@ -689,16 +689,14 @@ pub enum LossOn {
     All,
 }
 
-/// Where a run's examples come from: the data keys of `[data]` that choose examples (the
-/// config builds one; data never reads the config).
+/// Where a run's examples come from: the data keys of `[data]` that choose examples, with
+/// their sources parsed (the config builds one; data never reads the config).
 #[derive(Debug, Clone, Copy)]
 pub struct SplitSpec<'a> {
-    /// `synthetic` or a path.
-    pub train: &'a str,
-    /// `synthetic` or a path.
-    pub eval: &'a str,
-    /// A validation source, or empty (see `val_fraction`).
-    pub val: &'a str,
+    pub train: &'a Source,
+    pub eval: &'a Source,
+    /// A validation source, or None (see `val_fraction`).
+    pub val: Option<&'a Source>,
     pub val_fraction: f64,
     pub n_train: usize,
     pub n_test: usize,
@@ -706,10 +704,12 @@ pub struct SplitSpec<'a> {
 }
 
 fn train_and_eval(d: &SplitSpec) -> Result<(Vec<Example>, Vec<Example>), DataError> {
-    let train = Source::parse(d.train)
+    let train = d
+        .train
         .load()?
         .unwrap_or_else(|| synthetic::generate(d.n_train, d.seed, "train"));
-    let eval = Source::parse(d.eval)
+    let eval = d
+        .eval
         .load()?
         .unwrap_or_else(|| synthetic::generate(d.n_test, d.seed ^ SYNTHETIC_TEST, "test"));
     Ok((train, eval))
@@ -736,14 +736,11 @@ pub fn splits(d: &SplitSpec) -> Result<Splits, DataError> {
         eval.iter().map(|e| e.query.as_str()).collect();
     let (train, left_out) = leave_out_queries(train, &evaluated);
     let synthetic_val = || synthetic::generate(d.n_test, d.seed ^ SYNTHETIC_VAL, "val");
-    let (train, val) = if !d.val.is_empty() {
-        (
-            train,
-            Source::parse(d.val).load()?.unwrap_or_else(synthetic_val),
-        )
+    let (train, val) = if let Some(v) = d.val {
+        (train, v.load()?.unwrap_or_else(synthetic_val))
     } else if d.val_fraction > 0.0 {
         hold_out_by_query(train, d.val_fraction, d.seed)
-    } else if d.train == "synthetic" {
+    } else if *d.train == Source::Synthetic {
         (train, synthetic_val())
     } else {
         (train, Vec::new())

@@ -168,9 +168,14 @@ fn model_problem(name: &str, init: ModelInit) -> Option<(String, String)> {
 /// Whether a data source loads (`synthetic`, a BFCL question file, a directory of
 /// ToolBench answer files, a ToolBench SFT file) and can be written in `template`, read now
 /// so that a bad file fails the plan, not every run.
-fn data_problem(key: &str, spec: &str, template: Template) -> Option<(String, String)> {
+fn data_problem(
+    key: &str,
+    spec: &crate::config::DataSource,
+    template: Template,
+) -> Option<(String, String)> {
     let problem = |m: String| Some((key.to_string(), m));
-    match crate::data::Source::parse(spec).load() {
+    let source = spec.source()?;
+    match source.load() {
         Ok(Some(ex)) if ex.is_empty() => problem(format!("{spec}: no examples")),
         Ok(Some(ex)) => ex.iter().find_map(|e| template.prompt(e).err()).map(|e| {
             (
@@ -226,7 +231,10 @@ impl DataSummaries {
             return Ok(*s);
         }
         let d = &cfg.data;
-        let s = crate::data::splits(&d.split_spec()).map_err(|e| e.to_string())?;
+        let s = d
+            .split_spec()
+            .and_then(|s| crate::data::splits(&s))
+            .map_err(|e| e.to_string())?;
         let source = ModelSource::resolve(&cfg.model.name).map_err(|e| e.to_string())?;
         let tok = match source.tokenizer().map_err(|e| e.to_string())? {
             Some(t) => t,
@@ -375,7 +383,7 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
         .filter_map(|(k, spec)| {
             let template = config.data.template;
             datasets
-                .entry((k, spec.clone(), template))
+                .entry((k, spec.to_string(), template))
                 .or_insert_with(|| data_problem(k, spec, template))
                 .clone()
         })

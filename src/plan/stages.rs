@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::{DataConfig, Evaluator, RunConfig, Scheduler};
-use crate::data::Source;
 
 /// Hashed into every stage id: bumped when a code change makes old stages incomparable.
 pub const STAGE_ID_VERSION: &str = "ablate-stages-v1";
@@ -55,8 +54,8 @@ pub struct Kinds {
 
 impl Kinds {
     pub fn of(cfg: &RunConfig) -> Kinds {
-        let episodes = cfg.eval.evaluators.contains(&Evaluator::Episode)
-            && matches!(Source::parse(&cfg.data.eval), Source::ToolBench(_));
+        let episodes =
+            cfg.eval.evaluators.contains(&Evaluator::Episode) && cfg.data.eval.is_toolbench();
         let steps = cfg.eval.evaluators.iter().any(|e| match e {
             Evaluator::Episode => false,
             Evaluator::LlmJudge => !episodes,
@@ -258,7 +257,7 @@ impl LeakGuards {
         if let Some(v) = self.done.get(&key) {
             return Ok(v.clone());
         }
-        let queries = crate::data::left_out_queries(&d.split_spec())?;
+        let queries = crate::data::left_out_queries(&d.split_spec()?)?;
         let v = (!queries.is_empty()).then(|| {
             let mut h = Sha256::new();
             for q in &queries {

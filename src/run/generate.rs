@@ -30,8 +30,8 @@ pub fn run(ctx: &RunContext, m: &Loaded, eval: &[Example]) -> Result<Vec<Predict
         out.extend(steps(ctx, m, limited(cfg, eval))?);
     }
     if kinds.episodes {
-        if let Source::ToolBench(dir) = Source::parse(&cfg.data.eval) {
-            let mut trajectories = data::toolbench::load_answers(&dir)?;
+        if let Some(Source::ToolBench(dir)) = cfg.data.eval.source() {
+            let mut trajectories = data::toolbench::load_answers(dir)?;
             if cfg.eval.limit > 0 {
                 trajectories.truncate(cfg.eval.limit);
             }
@@ -57,7 +57,7 @@ fn steps(ctx: &RunContext, m: &Loaded, examples: &[Example]) -> Result<Vec<Predi
         phase: "generate",
         total: examples.len() as u64,
     });
-    let dataset = Source::parse(&cfg.data.eval).name();
+    let dataset = cfg.data.eval.source().map_or("", Source::name);
     let e = &cfg.eval;
     let mut opts = GenerateOptions {
         max_new_tokens: e.max_new_tokens,

@@ -49,8 +49,10 @@ pub fn run(
         _ => None,
     };
     let examples: HashMap<&str, &Example> = eval.iter().map(|e| (e.id.as_str(), e)).collect();
-    let trajectories = match (kind, Source::parse(&cfg.data.eval)) {
-        (PredictionKind::Episode, Source::ToolBench(dir)) => data::toolbench::load_answers(&dir)?,
+    let trajectories = match (kind, cfg.data.eval.source()) {
+        (PredictionKind::Episode, Some(Source::ToolBench(dir))) => {
+            data::toolbench::load_answers(dir)?
+        }
         _ => Vec::new(),
     };
     let trajectories: HashMap<&str, &data::toolbench::Trajectory> =
@@ -154,7 +156,7 @@ impl llm_judge::AnswerCache for StoreCache<'_> {
 /// under a finished generation.
 fn missing(ctx: &RunContext, p: &Prediction) -> RunError {
     RunError::Data(data::DataError::File {
-        path: ctx.config.data.eval.clone(),
+        path: ctx.config.data.eval.to_string(),
         message: format!(
             "stored prediction {} of generation {} has no example here: did the file change \
              since it was generated?",

@@ -128,7 +128,7 @@ pub fn run_stages(ctx: &RunContext) -> Result<(), RunError> {
         })
     };
 
-    let splits = data::splits(&cfg.data.split_spec())?;
+    let splits = data::splits(&cfg.data.split_spec()?)?;
     let training_dir = ctx.results.join(&ctx.needs.training_dir);
     link_training(dir, &ctx.needs.training_dir);
     let mut trained = None;

@@ -156,7 +156,10 @@ pub fn rescore(
                 run: run_id.clone(),
                 source: Box::new(e),
             };
-            let splits = crate::data::splits(&cfg.data.split_spec())
+            let splits = cfg
+                .data
+                .split_spec()
+                .and_then(|s| crate::data::splits(&s))
                 .map_err(RunError::from)
                 .map_err(wrap)?;
             let options = RunOptions::default();

@@ -62,7 +62,7 @@ pub fn run(
     metric("examples_left_out", "train", -1, splits.left_out as f64);
     if train_ex.is_empty() && epochs > 0 {
         return Err(RunError::Data(data::DataError::File {
-            path: cfg.data.train.clone(),
+            path: cfg.data.train.to_string(),
             message: format!(
                 "no training example is left: the {} there are share their queries \
                  with data.eval = \"{}\"",
@@ -141,7 +141,7 @@ pub fn run(
     }
     if train_enc.examples.is_empty() && epochs > 0 {
         return Err(RunError::Data(data::DataError::File {
-            path: cfg.data.train.clone(),
+            path: cfg.data.train.to_string(),
             message: format!(
                 "all {} training examples were dropped by data.truncation = \"{}\" at \
                  data.max_seq_len = {}: raise max_seq_len",
