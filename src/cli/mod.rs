@@ -377,6 +377,7 @@ fn store_failure(e: StoreError) -> Failure {
         StoreError::Missing(_)
         | StoreError::NotReadOnly
         | StoreError::MultipleStatements(_)
+        | StoreError::BadQuery(_)
         | StoreError::TooNew { .. } => user(e),
         // A statement SQLite cannot prepare is the user's SQL.
         StoreError::Sqlite {
@@ -703,6 +704,21 @@ fn load_plans(inputs: &Inputs) -> Result<Vec<Plan>, Failure> {
             Ok(p) => plans.push(p),
             Err(ConfigError::Invalid(ps)) => problems.extend(ps),
             Err(other) => return Err(user(other)),
+        }
+    }
+    // Two experiments of one name would overwrite each other's sweep and report.
+    let mut names: std::collections::BTreeMap<&str, &Path> = Default::default();
+    for p in &plans {
+        if let Some(first) = names.insert(&p.experiment.name, &p.experiment.file) {
+            problems.push(config::ConfigProblem {
+                origin: p.experiment.file.display().to_string(),
+                key: "experiment.name".into(),
+                message: format!(
+                    "\"{}\" is also the name of {}: each experiment needs a name of its own",
+                    p.experiment.name,
+                    first.display()
+                ),
+            });
         }
     }
     if !problems.is_empty() {

@@ -335,15 +335,13 @@ pub fn execute_runs(
                         let needs = if r.stages.training.is_empty() {
                             StageNeeds::default()
                         } else {
-                            let present = |dir: &str| {
-                                opts.results.join(dir).join("model/config.json").is_file()
-                                    || r.stages.checkpoint_epoch.is_some_and(|e| {
-                                        opts.results
-                                            .join(dir)
-                                            .join(format!("epochs/{e}/config.json"))
-                                            .is_file()
-                                    })
+                            // The model this run generates with: its training's final
+                            // model, or the checkpoint after its epochs.
+                            let model = match r.stages.checkpoint_epoch {
+                                Some(e) => format!("epochs/{e}/config.json"),
+                                None => "model/config.json".to_string(),
                             };
+                            let present = |dir: &str| opts.results.join(dir).join(&model).is_file();
                             match store.claim_stages(&r.stages, &host, opts.ownership, &present)? {
                                 StageClaim::Claimed(n) => n,
                                 StageClaim::Busy => {

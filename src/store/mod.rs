@@ -65,6 +65,10 @@ pub enum StoreError {
     Io { path: String, message: String },
     #[error("`ablate query` runs one statement at a time; this SQL has {0} (split it, or use a WITH clause)")]
     MultipleStatements(usize),
+    /// SQLite refused the user's statement itself (an unknown table, a function it may
+    /// not call, an ATTACH of a file it cannot open, an expression too deep).
+    #[error("query: {0}")]
+    BadQuery(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -475,6 +479,15 @@ impl Store {
 
     /// Runs one read-only statement; returns column names and rows as JSON values.
     pub fn query(&self, sql: &str) -> Result<(Vec<String>, Vec<Vec<serde_json::Value>>)> {
+        self.query_rows(sql).map_err(|e| match e {
+            StoreError::Sqlite { source, .. } if users_statement(&source) => {
+                StoreError::BadQuery(source.to_string())
+            }
+            e => e,
+        })
+    }
+
+    fn query_rows(&self, sql: &str) -> Result<(Vec<String>, Vec<Vec<serde_json::Value>>)> {
         // SQLite prepares the first statement and ignores the rest of the text: a second
         // one would be silently dropped. Count them (preparing runs nothing).
         let mut batch = rusqlite::Batch::new(&self.conn, sql);
@@ -511,6 +524,27 @@ impl Store {
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(err(&self.path))?;
         Ok((cols, rows))
+    }
+}
+
+/// Whether SQLite refused a statement for what it says (its SQL, or what it asks for)
+/// rather than for the state of the database (I/O, corruption, a full disk, a lock).
+fn users_statement(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    match e {
+        rusqlite::Error::SqlInputError { .. } => true,
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
+            f.code,
+            C::Unknown
+                | C::AuthorizationForStatementDenied
+                | C::CannotOpen
+                | C::TooBig
+                | C::ParameterOutOfRange
+                | C::ConstraintViolation
+                | C::TypeMismatch
+                | C::ReadOnly
+        ),
+        _ => false,
     }
 }
 

@@ -241,6 +241,35 @@ fn query_is_read_only_and_prints_csv() {
     assert!(out.stdout.is_empty());
     let out = ablate(d, &["query", "SELECT 1 AS one;  ", "--csv"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\n1\n");
+    // What SQLite refuses in the statement itself is the user's error (2), not ablate's.
+    let deep = format!("SELECT 1{}", "+1".repeat(3000));
+    for sql in [
+        "ATTACH 'no/such/dir/x.db' AS x",
+        "SELECT load_extension('nope')",
+        deep.as_str(),
+        "SELECT * FROM no_such_table",
+    ] {
+        let out = ablate(d, &["query", sql]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sql:.40}: {err}");
+        assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
+    }
+    assert!(!d.join("no").exists());
+}
+
+#[test]
+fn two_experiments_of_one_name_are_refused_together() {
+    let (dir, _) = setup(MICRO);
+    let d = dir.path();
+    std::fs::write(d.join("experiments/other.toml"), MICRO).unwrap();
+    let out = ablate(d, &["plan", "experiments"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("experiment.name: \"micro\" is also the name of experiments/"),
+        "{err}"
+    );
+    assert!(!d.join("results").exists());
 }
 
 #[test]

@@ -70,3 +70,24 @@ impl WithoutAblateEnv for std::process::Command {
         self
     }
 }
+
+/// A command's stdout, after asserting it succeeded (its stderr in the message if not).
+pub(crate) fn stdout_ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The first column of every row of `sql`, as text.
+pub(crate) fn text_rows(db: &std::path::Path, sql: &str) -> Vec<String> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut s = c.prepare(sql).unwrap();
+    s.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}

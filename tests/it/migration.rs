@@ -7,6 +7,8 @@ use std::process::Output;
 use rusqlite::Connection;
 use serde_json::Value;
 
+use crate::stdout_ok as ok;
+use crate::text_rows as rows;
 use crate::WithoutAblateEnv;
 
 fn repo() -> PathBuf {
@@ -27,25 +29,6 @@ fn ablate(db: &Path, args: &[&str]) -> Output {
         .without_ablate_env()
         .output()
         .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn rows(db: &Path, sql: &str) -> Vec<String> {
-    let c = Connection::open(db).unwrap();
-    let mut s = c.prepare(sql).unwrap();
-    s.query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The shipped experiments: every CPU twin runs here and renders its report (intervals,
 //! p-values, SVG plots), and the paper's GPU sweeps plan once their data and weights exist.
 
+use crate::stdout_ok as ok;
 use crate::WithoutAblateEnv;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -20,16 +21,6 @@ fn ablate(cwd: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Output {
         c.env(k, v);
     }
     c.output().expect("ablate runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 const TWINS: [&str; 6] = [

@@ -3,25 +3,16 @@
 //! code that produced a stage is known.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use rusqlite::Connection;
 use serde_json::Value;
 
 use crate::cli::{ablate, setup, MICRO};
+use crate::stdout_ok as ok;
+use crate::text_rows as rows;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn q(db: &Path, sql: &str) -> i64 {
@@ -319,15 +310,6 @@ fn model_of(root: &Path, run: &str) -> Vec<u8> {
         None => training.join("model"),
     };
     std::fs::read(dir.join("model.safetensors")).unwrap()
-}
-
-fn rows(db: &Path, sql: &str) -> Vec<String> {
-    let c = Connection::open(db).unwrap();
-    let mut s = c.prepare(sql).unwrap();
-    s.query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
 }
 
 #[test]
