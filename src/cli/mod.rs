@@ -85,6 +85,9 @@ pub struct Inputs {
     /// highest layer, above ABLATE_* environment variables such as ABLATE_TRAIN__LR).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<Override>,
+    /// Refuse a grid of more runs than this (counted before expanding it).
+    #[arg(long, value_name = "N", default_value_t = plan::DEFAULT_MAX_RUNS)]
+    pub max_runs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -700,7 +703,7 @@ fn load_plans(inputs: &Inputs) -> Result<Vec<Plan>, Failure> {
     let mut problems = Vec::new();
     let mut plans = Vec::new();
     for e in exps {
-        match e.and_then(|e| plan::expand(&e)) {
+        match e.and_then(|e| plan::expand_at_most(&e, inputs.max_runs)) {
             Ok(p) => plans.push(p),
             Err(ConfigError::Invalid(ps)) => problems.extend(ps),
             Err(other) => return Err(user(other)),

@@ -270,6 +270,38 @@ impl DataSummaries {
 /// Expands an experiment's grid: crossed axes and zip groups form a cartesian product, in
 /// the order of their keys; exclusions are dropped; duplicate configurations collapse.
 pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
+    expand_at_most(exp, DEFAULT_MAX_RUNS)
+}
+
+/// Grids larger than this are refused before they are expanded (`--max-runs` raises it).
+pub const DEFAULT_MAX_RUNS: u64 = 500_000;
+
+/// [`expand`], refusing a grid of more than `max_runs` grid points before expanding it
+/// (its size is the product of the axis lengths, counted without overflow).
+pub fn expand_at_most(exp: &Experiment, max_runs: u64) -> Result<Plan, ConfigError> {
+    let size = exp
+        .grid
+        .axes
+        .values()
+        .map(|v| v.len() as u64)
+        .chain(
+            exp.grid
+                .zips
+                .iter()
+                .map(|z| z.values().next().map_or(0, |v| v.len() as u64)),
+        )
+        .try_fold(1u64, |n, k| n.checked_mul(k));
+    if size.is_none_or(|n| n > max_runs) {
+        return Err(ConfigError::Invalid(vec![ConfigProblem {
+            origin: exp.file.display().to_string(),
+            key: "grid".into(),
+            message: format!(
+                "{} grid points (before exclusions), more than the {max_runs} allowed: \
+                 narrow the grid, or raise the limit with --max-runs",
+                size.map_or("more than 2^64".to_string(), |n| n.to_string())
+            ),
+        }]));
+    }
     // Each factor is a list of alternatives; each alternative sets one or more keys.
     let mut factors: Vec<Vec<Vec<(String, Value)>>> = Vec::new();
     for (k, vals) in &exp.grid.axes {

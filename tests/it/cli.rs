@@ -252,7 +252,10 @@ fn query_is_read_only_and_prints_csv() {
         let out = ablate(d, &["query", sql]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{sql:.40}: {err}");
-        assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
+        assert!(
+            err.starts_with("error: ") && err.lines().count() == 1,
+            "{err}"
+        );
     }
     assert!(!d.join("no").exists());
 }
@@ -1024,4 +1027,51 @@ fn special_files_in_the_experiments_folder_are_passed_over() {
     let out = ablate(d, &["plan", "experiments/fifo.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+}
+
+#[test]
+fn a_grid_too_large_is_refused_before_it_is_expanded() {
+    // 10 axes of 10 values: 10^10 runs. Refused at once, without allocating the grid.
+    let keys = [
+        "train.seed",
+        "data.seed",
+        "train.epochs",
+        "train.batch_size",
+        "train.grad_accum",
+        "eval.max_new_tokens",
+        "eval.batch_size",
+        "eval.limit",
+        "eval.top_k",
+        "data.n_test",
+    ];
+    let values = (1..=10)
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let axes: String = keys
+        .iter()
+        .map(|k| format!("\"{k}\" = [{values}]\n"))
+        .collect();
+    let (dir, _) = setup(&format!("[model]\nname = \"tiny\"\n[grid]\n{axes}"));
+    let t0 = Instant::now();
+    let out = ablate(dir.path(), &["plan", "experiments/micro.toml"]);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "grid: 10000000000 grid points (before exclusions), more than the 500000 allowed"
+        ) && err.contains("--max-runs"),
+        "{err}"
+    );
+    // The limit is the user's: the micro sweep's 4 runs fit in 4, not in 3.
+    let (dir, _) = setup(MICRO);
+    let d = dir.path();
+    assert!(
+        ablate(d, &["plan", "experiments/micro.toml", "--max-runs", "4"])
+            .status
+            .success()
+    );
+    let out = ablate(d, &["plan", "experiments/micro.toml", "--max-runs", "3"]);
+    assert_eq!(out.status.code(), Some(2));
 }
