@@ -37,6 +37,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0005_stages",
         include_str!("../../migrations/0005_stages.sql"),
     ),
+    (
+        "0006_liveness",
+        include_str!("../../migrations/0006_liveness.sql"),
+    ),
 ];
 
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
@@ -387,22 +391,22 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err(&path))?;
-        let row: Option<(String, Option<String>, Option<i64>)> = tx
+        let row: Option<(String, Option<String>, Option<i64>, Option<String>)> = tx
             .query_row(
-                "SELECT status, host, pid FROM runs WHERE id = ?1",
+                "SELECT status, host, pid, owner FROM runs WHERE id = ?1",
                 [run_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(err(&path))?;
         let me = std::process::id() as i64;
         match &row {
-            Some((s, _, _)) if s == "done" => return Ok(Claim::AlreadyDone),
-            Some((s, h, Some(pid)))
+            Some((s, _, _, _)) if s == "done" => return Ok(Claim::AlreadyDone),
+            Some((s, h, Some(pid), owner))
                 if s == "running" && *pid != me && ownership == Ownership::CheckOwner =>
             {
                 let same_host = h.as_deref() == Some(host);
-                if !same_host || process_alive(*pid) {
+                if !same_host || owner_alive(*pid, owner.as_deref()) {
                     return Ok(Claim::Busy);
                 }
             }
@@ -416,7 +420,7 @@ impl Store {
             &format!(
                 "UPDATE runs SET status = 'running', attempts = attempts + 1, started_at = {NOW},
                  finished_at = NULL, duration_s = NULL, host = ?2, pid = ?3, git_rev = ?4,
-                 ablate_version = ?5, error = NULL, devices = ?6 WHERE id = ?1"
+                 ablate_version = ?5, error = NULL, devices = ?6, owner = ?7 WHERE id = ?1"
             ),
             params![
                 run_id,
@@ -424,7 +428,8 @@ impl Store {
                 me,
                 git_rev,
                 env!("CARGO_PKG_VERSION"),
-                devices
+                devices,
+                process_identity(me)
             ],
         )
         .map_err(err(&path))?;
@@ -700,6 +705,28 @@ fn write_records(tx: &rusqlite::Transaction<'_>, batch: &[Record]) -> rusqlite::
     Ok(())
 }
 
+/// A process's identity beyond its PID: the machine's boot id and the process's start
+/// time (field 22 of `/proc/<pid>/stat`, in clock ticks since boot). None when it cannot
+/// be read (no such process, or no /proc).
+pub(crate) fn process_identity(pid: i64) -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after its end.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let start = after_name.split_whitespace().nth(19)?;
+    Some(format!("{}:{start}", boot.trim()))
+}
+
+/// Whether the process that wrote a `running` row (PID `pid`, identity `owner`) is alive
+/// on this host: a live process with that PID but another identity is a reused PID. Rows
+/// without an identity (written before schema 6) are judged by the PID alone.
+pub(crate) fn owner_alive(pid: i64, owner: Option<&str>) -> bool {
+    match owner {
+        Some(o) => process_identity(pid).as_deref() == Some(o),
+        None => process_alive(pid),
+    }
+}
+
 fn process_alive(pid: i64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -707,6 +734,20 @@ fn process_alive(pid: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_known_by_boot_and_start_time_not_its_pid_alone() {
+        let me = std::process::id() as i64;
+        let id = process_identity(me).expect("this process has an identity");
+        assert_eq!(process_identity(me).as_deref(), Some(id.as_str()), "stable");
+        assert!(owner_alive(me, Some(&id)));
+        // The same PID with another identity is a reused PID: not the owner.
+        assert!(!owner_alive(me, Some("another-boot:1")));
+        // Rows from before identities are judged by the PID.
+        assert!(owner_alive(me, None));
+        assert_eq!(process_identity(i32::MAX as i64), None);
+        assert!(!owner_alive(i32::MAX as i64, None));
+    }
 
     #[test]
     fn batches_of_any_size_write_every_row_once_and_the_last_value_wins() {

@@ -6,7 +6,7 @@
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
 
-use super::{err, process_alive, Ownership, Result, RunStatus, Store, NOW};
+use super::{err, owner_alive, process_identity, Ownership, Result, RunStatus, Store, NOW};
 use crate::eval::{Prediction, PredictionKind};
 use crate::plan::stages::{StageIds, VerdictSetId};
 
@@ -81,8 +81,8 @@ pub enum StageClaim {
     Busy,
 }
 
-/// A stage row's status, host and owner pid.
-type StageRow = (String, Option<String>, Option<i64>);
+/// A stage row's status, host, owner pid and owner identity.
+type StageRow = (String, Option<String>, Option<i64>, Option<String>);
 
 fn status_of(
     tx: &rusqlite::Connection,
@@ -91,11 +91,13 @@ fn status_of(
 ) -> rusqlite::Result<Option<StageRow>> {
     let table = stage.table();
     let sql = match stage {
-        Stage::Judge => format!("SELECT status, NULL, NULL FROM {table} WHERE id = ?1"),
-        _ => format!("SELECT status, host, pid FROM {table} WHERE id = ?1"),
+        Stage::Judge => format!("SELECT status, NULL, NULL, NULL FROM {table} WHERE id = ?1"),
+        _ => format!("SELECT status, host, pid, owner FROM {table} WHERE id = ?1"),
     };
-    tx.query_row(&sql, [id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()
+    tx.query_row(&sql, [id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })
+    .optional()
 }
 
 /// Records a run's stages (new ones as pending) and which stages make the run. A done run
@@ -257,7 +259,7 @@ impl Store {
             .map_err(err(&self.path))?;
         let done = status_of(&self.conn, Stage::Judge, &set.id)
             .map_err(err(&self.path))?
-            .is_some_and(|(s, _, _)| s == "done");
+            .is_some_and(|(s, _, _, _)| s == "done");
         if !done {
             self.conn
                 .execute("DELETE FROM verdicts WHERE verdict_set_id = ?1", [&set.id])
@@ -357,7 +359,7 @@ impl Store {
         let done = |stage: Stage, id: &str| -> Result<bool> {
             Ok(status_of(&self.conn, stage, id)
                 .map_err(err(&self.path))?
-                .is_some_and(|(s, _, _)| s == "done"))
+                .is_some_and(|(s, _, _, _)| s == "done"))
         };
         let train = !done(Stage::Train, &stages.training)?;
         let generate = train || !done(Stage::Generate, &stages.generation)?;
@@ -419,8 +421,11 @@ impl Store {
             take.push((Stage::Generate, stages.generation.as_str()));
         }
         for (stage, id) in &take {
-            if let Some((s, h, Some(pid))) = status_of(&tx, *stage, id).map_err(err(&path))? {
-                let other_live = pid == me || h.as_deref() != Some(host) || process_alive(pid);
+            if let Some((s, h, Some(pid), owner)) =
+                status_of(&tx, *stage, id).map_err(err(&path))?
+            {
+                let other_live =
+                    pid == me || h.as_deref() != Some(host) || owner_alive(pid, owner.as_deref());
                 if s == "running" && ownership == Ownership::CheckOwner && other_live {
                     return Ok(StageClaim::Busy);
                 }
@@ -430,10 +435,10 @@ impl Store {
             tx.execute(
                 &format!(
                     "UPDATE {} SET status = 'running', host = ?2, pid = ?3, started_at = {NOW},
-                     finished_at = NULL, error = NULL WHERE id = ?1",
+                     finished_at = NULL, error = NULL, owner = ?4 WHERE id = ?1",
                     stage.table()
                 ),
-                params![id, host, me],
+                params![id, host, me, process_identity(me)],
             )
             .map_err(err(&path))?;
         }

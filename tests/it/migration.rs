@@ -57,7 +57,7 @@ fn a_schema_4_database_migrates_reports_unchanged_and_keeps_its_run_ids() {
     let version: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     assert_eq!(rows(&db, summary), before, "run_summary changed");
     // Each finished run is one done training, generation and verdict set per evaluator.
     assert_eq!(

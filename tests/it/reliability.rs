@@ -299,3 +299,52 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_database() {
         0
     );
 }
+
+#[test]
+fn a_running_row_whose_pid_now_belongs_to_another_process_is_taken_over() {
+    let (dir, db) = chaos_dir(BASE);
+    run_to_end(dir.path());
+    // As after a reboot mid-run: the rows say `running`, owned on this host by a PID that
+    // is alive again (this test's own) but is another process (another boot, another
+    // start time). Judged by PID alone, `run` would wait for it forever.
+    let me = std::process::id();
+    let host = ablate::exec::hostname();
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(&format!(
+            "UPDATE runs SET status = 'running', pid = {me}, host = '{host}', owner = 'another-boot:1';
+             UPDATE trainings SET status = 'running', pid = {me}, host = '{host}', owner = 'another-boot:1';"
+        ))
+        .unwrap();
+    let mut child = ablate_cmd(
+        dir.path(),
+        &["run", "experiments/chaos.toml", "--json", "--no-report"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(120) {
+            child.kill().ok();
+            panic!("`run` waited for a process that is not the row's owner");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(child.wait().unwrap().success(), "{out}");
+    // Taken over: the run and its training ran again and are done.
+    assert!(out.contains(r#""stage":"train""#), "{out}");
+    assert_eq!(q(&db, "SELECT count(*) FROM runs WHERE status = 'done'"), 1);
+    assert_eq!(
+        q(&db, "SELECT count(*) FROM trainings WHERE status = 'done'"),
+        1
+    );
+    // The owner is now this run's process, known by more than its PID.
+    assert_eq!(
+        q(&db, "SELECT count(*) FROM runs WHERE owner LIKE '%:%'"),
+        1
+    );
+}
