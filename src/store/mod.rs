@@ -391,7 +391,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err(&path))?;
-        let row: Option<(String, Option<String>, Option<i64>, Option<String>)> = tx
+        let row: Option<OwnedRow> = tx
             .query_row(
                 "SELECT status, host, pid, owner FROM runs WHERE id = ?1",
                 [run_id],
@@ -704,6 +704,9 @@ fn write_records(tx: &rusqlite::Transaction<'_>, batch: &[Record]) -> rusqlite::
     }
     Ok(())
 }
+
+/// A row's status with who runs it: host, PID and identity ([`process_identity`]).
+pub(crate) type OwnedRow = (String, Option<String>, Option<i64>, Option<String>);
 
 /// A process's identity beyond its PID: the machine's boot id and the process's start
 /// time (field 22 of `/proc/<pid>/stat`, in clock ticks since boot). None when it cannot

@@ -81,14 +81,11 @@ pub enum StageClaim {
     Busy,
 }
 
-/// A stage row's status, host, owner pid and owner identity.
-type StageRow = (String, Option<String>, Option<i64>, Option<String>);
-
 fn status_of(
     tx: &rusqlite::Connection,
     stage: Stage,
     id: &str,
-) -> rusqlite::Result<Option<StageRow>> {
+) -> rusqlite::Result<Option<super::OwnedRow>> {
     let table = stage.table();
     let sql = match stage {
         Stage::Judge => format!("SELECT status, NULL, NULL, NULL FROM {table} WHERE id = ?1"),
