@@ -694,8 +694,15 @@ fn load_plans(inputs: &Inputs) -> Result<Vec<Plan>, Failure> {
             )]
         }
     } else {
-        let files = config::experiment_files(&inputs.paths).map_err(user)?;
-        files
+        let found = config::experiment_files(&inputs.paths).map_err(user)?;
+        for f in &found.skipped {
+            eprintln!(
+                "skipped: {} (not a regular file: a FIFO, a device or a dangling link)",
+                f.display()
+            );
+        }
+        found
+            .files
             .iter()
             .map(|f| config::load_experiment(f, &inputs.sets))
             .collect()

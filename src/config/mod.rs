@@ -772,26 +772,36 @@ fn one_line(s: &str) -> String {
 
 /// Expands CLI arguments (files or directories) into experiment files, sorted; a
 /// directory contributes its `*.toml` files except `defaults.toml`.
-pub fn experiment_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+/// The experiment files found under `paths`, and the `*.toml` entries of a folder that
+/// were passed over because they are not regular files (a FIFO, a device, a dangling
+/// link), for the command line to name.
+pub struct ExperimentFiles {
+    pub files: Vec<PathBuf>,
+    pub skipped: Vec<PathBuf>,
+}
+
+pub fn experiment_files(paths: &[PathBuf]) -> Result<ExperimentFiles, ConfigError> {
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for p in paths {
         if p.is_dir() {
             let rd = std::fs::read_dir(p).map_err(|e| ConfigError::Io {
                 path: p.display().to_string(),
                 message: e.to_string(),
             })?;
-            let mut files: Vec<PathBuf> = rd
+            let (mut files, mut others): (Vec<PathBuf>, Vec<PathBuf>) = rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                // Regular files only (a symlink to one counts): a FIFO would block the
-                // read forever and a device would never end.
                 .filter(|f| {
                     f.extension().is_some_and(|x| x == "toml")
                         && f.file_name().is_some_and(|n| n != "defaults.toml")
-                        && f.is_file()
                 })
-                .collect();
+                // Regular files only (a symlink to one counts): a FIFO would block the
+                // read forever and a device would never end.
+                .partition(|f| f.is_file());
             files.sort();
+            others.sort();
             out.extend(files);
+            skipped.extend(others);
         } else if p.is_file() {
             out.push(p.clone());
         } else if p.exists() {
@@ -816,7 +826,10 @@ pub fn experiment_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> 
             message: "no experiment files (*.toml) found".into(),
         });
     }
-    Ok(out)
+    Ok(ExperimentFiles {
+        files: out,
+        skipped,
+    })
 }
 
 #[cfg(test)]

@@ -1023,6 +1023,16 @@ fn special_files_in_the_experiments_folder_are_passed_over() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("micro"));
+    // Each one passed over is named, on stderr.
+    let err = String::from_utf8_lossy(&out.stderr);
+    for name in ["fifo.toml", "zero.toml"] {
+        assert!(
+            err.lines().any(|l| l.starts_with("skipped: ")
+                && l.contains(name)
+                && l.contains("not a regular file")),
+            "{err}"
+        );
+    }
     // Named on the command line, it is refused with a reason.
     let out = ablate(d, &["plan", "experiments/fifo.toml"]);
     assert_eq!(out.status.code(), Some(2));
