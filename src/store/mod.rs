@@ -204,8 +204,21 @@ impl Store {
         let conn = Connection::open(path).map_err(err(path))?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(err(path))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err(path))?;
+        // Switching a new database to WAL takes it exclusively, and SQLite answers a
+        // second process doing the same at that moment with BUSY without waiting: wait
+        // here, as the busy timeout would.
+        let t0 = std::time::Instant::now();
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if f.code == rusqlite::ErrorCode::DatabaseBusy
+                        && t0.elapsed() < Duration::from_secs(30) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.map_err(err(path))?,
+            }
+        }
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err(path))?;
         conn.pragma_update(None, "foreign_keys", "ON")
