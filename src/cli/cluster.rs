@@ -280,7 +280,7 @@ fn task_stages(r: &PlannedRun) -> crate::plan::stages::StageIds {
         None => r.stages.clone(),
         Some(_) => crate::plan::stages::stage_ids(
             &r.config,
-            r.stages.keys.training["left_out"].as_str(),
+            r.stages.left_out.as_deref(),
             r.config.train.epochs,
         ),
     }

@@ -908,9 +908,7 @@ impl Cost {
         let mut c = Cost::default();
         for ((r, v), d) in p.runs.iter().zip(previews).zip(data) {
             if v.will_run.contains(&crate::store::Stage::Train) {
-                let epochs = r.stages.keys.training["train"]["epochs"]
-                    .as_u64()
-                    .map_or(r.config.train.epochs, |e| e as usize);
+                let epochs = r.stages.train_epochs;
                 c.trainings += 1;
                 c.train_steps +=
                     (d.train - d.dropped).div_ceil(r.config.train.batch_size.max(1)) * epochs;

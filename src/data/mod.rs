@@ -708,11 +708,15 @@ fn train_and_eval(d: &SplitSpec) -> Result<(Vec<Example>, Vec<Example>), DataErr
         .train
         .load()?
         .unwrap_or_else(|| synthetic::generate(d.n_train, d.seed, "train"));
-    let eval = d
-        .eval
+    Ok((train, eval_examples(d)?))
+}
+
+/// The evaluation set alone (the leak guard changes only the training split), for the
+/// stages that generate or judge without training.
+pub fn eval_examples(d: &SplitSpec) -> Result<Vec<Example>, DataError> {
+    Ok(d.eval
         .load()?
-        .unwrap_or_else(|| synthetic::generate(d.n_test, d.seed ^ SYNTHETIC_TEST, "test"));
-    Ok((train, eval))
+        .unwrap_or_else(|| synthetic::generate(d.n_test, d.seed ^ SYNTHETIC_TEST, "test")))
 }
 
 /// The distinct training queries the leak guard leaves out (they are evaluation queries),

@@ -292,6 +292,8 @@ pub fn execute_runs(
                             slots: &mut Slots,
                             producing: &mut HashMap<String, Vec<String>>|
          -> Result<bool, StoreError> {
+            // The stages this process is producing now (none: no run need wait).
+            let busy: HashSet<String> = producing.values().flatten().cloned().collect();
             let mut i = 0;
             while i < queue.len() {
                 if opts.cancel.load(Ordering::Relaxed) {
@@ -299,8 +301,7 @@ pub fn execute_runs(
                     return Ok(false);
                 }
                 let r = queue[i];
-                let busy: HashSet<&String> = producing.values().flatten().collect();
-                if !r.stages.training.is_empty() {
+                if !busy.is_empty() && !r.stages.training.is_empty() {
                     let needs = store.stage_needs(&r.stages)?;
                     if produced_ids(&r.stages, &needs)
                         .iter()

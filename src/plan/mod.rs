@@ -494,19 +494,21 @@ pub fn assign_stages(runs: &mut [PlannedRun], origin: &str) -> Result<(), Config
         left_out.push(digest);
     }
     // Runs of the same training keys but for their length.
-    let group_of = |r: &PlannedRun, lo: &Option<String>| {
-        stages::training_key(&r.config, lo.as_deref(), 0).to_string()
-    };
-    let mut longest: BTreeMap<String, usize> = BTreeMap::new();
-    for (r, lo) in runs.iter().zip(&left_out) {
+    let groups: Vec<String> = runs
+        .iter()
+        .zip(&left_out)
+        .map(|(r, lo)| stages::training_key(&r.config, lo.as_deref(), 0).to_string())
+        .collect();
+    let mut longest: BTreeMap<&str, usize> = BTreeMap::new();
+    for (r, g) in runs.iter().zip(&groups) {
         if r.config.train.epochs > 0 {
-            let e = longest.entry(group_of(r, lo)).or_default();
+            let e = longest.entry(g).or_default();
             *e = (*e).max(r.config.train.epochs);
         }
     }
-    for (r, lo) in runs.iter_mut().zip(&left_out) {
+    for ((r, lo), g) in runs.iter_mut().zip(&left_out).zip(&groups) {
         let own = r.config.train.epochs;
-        let max = longest.get(&group_of(r, lo)).copied().unwrap_or(own);
+        let max = longest.get(g.as_str()).copied().unwrap_or(own);
         let (train_epochs, sharing) = if own == 0 || max == own {
             (own, Sharing::Alone)
         } else {

@@ -25,6 +25,11 @@ pub struct StageIds {
     /// Set when the training is a longer one whose checkpoint after this many epochs is
     /// exactly this run's model (epoch-prefix sharing).
     pub checkpoint_epoch: Option<usize>,
+    /// The training's own length: the run's `train.epochs`, or the longer run's it shares.
+    pub train_epochs: usize,
+    /// The leak guard's digest of the training queries left out (part of the training's
+    /// keys), None when it leaves none out.
+    pub left_out: Option<String>,
     /// The keys each id hashes, stored beside the stage so a user can see what it is.
     pub keys: StageKeys,
 }
@@ -236,6 +241,8 @@ pub fn stage_ids(cfg: &RunConfig, left_out: Option<&str>, train_epochs: usize) -
         generation,
         verdicts,
         checkpoint_epoch: epoch,
+        train_epochs,
+        left_out: left_out.map(String::from),
         keys: StageKeys {
             training: training_key,
             generation: generation_key,

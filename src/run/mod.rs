@@ -128,13 +128,23 @@ pub fn run_stages(ctx: &RunContext) -> Result<(), RunError> {
         })
     };
 
-    let splits = data::splits(&cfg.data.split_spec()?)?;
+    // The training split is read only to train; the evaluation set is the same either way.
+    let spec = cfg.data.split_spec()?;
+    let splits = ctx.needs.train.then(|| data::splits(&spec)).transpose()?;
+    let eval_only;
+    let eval: &[data::Example] = match &splits {
+        Some(s) => &s.eval,
+        None => {
+            eval_only = data::eval_examples(&spec)?;
+            &eval_only
+        }
+    };
     let training_dir = ctx.results.join(&ctx.needs.training_dir);
     link_training(dir, &ctx.needs.training_dir);
     let mut trained = None;
-    if ctx.needs.train {
+    if let Some(splits) = &splits {
         let t0 = Instant::now();
-        trained = Some(train::run(ctx, &splits, &training_dir, &device)?);
+        trained = Some(train::run(ctx, splits, &training_dir, &device)?);
         finished(Stage::Train, &ctx.stages.training, t0);
     }
     let predictions: Vec<Prediction> = if ctx.needs.generate {
@@ -147,7 +157,7 @@ pub fn run_stages(ctx: &RunContext) -> Result<(), RunError> {
                 &device,
             )?,
         };
-        let out = generate::run(ctx, &loaded, &splits.eval)?;
+        let out = generate::run(ctx, &loaded, eval)?;
         finished(Stage::Generate, &ctx.stages.generation, t0);
         out
     } else {
@@ -155,7 +165,7 @@ pub fn run_stages(ctx: &RunContext) -> Result<(), RunError> {
     };
     for set in &ctx.needs.judge {
         let t0 = Instant::now();
-        judge::run(ctx, set, &predictions, &splits.eval)?;
+        judge::run(ctx, set, &predictions, eval)?;
         finished(Stage::Judge, &set.id, t0);
     }
     Ok(())

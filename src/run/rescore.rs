@@ -156,10 +156,10 @@ pub fn rescore(
                 run: run_id.clone(),
                 source: Box::new(e),
             };
-            let splits = cfg
+            let eval = cfg
                 .data
                 .split_spec()
-                .and_then(|s| crate::data::splits(&s))
+                .and_then(|s| crate::data::eval_examples(&s))
                 .map_err(RunError::from)
                 .map_err(wrap)?;
             let options = RunOptions::default();
@@ -177,7 +177,7 @@ pub fn rescore(
                 cancel,
                 emit: &collect,
             };
-            judge::run(&ctx, &set, &predictions, &splits.eval).map_err(wrap)?;
+            judge::run(&ctx, &set, &predictions, &eval).map_err(wrap)?;
             let rows = rows.into_inner();
             for r in &rows {
                 if let Record::StageVerdict { passed: p, .. } = r {

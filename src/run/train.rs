@@ -55,9 +55,7 @@ pub fn run(
     };
     std::fs::create_dir_all(out).map_err(io(out))?;
     // The training's own length: a longer run's under epoch-prefix sharing.
-    let epochs = ctx.stages.keys.training["train"]["epochs"]
-        .as_u64()
-        .map_or(cfg.train.epochs, |e| e as usize);
+    let epochs = ctx.stages.train_epochs;
     let (train_ex, val_ex) = (&splits.train, &splits.val);
     metric("examples_left_out", "train", -1, splits.left_out as f64);
     if train_ex.is_empty() && epochs > 0 {
