@@ -450,18 +450,28 @@ impl Store {
         Ok(Claim::Claimed)
     }
 
+    /// Runs `f` in one IMMEDIATE transaction (the write lock taken up front, so writers of
+    /// two processes wait for each other instead of failing mid-way) and commits it when
+    /// `f` succeeds; an error rolls everything back.
+    pub(crate) fn write_tx<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(&self.path))?;
+        let out = f(&tx).map_err(err(&self.path))?;
+        tx.commit().map_err(err(&self.path))?;
+        Ok(out)
+    }
+
     /// Writes a batch of rows in one transaction; replays overwrite.
     pub fn write(&mut self, batch: &[Record]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err(&path))?;
-        write_records(&tx, batch).map_err(err(&path))?;
-        tx.commit().map_err(err(&path))
+        self.write_tx(|tx| write_records(tx, batch))
     }
 
     /// Writes the last rows of a run and its final status together.
@@ -473,26 +483,22 @@ impl Store {
         duration_s: f64,
         batch: &[Record],
     ) -> Result<()> {
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err(&path))?;
-        write_records(&tx, batch).map_err(err(&path))?;
-        if status == RunStatus::Done {
-            stages::assemble(&tx, run_id).map_err(err(&path))?;
-        } else {
-            stages::end_unfinished(&tx, run_id, status, error).map_err(err(&path))?;
-        }
-        tx.execute(
-            &format!(
-                "UPDATE runs SET status = ?2, error = ?3, duration_s = ?4, finished_at = {NOW},
-                 pid = NULL WHERE id = ?1"
-            ),
-            params![run_id, status.as_str(), error, duration_s],
-        )
-        .map_err(err(&path))?;
-        tx.commit().map_err(err(&path))
+        self.write_tx(|tx| {
+            write_records(tx, batch)?;
+            if status == RunStatus::Done {
+                stages::assemble(tx, run_id)?;
+            } else {
+                stages::end_unfinished(tx, run_id, status, error)?;
+            }
+            tx.execute(
+                &format!(
+                    "UPDATE runs SET status = ?2, error = ?3, duration_s = ?4, finished_at = {NOW},
+                     pid = NULL WHERE id = ?1"
+                ),
+                params![run_id, status.as_str(), error, duration_s],
+            )
+            .map(drop)
+        })
     }
 
     /// Runs one read-only statement; returns column names and rows as JSON values.

@@ -3,7 +3,7 @@
 //! `eval_results`) are assembled from its stages when it finishes, so what reports, `query`
 //! and `export` read is unchanged.
 
-use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use super::{err, owner_alive, process_identity, Ownership, Result, RunStatus, Store, NOW};
@@ -119,14 +119,7 @@ pub(crate) fn register(
         )
         .optional()?
         .unwrap_or(false);
-    let made_by: Option<String> = tx
-        .query_row(
-            "SELECT training_id FROM run_stages WHERE run_id = ?1",
-            [run_id],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if done && made_by.is_some_and(|t| t != s.training) {
+    if done && training_of(tx, run_id)?.is_some_and(|t| t != s.training) {
         return Ok(());
     }
     tx.prepare_cached(
@@ -161,11 +154,7 @@ pub(crate) fn register(
     tx.prepare_cached("DELETE FROM run_verdict_sets WHERE run_id = ?1")?
         .execute([run_id])?;
     for (i, (v, key)) in s.verdicts.iter().zip(&s.keys.verdicts).enumerate() {
-        tx.prepare_cached(
-            "INSERT OR IGNORE INTO verdict_sets (id, generation_id, evaluator, version, key_json, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-        )?
-        .execute(params![v.id, s.generation, v.evaluator.name(), v.version, key.to_string()])?;
+        insert_verdict_set(tx, &s.generation, v, key)?;
         tx.prepare_cached(
             "INSERT INTO run_verdict_sets (run_id, position, evaluator, verdict_set_id)
              VALUES (?1, ?2, ?3, ?4)",
@@ -173,6 +162,31 @@ pub(crate) fn register(
         .execute(params![run_id, i as i64, v.evaluator.name(), v.id])?;
     }
     Ok(())
+}
+
+/// The training a run is registered with, if it has stages.
+fn training_of(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT training_id FROM run_stages WHERE run_id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// A verdict set of `generation`, pending, unless it is recorded already.
+fn insert_verdict_set(
+    conn: &Connection,
+    generation: &str,
+    set: &VerdictSetId,
+    key: &serde_json::Value,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO verdict_sets (id, generation_id, evaluator, version, key_json, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+    )?
+    .execute(params![set.id, generation, set.evaluator.name(), set.version, key.to_string()])
+    .map(drop)
 }
 
 /// Where a training's files go, relative to the results folder.
@@ -247,13 +261,7 @@ impl Store {
         set: &VerdictSetId,
         key: &serde_json::Value,
     ) -> Result<bool> {
-        self.conn
-            .execute(
-                "INSERT OR IGNORE INTO verdict_sets (id, generation_id, evaluator, version, key_json, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-                params![set.id, generation, set.evaluator.name(), set.version, key.to_string()],
-            )
-            .map_err(err(&self.path))?;
+        insert_verdict_set(&self.conn, generation, set, key).map_err(err(&self.path))?;
         let done = status_of(&self.conn, Stage::Judge, &set.id)
             .map_err(err(&self.path))?
             .is_some_and(|(s, _, _, _)| s == "done");
@@ -279,36 +287,23 @@ impl Store {
     /// Makes `set` the run's verdict set at `position` and assembles the run's rows anew
     /// (a done run only). Returns whether anything changed.
     pub fn relink_verdict_set(&mut self, run_id: &str, position: usize, set: &str) -> Result<bool> {
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err(&path))?;
-        let changed = tx
-            .execute(
+        self.write_tx(|tx| {
+            let changed = tx.execute(
                 "UPDATE run_verdict_sets SET verdict_set_id = ?3
                  WHERE run_id = ?1 AND position = ?2 AND verdict_set_id <> ?3
                    AND EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND status = 'done')",
                 params![run_id, position as i64, set],
-            )
-            .map_err(err(&path))?;
-        if changed > 0 {
-            assemble(&tx, run_id).map_err(err(&path))?;
-        }
-        tx.commit().map_err(err(&path))?;
-        Ok(changed > 0)
+            )?;
+            if changed > 0 {
+                assemble(tx, run_id)?;
+            }
+            Ok(changed > 0)
+        })
     }
 
     /// The training a run was registered with, if it has stages.
     pub fn run_training(&self, run_id: &str) -> Result<Option<String>> {
-        self.conn
-            .query_row(
-                "SELECT training_id FROM run_stages WHERE run_id = ?1",
-                [run_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err(&self.path))
+        training_of(&self.conn, run_id).map_err(err(&self.path))
     }
 
     /// A done run whose planned stages are not all done (a new evaluator version): pending
@@ -342,13 +337,7 @@ impl Store {
         stages: &StageIds,
         dir: Option<&str>,
     ) -> Result<()> {
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err(&path))?;
-        register(&tx, run_id, stages, dir).map_err(err(&path))?;
-        tx.commit().map_err(err(&path))
+        self.write_tx(|tx| register(tx, run_id, stages, dir))
     }
 
     /// What a run still needs, without claiming anything (for `plan`).
@@ -404,11 +393,6 @@ impl Store {
             needs.train = true;
             needs.training_dir = training_dir(&stages.training);
         }
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err(&path))?;
         let me = std::process::id() as i64;
         let mut take = Vec::new();
         if needs.train {
@@ -417,48 +401,49 @@ impl Store {
         if needs.generate {
             take.push((Stage::Generate, stages.generation.as_str()));
         }
-        for (stage, id) in &take {
-            if let Some((s, h, Some(pid), owner)) =
-                status_of(&tx, *stage, id).map_err(err(&path))?
-            {
-                let other_live =
-                    pid == me || h.as_deref() != Some(host) || owner_alive(pid, owner.as_deref());
-                if s == "running" && ownership == Ownership::CheckOwner && other_live {
-                    return Ok(StageClaim::Busy);
+        let taken = self.write_tx(|tx| {
+            for (stage, id) in &take {
+                if let Some((s, h, Some(pid), owner)) = status_of(tx, *stage, id)? {
+                    let other_live = pid == me
+                        || h.as_deref() != Some(host)
+                        || owner_alive(pid, owner.as_deref());
+                    if s == "running" && ownership == Ownership::CheckOwner && other_live {
+                        return Ok(false);
+                    }
                 }
             }
-        }
-        for (stage, id) in &take {
-            tx.execute(
-                &format!(
-                    "UPDATE {} SET status = 'running', host = ?2, pid = ?3, started_at = {NOW},
-                     finished_at = NULL, error = NULL, owner = ?4 WHERE id = ?1",
-                    stage.table()
-                ),
-                params![id, host, me, process_identity(me)],
-            )
-            .map_err(err(&path))?;
-        }
-        if needs.train {
-            tx.execute(
-                "UPDATE trainings SET dir = ?2 WHERE id = ?1",
-                params![stages.training, needs.training_dir],
-            )
-            .map_err(err(&path))?;
-        }
-        if needs.generate {
-            tx.execute(
-                "DELETE FROM predictions WHERE generation_id = ?1",
-                [&stages.generation],
-            )
-            .map_err(err(&path))?;
-        }
-        for v in &needs.judge {
-            tx.execute("DELETE FROM verdicts WHERE verdict_set_id = ?1", [&v.id])
-                .map_err(err(&path))?;
-        }
-        tx.commit().map_err(err(&path))?;
-        Ok(StageClaim::Claimed(needs))
+            for (stage, id) in &take {
+                tx.execute(
+                    &format!(
+                        "UPDATE {} SET status = 'running', host = ?2, pid = ?3, started_at = {NOW},
+                         finished_at = NULL, error = NULL, owner = ?4 WHERE id = ?1",
+                        stage.table()
+                    ),
+                    params![id, host, me, process_identity(me)],
+                )?;
+            }
+            if needs.train {
+                tx.execute(
+                    "UPDATE trainings SET dir = ?2 WHERE id = ?1",
+                    params![stages.training, needs.training_dir],
+                )?;
+            }
+            if needs.generate {
+                tx.execute(
+                    "DELETE FROM predictions WHERE generation_id = ?1",
+                    [&stages.generation],
+                )?;
+            }
+            for v in &needs.judge {
+                tx.execute("DELETE FROM verdicts WHERE verdict_set_id = ?1", [&v.id])?;
+            }
+            Ok(true)
+        })?;
+        Ok(if taken {
+            StageClaim::Claimed(needs)
+        } else {
+            StageClaim::Busy
+        })
     }
 
     /// Gives a claimed run back (its stages were busy): pending again, as if never taken.
@@ -482,12 +467,6 @@ impl Store {
         provenance: &serde_json::Value,
         batch: &[super::Record],
     ) -> Result<()> {
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err(&path))?;
-        super::write_records(&tx, batch).map_err(err(&path))?;
         let sql = match stage {
             Stage::Judge => format!(
                 "UPDATE verdict_sets SET status = 'done', finished_at = {NOW}, error = NULL,
@@ -500,12 +479,14 @@ impl Store {
             ),
         };
         let prov = provenance.to_string();
-        match stage {
-            Stage::Judge => tx.execute(&sql, params![id, prov]),
-            _ => tx.execute(&sql, params![id, prov, duration_s]),
-        }
-        .map_err(err(&path))?;
-        tx.commit().map_err(err(&path))
+        self.write_tx(|tx| {
+            super::write_records(tx, batch)?;
+            match stage {
+                Stage::Judge => tx.execute(&sql, params![id, prov]),
+                _ => tx.execute(&sql, params![id, prov, duration_s]),
+            }
+            .map(drop)
+        })
     }
 
     /// The stored predictions of a generation, in a stable order.
@@ -570,32 +551,27 @@ impl Store {
     /// Marks stages pending again so they rerun (`run --rerun-stale`); the runs made of
     /// them are pending too.
     pub fn reset_stages(&mut self, stages: &[(Stage, String)]) -> Result<()> {
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err(&path))?;
-        for (stage, id) in stages {
-            tx.execute(
-                &format!(
-                    "UPDATE {} SET status = 'pending' WHERE id = ?1",
-                    stage.table()
-                ),
-                [id],
-            )
-            .map_err(err(&path))?;
-            let runs_of = match stage {
-                Stage::Train => "SELECT run_id FROM run_stages WHERE training_id = ?1",
-                Stage::Generate => "SELECT run_id FROM run_stages WHERE generation_id = ?1",
-                Stage::Judge => "SELECT run_id FROM run_verdict_sets WHERE verdict_set_id = ?1",
-            };
-            tx.execute(
-                &format!("UPDATE runs SET status = 'pending' WHERE id IN ({runs_of})"),
-                [id],
-            )
-            .map_err(err(&path))?;
-        }
-        tx.commit().map_err(err(&path))
+        self.write_tx(|tx| {
+            for (stage, id) in stages {
+                tx.execute(
+                    &format!(
+                        "UPDATE {} SET status = 'pending' WHERE id = ?1",
+                        stage.table()
+                    ),
+                    [id],
+                )?;
+                let runs_of = match stage {
+                    Stage::Train => "SELECT run_id FROM run_stages WHERE training_id = ?1",
+                    Stage::Generate => "SELECT run_id FROM run_stages WHERE generation_id = ?1",
+                    Stage::Judge => "SELECT run_id FROM run_verdict_sets WHERE verdict_set_id = ?1",
+                };
+                tx.execute(
+                    &format!("UPDATE runs SET status = 'pending' WHERE id IN ({runs_of})"),
+                    [id],
+                )?;
+            }
+            Ok(())
+        })
     }
 }
 
