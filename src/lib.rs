@@ -22,6 +22,7 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod store;
+pub mod toolenv;
 pub mod train;
 #[allow(clippy::print_stdout, clippy::print_stderr)]
 pub mod ui;

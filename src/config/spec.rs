@@ -129,6 +129,11 @@ impl DataSource {
     pub fn is_bfcl(&self) -> bool {
         matches!(self.source, Some(Source::Bfcl(_)))
     }
+
+    /// ToolBench's test queries (`test_instruction/<group>.json` or a folder of them).
+    pub fn is_query_set(&self) -> bool {
+        matches!(self.source, Some(Source::Queries(_)))
+    }
 }
 
 impl std::ops::Deref for DataSource {
@@ -408,6 +413,60 @@ pub struct EvalConfig {
     pub max_turns: usize,
     /// The `llm_judge` evaluator's endpoint.
     pub judge: JudgeConfig,
+    /// What answers the agent's tool calls in ToolBench episodes.
+    pub tools: ToolsConfig,
+}
+
+/// A tool backend of `eval.tools.backends`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolBackend {
+    /// The observations recorded in the answer file (offline smoke tests).
+    Recorded,
+    /// A StableToolBench `tool_response_cache/` folder, read directly.
+    Cache,
+    /// StableToolBench's server (`POST {url}/virtual`).
+    Stabletoolbench,
+}
+
+impl ToolBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            ToolBackend::Recorded => "recorded",
+            ToolBackend::Cache => "cache",
+            ToolBackend::Stabletoolbench => "stabletoolbench",
+        }
+    }
+}
+
+/// `[eval.tools]`: the backends asked, in order, until one answers a call (a `cache` miss
+/// goes on to the next). Part of what an episode generation is: changing it regenerates
+/// the episodes (never retrains).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    pub backends: Vec<ToolBackend>,
+    /// `cache`: the `tool_response_cache/` folder.
+    pub cache: String,
+    /// `stabletoolbench`: the server's base URL (`/virtual` is appended).
+    pub url: String,
+    /// The environment variable holding the `toolbench_key` the server is sent (unset:
+    /// an empty key). Read at run time, never stored.
+    pub key_env: String,
+    /// Seconds per request to the server before it is retried (3 attempts in all).
+    pub timeout_s: u64,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        ToolsConfig {
+            backends: vec![ToolBackend::Recorded],
+            cache: String::new(),
+            url: String::new(),
+            key_env: "TOOLBENCH_KEY".into(),
+            timeout_s: 60,
+        }
+    }
 }
 
 /// `[eval.judge]`: an OpenAI-compatible chat-completions endpoint that judges answers with
@@ -493,6 +552,7 @@ impl Default for RunConfig {
                 stop: vec![],
                 max_turns: 8,
                 judge: JudgeConfig::default(),
+                tools: ToolsConfig::default(),
             },
         }
     }
@@ -701,10 +761,19 @@ impl RunConfig {
 
         for ev in &e.evaluators {
             match ev {
-                Evaluator::Episode if !d.eval.is_toolbench() => bad(
+                Evaluator::Episode if !(d.eval.is_toolbench() || d.eval.is_query_set()) => bad(
                     "eval.evaluators",
-                    "\"episode\" needs data.eval to name a directory of ToolBench answer files"
+                    "\"episode\" needs data.eval to name ToolBench test queries \
+                     (test_instruction/<group>.json or a folder of them) or a directory of \
+                     ToolBench answer files"
                         .into(),
+                ),
+                Evaluator::Rules | Evaluator::Bfcl if d.eval.is_query_set() => bad(
+                    "eval.evaluators",
+                    format!(
+                        "\"{ev}\" scores gold steps, which a query set has none of: evaluate \
+                         ToolBench test queries with \"episode\" (and \"llm_judge\")"
+                    ),
                 ),
                 Evaluator::Bfcl if !d.eval.is_bfcl() => bad(
                     "eval.evaluators",
@@ -767,6 +836,65 @@ impl RunConfig {
         }
         if e.max_turns == 0 {
             bad("eval.max_turns", "must be at least 1".into());
+        }
+        if d.train.is_query_set() {
+            bad(
+                "data.train",
+                "names ToolBench test queries, which have no answers to train on".into(),
+            );
+        }
+        let t = &e.tools;
+        let episodes = d.eval.is_query_set()
+            || (d.eval.is_toolbench() && e.evaluators.contains(&Evaluator::Episode));
+        if episodes {
+            if t.backends.is_empty() {
+                bad(
+                    "eval.tools.backends",
+                    "must name at least one backend".into(),
+                );
+            }
+            for b in &t.backends {
+                match b {
+                    ToolBackend::Recorded if d.eval.is_query_set() => bad(
+                        "eval.tools.backends",
+                        "\"recorded\" replays answer files, and data.eval names test queries: \
+                         use \"cache\" (a StableToolBench tool_response_cache folder) or \
+                         \"stabletoolbench\" (its server)"
+                            .into(),
+                    ),
+                    ToolBackend::Cache | ToolBackend::Stabletoolbench if d.eval.is_toolbench() => {
+                        bad(
+                            "eval.tools.backends",
+                            format!(
+                                "\"{}\" needs the tool categories of test queries, which answer \
+                                 files do not have: name a test_instruction file in data.eval, \
+                                 or use \"recorded\"",
+                                b.name()
+                            ),
+                        )
+                    }
+                    ToolBackend::Cache if !std::path::Path::new(&t.cache).is_dir() => bad(
+                        "eval.tools.cache",
+                        format!(
+                            "the \"cache\" backend needs a tool_response_cache folder, found \"{}\"",
+                            t.cache
+                        ),
+                    ),
+                    ToolBackend::Stabletoolbench
+                        if !(t.url.starts_with("http://") || t.url.starts_with("https://")) =>
+                    {
+                        bad(
+                            "eval.tools.url",
+                            format!(
+                                "the \"stabletoolbench\" backend needs the server's URL \
+                                 (http://...), found \"{}\"",
+                                t.url
+                            ),
+                        )
+                    }
+                    _ => {}
+                }
+            }
         }
         if e.stop.iter().any(String::is_empty) {
             bad("eval.stop", "stop strings must not be empty".into());

@@ -179,6 +179,9 @@ pub enum Source {
     Bfcl(std::path::PathBuf),
     /// A directory of ToolBench DFS answer files: one example per assistant step.
     ToolBench(std::path::PathBuf),
+    /// ToolBench's / StableToolBench's test queries (`test_instruction/<group>.json`, or a
+    /// folder of them): no gold steps, evaluated as agent episodes only.
+    Queries(std::path::PathBuf),
     /// A JSON file in ToolBench's SFT format (`toolllama_G123_dfs_*.json`): one example
     /// per entry, the entry's last assistant turn as its target.
     Conversations(std::path::PathBuf),
@@ -190,7 +193,15 @@ impl Source {
         if spec == "synthetic" {
             Source::Synthetic
         } else if p.is_dir() {
-            Source::ToolBench(p.to_path_buf())
+            let is_queries = p.join("test_instruction").is_dir()
+                || p.file_name().is_some_and(|n| n == "test_instruction");
+            if is_queries {
+                Source::Queries(p.to_path_buf())
+            } else {
+                Source::ToolBench(p.to_path_buf())
+            }
+        } else if toolbench::looks_like_query_set(p) {
+            Source::Queries(p.to_path_buf())
         } else if starts_with_bracket(p) {
             // A JSON list; BFCL's files are JSON Lines of objects.
             Source::Conversations(p.to_path_buf())
@@ -204,7 +215,7 @@ impl Source {
         match self {
             Source::Synthetic => "synthetic",
             Source::Bfcl(_) => "bfcl",
-            Source::ToolBench(_) | Source::Conversations(_) => "toolbench",
+            Source::ToolBench(_) | Source::Conversations(_) | Source::Queries(_) => "toolbench",
         }
     }
 
@@ -221,6 +232,8 @@ impl Source {
                     .collect(),
             ),
             Source::Conversations(f) => Some(toolllama::load(f)?),
+            // Queries have no gold steps: their evaluation is the agent's episodes.
+            Source::Queries(_) => Some(Vec::new()),
         })
     }
 }

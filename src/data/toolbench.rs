@@ -251,6 +251,86 @@ pub fn load_queries(path: &Path) -> Result<Vec<TestQuery>, DataError> {
     serde_json::from_value(v).map_err(|e| err(path, format!("not a ToolBench query list: {e}")))
 }
 
+/// A query set: every query of a `test_instruction/<group>.json` file, or of each such
+/// file in a folder (a folder holding `test_instruction/` is read through it), with its
+/// group (the file's stem). When `test_query_ids/<group>.json` is beside the
+/// `test_instruction` folder, as in ToolBench's and StableToolBench's releases, its ids
+/// say which queries are evaluated and in what order, as ToolEval iterates them.
+pub fn load_query_set(path: &Path) -> Result<Vec<(String, TestQuery)>, DataError> {
+    let files = if path.is_dir() {
+        let dir = if path.join("test_instruction").is_dir() {
+            path.join("test_instruction")
+        } else {
+            path.to_path_buf()
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| err(&dir, e.to_string()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(err(&dir, "no query files (*.json) in this folder"));
+        }
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    for f in files {
+        let group = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let queries = load_queries(&f)?;
+        let ids_file = f
+            .parent()
+            .and_then(Path::parent)
+            .map(|p| p.join("test_query_ids").join(format!("{group}.json")));
+        match ids_file.filter(|p| p.is_file()) {
+            Some(ids_file) => {
+                let by_id: std::collections::HashMap<String, &TestQuery> =
+                    queries.iter().map(|q| (query_id(q), q)).collect();
+                for id in load_query_ids(&ids_file)? {
+                    let q = by_id.get(&id).ok_or_else(|| {
+                        err(
+                            &ids_file,
+                            format!("query id {id} is not in {}", f.display()),
+                        )
+                    })?;
+                    out.push((group.clone(), (*q).clone()));
+                }
+            }
+            None => out.extend(queries.into_iter().map(|q| (group.clone(), q))),
+        }
+    }
+    Ok(out)
+}
+
+/// A query's id as text (the files write integers; the id files, strings).
+pub fn query_id(q: &TestQuery) -> String {
+    match &q.query_id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether a JSON file is a query set (its first entries carry `api_list` or `query_id`,
+/// which neither the SFT files nor BFCL's have), judged from its first 64 KiB.
+pub fn looks_like_query_set(path: &Path) -> bool {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut buf))
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let first = head.trim_start();
+    first.starts_with('[')
+        && !head.contains("\"conversations\"")
+        && (head.contains("\"api_list\"") || head.contains("\"query_id\""))
+}
+
 /// Reads StableToolBench's `test_query_ids/<group>.json`: the ids the evaluator iterates.
 pub fn load_query_ids(path: &Path) -> Result<Vec<String>, DataError> {
     let v = read_json(path)?;

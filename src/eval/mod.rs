@@ -2,7 +2,6 @@
 //! verdict per example; the pass rate is derived from the stored verdicts.
 
 pub mod llm_judge;
-pub mod toolbench;
 
 use serde::Serialize;
 use serde_json::Value;

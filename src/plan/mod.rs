@@ -92,6 +92,11 @@ const ADDED_KEYS: &[(&str, &str, &str)] = &[
         "judge",
         r#"{"api_key_env":"OPENAI_API_KEY","k":3,"model":"","temperature":0.0,"timeout_s":60,"url":""}"#,
     ),
+    (
+        "eval",
+        "tools",
+        r#"{"backends":["recorded"],"cache":"","key_env":"TOOLBENCH_KEY","timeout_s":60,"url":""}"#,
+    ),
     ("data", "template", r#""compact""#),
     ("data", "truncation", r#""keep_start""#),
     ("data", "val", r#""""#),

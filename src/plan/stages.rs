@@ -59,13 +59,16 @@ pub struct Kinds {
 
 impl Kinds {
     pub fn of(cfg: &RunConfig) -> Kinds {
-        let episodes =
-            cfg.eval.evaluators.contains(&Evaluator::Episode) && cfg.data.eval.is_toolbench();
-        let steps = cfg.eval.evaluators.iter().any(|e| match e {
-            Evaluator::Episode => false,
-            Evaluator::LlmJudge => !episodes,
-            _ => true,
-        });
+        // Test queries have nothing but episodes; answer files give them to `episode`.
+        let queries = cfg.data.eval.is_query_set();
+        let episodes = queries
+            || (cfg.eval.evaluators.contains(&Evaluator::Episode) && cfg.data.eval.is_toolbench());
+        let steps = !queries
+            && cfg.eval.evaluators.iter().any(|e| match e {
+                Evaluator::Episode => false,
+                Evaluator::LlmJudge => !episodes,
+                _ => true,
+            });
         Kinds { steps, episodes }
     }
 }
@@ -78,6 +81,10 @@ pub fn reads_episodes(evaluator: Evaluator, kinds: Kinds) -> bool {
         _ => false,
     }
 }
+
+/// The version of the episode loop, hashed into episode generations: bump it when a change
+/// can change what an episode does with the same model.
+pub const EPISODE_PROTOCOL: &str = "toolbench-react-2";
 
 /// The id of a stage: a hash of the stage kind and its keys.
 pub fn digest(tag: &str, key: &Value) -> String {
@@ -160,6 +167,11 @@ pub fn generation_key(cfg: &RunConfig, training: &str, epoch: Option<usize>) -> 
     }
     if kinds.episodes {
         decoding["max_turns"] = json!(e.max_turns);
+        // ToolBench's step rules (a wrong name or input is answered and the episode goes
+        // on) replaced ending the episode at the first mistake.
+        decoding["protocol"] = json!(EPISODE_PROTOCOL);
+        let t = &e.tools;
+        decoding["tools"] = json!({"backends": t.backends, "cache": t.cache, "url": t.url});
     }
     json!({
         "training": training,

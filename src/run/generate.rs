@@ -30,13 +30,8 @@ pub fn run(ctx: &RunContext, m: &Loaded, eval: &[Example]) -> Result<Vec<Predict
         out.extend(steps(ctx, m, limited(cfg, eval))?);
     }
     if kinds.episodes {
-        if let Some(Source::ToolBench(dir)) = cfg.data.eval.source() {
-            let mut trajectories = data::toolbench::load_answers(dir)?;
-            if cfg.eval.limit > 0 {
-                trajectories.truncate(cfg.eval.limit);
-            }
-            out.extend(super::episode::run_episodes(ctx, m, &trajectories)?);
-        }
+        let tasks = super::episode::tasks(cfg)?;
+        out.extend(super::episode::run_episodes(ctx, m, &tasks)?);
     }
     Ok(out)
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::RunError;
 use crate::config::Evaluator;
-use crate::data::{self, Example, Source};
+use crate::data::{self, Example};
 use crate::eval::{self, llm_judge, Judgment, Prediction, PredictionKind};
 use crate::exec::{Event, RunContext};
 use crate::plan::stages::{reads_episodes, Kinds, VerdictSetId};
@@ -49,14 +49,12 @@ pub fn run(
         _ => None,
     };
     let examples: HashMap<&str, &Example> = eval.iter().map(|e| (e.id.as_str(), e)).collect();
-    let trajectories = match (kind, cfg.data.eval.source()) {
-        (PredictionKind::Episode, Some(Source::ToolBench(dir))) => {
-            data::toolbench::load_answers(dir)?
-        }
-        _ => Vec::new(),
+    let tasks = match kind {
+        PredictionKind::Episode => super::episode::tasks(cfg)?,
+        PredictionKind::Step => Vec::new(),
     };
-    let trajectories: HashMap<&str, &data::toolbench::Trajectory> =
-        trajectories.iter().map(|t| (t.id.as_str(), t)).collect();
+    let tasks: HashMap<&str, &crate::toolenv::Task> =
+        tasks.iter().map(|t| (t.id.as_str(), t)).collect();
     let mut passed = 0usize;
     for (n, p) in mine.iter().enumerate() {
         if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -78,7 +76,7 @@ pub fn run(
                 let j = llm.as_ref().expect("a judge for llm_judge");
                 let d = match kind {
                     PredictionKind::Episode => {
-                        let Some(t) = trajectories.get(p.example_id.as_str()) else {
+                        let Some(t) = tasks.get(p.example_id.as_str()) else {
                             return Err(missing(ctx, p));
                         };
                         let detail = p.detail.clone().unwrap_or_default();

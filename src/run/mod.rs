@@ -37,6 +37,9 @@ pub enum RunError {
     Io { path: String, message: String },
     #[error(transparent)]
     Judge(#[from] crate::eval::llm_judge::JudgeError),
+    /// A tool backend could not answer episodes' calls.
+    #[error("{0}")]
+    Backend(String),
 }
 
 impl From<candle_core::Error> for RunError {

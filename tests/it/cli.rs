@@ -920,8 +920,9 @@ fn toolbench_episodes_store_one_verdict_per_trajectory() {
         ),
         2
     );
-    // An untrained model writes no ReAct turn: every episode ends on a ToolEval rule.
-    assert_eq!(count(&db, "SELECT count(*) FROM eval_results WHERE evaluator = 'episode' AND passed = 0 AND verdict IN ('bad_format', 'hallucinated_name', 'invalid_arguments', 'no_finish', 'context_overflow')"), 2);
+    // An untrained model writes no ReAct turn: ToolBench answers each with an error
+    // observation until the turns run out (or the history outgrows the model).
+    assert_eq!(count(&db, "SELECT count(*) FROM eval_results WHERE evaluator = 'episode' AND passed = 0 AND verdict IN ('no_finish', 'context_overflow')"), 2);
     for m in ["pass_rate", "pass_rate_episode", "pass_rate_rules"] {
         assert_eq!(
             count(

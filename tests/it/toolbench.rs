@@ -130,84 +130,75 @@ fn every_query_set_loads_with_its_ids() {
     assert!(e.to_string().contains("10_ChatGPT_DFS_woFilter_w2.json"));
 }
 
-/// The recorded trajectory played back as the model's turns: every call must get its
-/// recorded observation, and the episode ends as the trajectory did.
+/// The recorded trajectory played back as the model's turns through the `recorded`
+/// backend: every call of an offered function gets its recorded observation, and the
+/// episode ends as the trajectory did.
 #[test]
-fn replaying_a_gold_trajectory_passes_toolevals_rules() {
-    use ablate::eval::toolbench::{judge_turn, replay_observation, TurnOutcome};
+fn replaying_a_gold_trajectory_gets_its_recorded_observations() {
+    use ablate::toolenv::backend::Recorded;
+    use ablate::toolenv::{Env, Outcome, Task};
     let answers = toolbench::load_answers(&root().join("ToolBench/data_example/answer")).unwrap();
     assert_eq!(answers.len(), 11);
+    let mut unoffered = 0;
     for t in &answers {
-        let mut used = vec![false; t.steps.len()];
+        let task = Task::from_trajectory(t.clone());
+        let mut env = Env::new(&task, vec![Box::new(Recorded::new(t))]);
         let mut end = None;
         for s in &t.steps {
-            let text = format!(
-                "Thought: {}\nAction: {}\nAction Input: {}",
-                s.thought, s.action, s.action_input
-            );
-            match judge_turn(&text, t) {
-                TurnOutcome::Call {
-                    name, arguments, ..
-                } => {
-                    let obs = replay_observation(t, &mut used, &name, &arguments);
-                    assert_eq!(Some(&obs), s.observation.as_ref(), "{}: {name}", t.id);
+            match env.step(&s.action, &s.action_input) {
+                Outcome::Observation { text, .. } => {
+                    if t.functions.iter().any(|f| f.name == s.action) {
+                        assert_eq!(
+                            Some(&text),
+                            s.observation.as_ref(),
+                            "{}: {}",
+                            t.id,
+                            s.action
+                        );
+                    } else if t.functions.iter().any(|f| f.name.ends_with(&s.action)) {
+                        // ToolBench's own paths are not all clean: G3-21 calls
+                        // `dota_2_steam_web`, which is not offered, but ToolBench matches a
+                        // name by its end, so it goes to `..._for_dota_2_steam_web`, whose
+                        // recording has no such call.
+                        unoffered += 1;
+                        assert!(text.contains("no recorded response"), "{text}");
+                    } else {
+                        assert_eq!(
+                            text,
+                            format!(
+                                r#"{{"error": "No such function name: {}", "response": ""}}"#,
+                                s.action
+                            )
+                        );
+                    }
                 }
-                TurnOutcome::End(v) => {
-                    end = Some(v);
+                Outcome::Answered(a) => {
+                    end = Some(if a.trim().is_empty() {
+                        "empty"
+                    } else {
+                        "give_answer"
+                    });
                     break;
                 }
+                Outcome::GaveUp => {
+                    end = Some("give_up");
+                    break;
+                }
+                Outcome::BackendError(e) => panic!("{}: {e}", t.id),
             }
         }
-        // ToolBench's own paths are not all clean: G3-21 calls `dota_2_steam_web`, which is
-        // not among its functions, and the rules say so.
-        let hallucinates = t
-            .steps
-            .iter()
-            .any(|s| !t.functions.iter().any(|f| f.name == s.action));
-        let want = match (hallucinates, t.finish_type.as_str()) {
-            (true, _) => "hallucinated_name",
-            (false, "give_answer") => "pass",
-            _ => "gave_up",
-        };
-        assert_eq!(end, Some(want), "{}", t.id);
+        assert_eq!(end, Some(t.finish_type.as_str()), "{}", t.id);
     }
+    assert!(unoffered > 0);
+    // A call nobody recorded gets an error observation, and the episode goes on.
     let t = &answers[0];
-    // Rules that end an episode, each for its reason.
-    let call = |a: &str, i: &str| format!("Thought: x\nAction: {a}\nAction Input: {i}");
-    assert_eq!(
-        judge_turn("I think the answer is 4.", t),
-        TurnOutcome::End("bad_format")
-    );
-    assert_eq!(
-        judge_turn(&call("made_up_api", "{}"), t),
-        TurnOutcome::End("hallucinated_name")
-    );
-    assert_eq!(
-        judge_turn(
-            &call(
-                "Finish",
-                "{\"return_type\": \"give_answer\", \"final_answer\": \" \"}"
-            ),
-            t
-        ),
-        TurnOutcome::End("empty_answer")
-    );
-    assert_eq!(
-        judge_turn(
-            &call("Finish", "{\"return_type\": \"give_up_and_restart\"}"),
-            t
-        ),
-        TurnOutcome::End("gave_up")
-    );
-    // A call nobody recorded gets a structured error observation.
-    let mut used = vec![false; t.steps.len()];
-    let obs = replay_observation(
-        t,
-        &mut used,
-        &t.steps[0].action,
-        &serde_json::json!({"unrecorded": 1}),
-    );
-    let v: Value = serde_json::from_str(&obs).unwrap();
+    let task = Task::from_trajectory(t.clone());
+    let mut env = Env::new(&task, vec![Box::new(Recorded::new(t))]);
+    let Outcome::Observation { text, .. } = env.step(&t.steps[0].action, r#"{"unrecorded": 1}"#)
+    else {
+        panic!("an observation")
+    };
+    let v: Value = serde_json::from_str(&text).unwrap();
     assert!(v["error"]
         .as_str()
         .unwrap()
@@ -219,7 +210,7 @@ fn replaying_a_gold_trajectory_passes_toolevals_rules() {
 /// condition of the recorded LLM verdicts (a rule failure is never judged Solved).
 #[test]
 fn stabletoolbench_example_files_load_and_rules_agree_with_the_judge() {
-    use ablate::eval::toolbench::finish_verdict;
+    use ablate::toolenv::{Env, Outcome, Task};
     let ex = root().join("StableToolBench/data_example");
     for system in ["virtual_chatgpt_cot", "virtual_chatgpt_dfs"] {
         for f in json_files(&ex.join(format!("answer/{system}/G1_instruction"))) {
@@ -253,8 +244,24 @@ fn stabletoolbench_example_files_load_and_rules_agree_with_the_judge() {
                 calls.iter().all(|(name, _, _)| !name.is_empty()),
                 "{system} {id}"
             );
-            let finish: Value = serde_json::from_str(&p.answer.final_answer).unwrap_or(Value::Null);
-            let rules = finish_verdict(&finish);
+            // ToolBench's reading of the Finish call: an answer, or why not.
+            let task = Task::from_trajectory(toolbench::Trajectory {
+                id: id.clone(),
+                group: "G1_instruction".into(),
+                query: p.query.clone(),
+                functions: vec![],
+                steps: vec![],
+                finish_type: String::new(),
+            });
+            let rules = match Env::new(&task, vec![]).step("Finish", &p.answer.final_answer) {
+                Outcome::Answered(a) if !a.trim().is_empty() => "pass",
+                other => {
+                    if let Outcome::Observation { text, .. } = &other {
+                        assert!(text.contains("error"), "{text}");
+                    }
+                    "no answer"
+                }
+            };
             if rules != "pass" {
                 assert_ne!(j.majority(), "Solved", "{system} {id}: rules say {rules}");
             }
