@@ -185,19 +185,33 @@ pub enum Command {
         #[arg(long)]
         template: Option<PathBuf>,
     },
-    /// Write a sweep's runs with their axes and summary metrics as CSV (default) or JSON.
+    /// Write a sweep's runs with their axes and summary metrics as CSV (default) or JSON;
+    /// or, with --tooleval DIR, the ToolBench episodes of a sweep's runs (or of one run) in
+    /// ToolEval's converted-answer format, which StableToolBench's eval_pass_rate.py reads
+    /// as it is: DIR/model_predictions_converted/<run id>/<group>.json and
+    /// DIR/test_query_ids/<group>.json (pass DIR/model_predictions_converted as its
+    /// --converted_answer_path, the run id as --reference_model, DIR/test_query_ids as
+    /// --test_ids).
     #[command(
-        after_help = "Examples:\n  ablate export smoke > smoke.csv\n  ablate export smoke --json | jq '.runs[] | {run_id, pass_rate}'"
+        after_help = "Examples:\n  ablate export smoke > smoke.csv\n  ablate export smoke --json | jq '.runs[] | {run_id, pass_rate}'\n  ablate export paper-generalization --tooleval tooleval/\n  ablate export 3f2a --tooleval tooleval/ --name opt350m-clip0.3"
     )]
     Export {
-        /// The sweep (experiment name).
+        /// The sweep (experiment name); with --tooleval also a run id (a unique prefix).
         sweep: String,
         /// CSV, one row per run, one column per axis (the default).
         #[arg(long, conflicts_with = "json")]
         csv: bool,
-        /// A JSON object with the sweep's axes and its runs.
+        /// A JSON object with the sweep's axes and its runs (with --tooleval: what was
+        /// written).
         #[arg(long)]
         json: bool,
+        /// Write the runs' episodes for ToolEval under this folder.
+        #[arg(long, value_name = "DIR", conflicts_with = "csv")]
+        tooleval: Option<PathBuf>,
+        /// With --tooleval and one run: the system name to write it under (default: the
+        /// run id).
+        #[arg(long, requires = "tooleval")]
+        name: Option<String>,
     },
     /// Judge stored predictions again, without the model: each run's generation gets a
     /// verdict set of EVALUATOR at its current version (with --set eval.judge.* changed),
@@ -439,6 +453,13 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Status { sweeps, json } => cluster::cmd_status(&cli.db, &sweeps, json),
         Command::Report { inputs, template } => cmd_report(&cli.db, &inputs, template.as_deref()),
         Command::Query { sql, csv, json } => cmd_query(&cli.db, &sql, csv, json),
+        Command::Export {
+            sweep,
+            json,
+            tooleval: Some(dir),
+            name,
+            ..
+        } => cmd_export_tooleval(&cli.db, &sweep, &dir, name.as_deref(), json),
         Command::Export { sweep, json, .. } => cmd_export(&cli.db, &sweep, json),
         Command::Compare { runs, json } => cmd_compare(&cli.db, &runs, json),
         Command::Rescore {
@@ -1134,19 +1155,8 @@ fn parse_evaluator(s: &str) -> Result<crate::config::Evaluator, String> {
     })
 }
 
-fn cmd_rescore(
-    db: &Path,
-    targets: &[String],
-    evaluator: crate::config::Evaluator,
-    sets: &[Override],
-    json: bool,
-) -> Result<u8, Failure> {
-    use crate::run::rescore::{self, RescoreError};
-    if !db.exists() {
-        return Err(store_failure(StoreError::Missing(db.display().to_string())));
-    }
-    let mut store = Store::open(db).map_err(store_failure)?;
-    // Sweeps by name, else runs by id prefix; each run once, in the order given.
+/// Sweeps by name, else runs by id prefix; each run once, in the order given.
+fn resolve_runs(store: &Store, db: &Path, targets: &[String]) -> Result<Vec<String>, Failure> {
     let mut ids: Vec<String> = Vec::new();
     for t in targets {
         let runs: Vec<String> = match store.sweep_runs(t).map_err(store_failure)? {
@@ -1177,6 +1187,107 @@ fn cmd_rescore(
             }
         }
     }
+    Ok(ids)
+}
+
+fn cmd_export_tooleval(
+    db: &Path,
+    target: &str,
+    dir: &Path,
+    name: Option<&str>,
+    json: bool,
+) -> Result<u8, Failure> {
+    use serde_json::json;
+    let store = Store::open_for_reading(db).map_err(store_failure)?;
+    let ids = resolve_runs(&store, db, &[target.to_string()])?;
+    if name.is_some() && ids.len() > 1 {
+        return Err(user(anyhow::anyhow!(
+            "--name names one run's answers, and {target} has {} runs",
+            ids.len()
+        )));
+    }
+    let mut exported = Vec::new();
+    for id in &ids {
+        let Some(generation) = store.run_generation(id).map_err(store_failure)? else {
+            exported.push(json!({"run_id": id, "episodes": 0, "note": "no finished generation"}));
+            continue;
+        };
+        let predictions = store.predictions(&generation).map_err(store_failure)?;
+        let (groups, skipped) = report::tooleval::convert(&predictions);
+        if groups.is_empty() {
+            exported.push(json!({"run_id": id, "episodes": 0, "skipped": skipped}));
+            continue;
+        }
+        let system = name.unwrap_or(id);
+        let files = report::tooleval::write(dir, system, &groups)
+            .with_context(|| format!("writing under {}", dir.display()))
+            .map_err(user)?;
+        let per_group: serde_json::Map<String, serde_json::Value> = groups
+            .iter()
+            .map(|(g, f)| (g.clone(), json!(f.len())))
+            .collect();
+        exported.push(json!({
+            "run_id": id,
+            "system": system,
+            "episodes": groups.values().map(|f| f.len()).sum::<usize>(),
+            "skipped": skipped,
+            "groups": per_group,
+            "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&json!({"runs": exported})).expect("json"));
+    } else {
+        for e in &exported {
+            match e["system"].as_str() {
+                Some(system) => println!(
+                    "{}: {} episodes as {system} ({})",
+                    e["run_id"].as_str().unwrap_or_default(),
+                    e["episodes"],
+                    e["groups"]
+                        .as_object()
+                        .map(|g| g
+                            .iter()
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
+                ),
+                None => println!(
+                    "{}: no episodes to export",
+                    e["run_id"].as_str().unwrap_or_default()
+                ),
+            }
+        }
+        println!(
+            "written under {}: score with StableToolBench's eval_pass_rate.py \
+             --converted_answer_path {} --test_ids {}",
+            dir.display(),
+            dir.join("model_predictions_converted").display(),
+            dir.join("test_query_ids").display()
+        );
+    }
+    if exported.iter().all(|e| e["system"].is_null()) {
+        return Err(user(anyhow::anyhow!(
+            "{target}: no run has stored episodes (ToolBench agent evaluation) to export"
+        )));
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_rescore(
+    db: &Path,
+    targets: &[String],
+    evaluator: crate::config::Evaluator,
+    sets: &[Override],
+    json: bool,
+) -> Result<u8, Failure> {
+    use crate::run::rescore::{self, RescoreError};
+    if !db.exists() {
+        return Err(store_failure(StoreError::Missing(db.display().to_string())));
+    }
+    let mut store = Store::open(db).map_err(store_failure)?;
+    let ids = resolve_runs(&store, db, targets)?;
     let mut runs = Vec::new();
     for id in &ids {
         let info = store

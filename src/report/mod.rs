@@ -9,6 +9,7 @@ pub mod format;
 pub mod plots;
 pub mod stats;
 mod templates;
+pub mod tooleval;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

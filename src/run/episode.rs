@@ -303,6 +303,10 @@ pub fn prediction(task: &Task, ep: Episode) -> Prediction {
             "finish_arguments": ep.finish_arguments,
             "query_id": task.query_id,
             "group": task.group,
+            // What ToolEval's converted format carries beside the answer, so that an
+            // export needs nothing but the database.
+            "query": task.query,
+            "available_tools": task.functions,
             "method": "CoT@1",
             "total_steps": total_steps,
             "steps": ep.steps,

@@ -2,7 +2,7 @@
 //! inference builds them (`rapidapi_wrapper.api_json_to_openai_json`): names standardised
 //! and suffixed with the tool (`<api>_for_<tool>`, at most 64 characters), RapidAPI types
 //! mapped to JSON-schema types, descriptions cut to 256 characters, defaults given as
-//! `example_value`; then `Finish`. The shared StableToolBench answers were made with these
+//! `example_value`, optional parameters only beside required ones; then `Finish`. The shared StableToolBench answers were made with these
 //! functions, and a test compares them field for field.
 
 use serde_json::{json, Map, Value};
@@ -111,9 +111,16 @@ pub fn api_function(api: &Value) -> Option<(ToolSpec, ApiRef)> {
     }
     let mut properties = Map::new();
     let mut lists = [Vec::new(), Vec::new()];
+    // ToolBench reads the optional parameters only of an API that has required ones (its
+    // loop over them sits inside that test); an API with none offers no parameters.
+    let has_required = api["required_parameters"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty());
+    let lists_read = if has_required { 2 } else { 0 };
     for (i, key) in ["required_parameters", "optional_parameters"]
         .iter()
         .enumerate()
+        .take(lists_read)
     {
         for p in api[*key].as_array().into_iter().flatten() {
             let pname = change_name(&standardize(p["name"].as_str().unwrap_or_default()));

@@ -1,6 +1,7 @@
 //! The one integration-test binary: end-to-end CLI tests and numerical parity with
 //! transformers and torch.
 
+mod agent;
 mod bad_input;
 mod bfcl;
 mod cli;

@@ -597,3 +597,90 @@ batch_size = 4
         .unwrap_or_else(|| panic!("no training-data row for toolllama:\n{report}"));
     assert!(row.contains(&format!("| {dropped} |")), "{row}");
 }
+
+/// `data.eval` may name a `test_instruction/<group>.json` file, that folder, or the folder
+/// above it: each reads as a query set, in the order of `test_query_ids/`, and so does
+/// every other shape of ToolBench file keep its own reading.
+#[test]
+fn the_six_test_groups_load_as_query_sets_in_their_id_files_order() {
+    use ablate::data::Source;
+    let stable = root().join("StableToolBench/solvable_queries");
+    let all = toolbench::load_query_set(&stable).unwrap();
+    assert_eq!(all.len(), 765);
+    let mut counts = std::collections::BTreeMap::new();
+    for (g, _) in &all {
+        *counts.entry(g.as_str()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [
+            ("G1_category", 153),
+            ("G1_instruction", 163),
+            ("G1_tool", 158),
+            ("G2_category", 124),
+            ("G2_instruction", 106),
+            ("G3_instruction", 61)
+        ]
+    );
+    let file = stable.join("test_instruction/G1_instruction.json");
+    let one = toolbench::load_query_set(&file).unwrap();
+    let ids: Vec<String> = one.iter().map(|(_, q)| toolbench::query_id(q)).collect();
+    let id_file = toolbench::load_query_ids(&stable.join("test_query_ids/G1_instruction.json"))
+        .unwrap();
+    assert_eq!(ids, id_file);
+    for p in [stable.clone(), stable.join("test_instruction"), file] {
+        assert!(matches!(Source::parse(p.to_str().unwrap()), Source::Queries(_)), "{p:?}");
+    }
+    let sft = root().join("ToolBench/toolllama/toolllama_G123_dfs_sample.json");
+    assert!(matches!(Source::parse(sft.to_str().unwrap()), Source::Conversations(_)));
+    let answers = root().join("ToolBench/data_example/answer");
+    assert!(matches!(Source::parse(answers.to_str().unwrap()), Source::ToolBench(_)));
+}
+
+/// The functions ablate offers for a test query are the ones ToolBench offered when
+/// StableToolBench's example answers were made: every function of the converted answers'
+/// `available_tools` (ToolBench's output), name, description and parameters, comes out
+/// of the query's `api_list` the same; only Finish's description is ablate's own words.
+#[test]
+fn functions_are_built_from_the_api_list_as_toolbench_built_them() {
+    use ablate::toolenv::Task;
+    let stable = root().join("StableToolBench");
+    let queries = toolbench::load_query_set(
+        &stable.join("solvable_queries/test_instruction/G1_instruction.json"),
+    )
+    .unwrap();
+    let mut compared = 0;
+    for system in ["virtual_chatgpt_cot", "virtual_chatgpt_dfs"] {
+        let preds = toolbench::load_converted(&stable.join(format!(
+            "data_example/model_predictions_converted/{system}/G1_instruction.json"
+        )))
+        .unwrap();
+        for (id, p) in &preds {
+            let (group, q) = queries
+                .iter()
+                .find(|(_, q)| &toolbench::query_id(q) == id)
+                .unwrap();
+            let task = Task::from_query(q, group);
+            assert_eq!(task.functions.len(), p.available_tools.len(), "{id}");
+            for (ours, theirs) in task.functions.iter().zip(&p.available_tools) {
+                assert_eq!(ours.name, theirs["name"], "{id}");
+                if ours.name != "Finish" {
+                    assert_eq!(ours.parameters, theirs["parameters"], "{id} {}", ours.name);
+                    assert_eq!(ours.description, theirs["description"], "{id}");
+                    compared += 1;
+                } else {
+                    // Finish: the same arguments, each described in ablate's words.
+                    let shape = |v: &Value| {
+                        let mut v = v.clone();
+                        for p in v["properties"].as_object_mut().unwrap().values_mut() {
+                            p.as_object_mut().unwrap().remove("description");
+                        }
+                        v
+                    };
+                    assert_eq!(shape(&ours.parameters), shape(&theirs["parameters"]));
+                }
+            }
+        }
+    }
+    assert!(compared >= 6, "{compared}");
+}
