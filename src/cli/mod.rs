@@ -1236,7 +1236,10 @@ fn cmd_export_tooleval(
         }));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({"runs": exported})).expect("json"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"runs": exported})).expect("json")
+        );
     } else {
         for e in &exported {
             match e["system"].as_str() {

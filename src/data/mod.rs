@@ -736,8 +736,8 @@ pub fn eval_examples(d: &SplitSpec) -> Result<Vec<Example>, DataError> {
 /// sorted: what a training's identity needs to know of its evaluation set.
 pub fn left_out_queries(d: &SplitSpec) -> Result<Vec<String>, DataError> {
     let (train, eval) = train_and_eval(d)?;
-    let evaluated: std::collections::HashSet<&str> =
-        eval.iter().map(|e| e.query.as_str()).collect();
+    let asked = query_set_queries(d.eval)?;
+    let evaluated = evaluated_queries(&eval, &asked);
     let out: std::collections::BTreeSet<String> = train
         .iter()
         .filter(|e| evaluated.contains(e.query.as_str()))
@@ -746,11 +746,34 @@ pub fn left_out_queries(d: &SplitSpec) -> Result<Vec<String>, DataError> {
     Ok(out.into_iter().collect())
 }
 
+/// The queries of a query set (which has no examples, only queries to answer).
+fn query_set_queries(eval: &Source) -> Result<Vec<String>, DataError> {
+    Ok(match eval {
+        Source::Queries(p) => toolbench::load_query_set(p)?
+            .into_iter()
+            .map(|(_, q)| q.query)
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// The queries a run is evaluated on: its examples' and its query set's (as written and
+/// trimmed, since the SFT files trim them).
+fn evaluated_queries<'a>(
+    eval: &'a [Example],
+    asked: &'a [String],
+) -> std::collections::HashSet<&'a str> {
+    eval.iter()
+        .map(|e| e.query.as_str())
+        .chain(asked.iter().flat_map(|q| [q.as_str(), q.trim()]))
+        .collect()
+}
+
 /// Loads a run's splits as its data config says.
 pub fn splits(d: &SplitSpec) -> Result<Splits, DataError> {
     let (train, eval) = train_and_eval(d)?;
-    let evaluated: std::collections::HashSet<&str> =
-        eval.iter().map(|e| e.query.as_str()).collect();
+    let asked = query_set_queries(d.eval)?;
+    let evaluated = evaluated_queries(&eval, &asked);
     let (train, left_out) = leave_out_queries(train, &evaluated);
     let synthetic_val = || synthetic::generate(d.n_test, d.seed ^ SYNTHETIC_VAL, "val");
     let (train, val) = if let Some(v) = d.val {

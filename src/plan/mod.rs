@@ -180,6 +180,23 @@ fn data_problem(
 ) -> Option<(String, String)> {
     let problem = |m: String| Some((key.to_string(), m));
     let source = spec.source()?;
+    if let crate::data::Source::Queries(path) = source {
+        // Test queries are answered as an agent: they need a template that can write a
+        // query without ToolBench's SFT turns.
+        return match crate::data::toolbench::load_query_set(path) {
+            Err(e) => problem(e.to_string()),
+            Ok(q) if q.is_empty() => problem(format!("{spec}: no queries")),
+            Ok(_) if template != Template::Compact => Some((
+                "data.template".into(),
+                format!(
+                    "\"{}\" writes ToolBench's SFT turns, which test queries do not have \
+                     (in {key} = \"{spec}\"); agent episodes use the \"compact\" template",
+                    template.name()
+                ),
+            )),
+            Ok(_) => None,
+        };
+    }
     match source.load() {
         Ok(Some(ex)) if ex.is_empty() => problem(format!("{spec}: no examples")),
         Ok(Some(ex)) => ex.iter().find_map(|e| template.prompt(e).err()).map(|e| {

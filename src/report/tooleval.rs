@@ -19,7 +19,10 @@ pub type GroupFile = Map<String, Value>;
 pub fn convert(predictions: &[Prediction]) -> (BTreeMap<String, GroupFile>, usize) {
     let mut groups: BTreeMap<String, GroupFile> = BTreeMap::new();
     let mut skipped = 0;
-    for p in predictions.iter().filter(|p| p.kind == PredictionKind::Episode) {
+    for p in predictions
+        .iter()
+        .filter(|p| p.kind == PredictionKind::Episode)
+    {
         let d = p.detail.clone().unwrap_or_default();
         let (Some(id), Some(group)) = (d["query_id"].as_str(), d["group"].as_str()) else {
             skipped += 1;
@@ -67,7 +70,10 @@ pub fn write(
         for id in file.keys() {
             ids.entry(id.clone()).or_insert(json!(0));
         }
-        write_atomically(&ids_path, &serde_json::to_string_pretty(&ids).expect("json"))?;
+        write_atomically(
+            &ids_path,
+            &serde_json::to_string_pretty(&ids).expect("json"),
+        )?;
         written.push(ids_path);
     }
     Ok(written)

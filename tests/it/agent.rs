@@ -42,7 +42,10 @@ struct Stub {
 }
 
 impl Stub {
-    fn start(port: u16, reply: impl Fn(&str, &str) -> (u16, String) + Send + Sync + 'static) -> Stub {
+    fn start(
+        port: u16,
+        reply: impl Fn(&str, &str) -> (u16, String) + Send + Sync + 'static,
+    ) -> Stub {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -60,7 +63,9 @@ impl Stub {
 
     fn seen(&self, prefix: &str) -> Vec<(String, String)> {
         let all = self.seen.lock().unwrap().clone();
-        all.into_iter().filter(|(p, _)| p.starts_with(prefix)).collect()
+        all.into_iter()
+            .filter(|(p, _)| p.starts_with(prefix))
+            .collect()
     }
 }
 
@@ -111,7 +116,10 @@ fn serve(stream: std::net::TcpStream, reply: &Handler, log: &Mutex<Vec<(String, 
 /// (the real-API relay) answers 503, so StableToolBench's server goes on to simulate.
 fn simulator(path: &str, body: &str) -> (u16, String) {
     if !path.ends_with("/chat/completions") {
-        return (503, json!({"message": "relay unavailable in tests"}).to_string());
+        return (
+            503,
+            json!({"message": "relay unavailable in tests"}).to_string(),
+        );
     }
     let h: String = Sha256::digest(body.as_bytes())[..6]
         .iter()
@@ -135,7 +143,10 @@ struct StableToolBench {
 
 impl StableToolBench {
     fn up(work: &Path, cache: &Path, stub: &Stub) -> StableToolBench {
-        let port = free_port();
+        Self::up_on(free_port(), work, cache, stub)
+    }
+
+    fn up_on(port: u16, work: &Path, cache: &Path, stub: &Stub) -> StableToolBench {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stabletoolbench-local.sh");
         let out = Command::new("bash")
             .arg(&script)
@@ -269,19 +280,30 @@ fn the_real_stabletoolbench_server_and_the_cache_backend_agree() {
     let stub = Stub::start(0, simulator);
     let server = StableToolBench::up(&tmp.path().join("server"), &cache, &stub);
     let ask = |task: &Task, function: &str, input: &str| {
-        let backend = Server::new(&server.url, String::new(), std::time::Duration::from_secs(30));
+        let backend = Server::new(
+            &server.url,
+            String::new(),
+            std::time::Duration::from_secs(30),
+        );
         observation(Env::new(task, vec![Box::new(backend)]).step(function, input))
     };
     for r in &recorded {
         let (text, by) = ask(&r.task, &r.function, &r.input);
         assert_eq!(by, Some("stabletoolbench"));
         assert_eq!(text, r.observation, "{} {}", r.function, r.input);
-        let (from_cache, by) =
-            observation(Env::new(&r.task, vec![Box::new(Cache::new(&cache))]).step(&r.function, &r.input));
+        let (from_cache, by) = observation(
+            Env::new(&r.task, vec![Box::new(Cache::new(&cache))]).step(&r.function, &r.input),
+        );
         assert_eq!((from_cache.as_str(), by), (text.as_str(), Some("cache")));
     }
-    assert_eq!(server.logged().get("cached_real_response"), Some(&recorded.len()));
-    assert!(stub.seen("/v1").is_empty(), "cached calls reach no simulator");
+    assert_eq!(
+        server.logged().get("cached_real_response"),
+        Some(&recorded.len())
+    );
+    assert!(
+        stub.seen("/v1").is_empty(),
+        "cached calls reach no simulator"
+    );
 
     // A call nobody made before: the relay answers 503, the simulator answers.
     let r = &recorded[0];
@@ -289,7 +311,10 @@ fn the_real_stabletoolbench_server_and_the_cache_backend_agree() {
     let (simulated, _) = ask(&r.task, &r.function, fresh);
     assert_eq!(stub.seen("/rapidapi").len(), 1);
     assert_eq!(stub.seen("/v1").len(), 1);
-    assert!(simulated.starts_with(r#"{"error": "", "response": "simulated response "#), "{simulated}");
+    assert!(
+        simulated.starts_with(r#"{"error": "", "response": "simulated response "#),
+        "{simulated}"
+    );
     // The server saved it; the cache alone now answers the same, and a cache miss is a miss.
     let mut env = Env::new(&r.task, vec![Box::new(Cache::new(&cache))]);
     assert_eq!(observation(env.step(&r.function, fresh)).0, simulated);
@@ -299,7 +324,10 @@ fn the_real_stabletoolbench_server_and_the_cache_backend_agree() {
     ));
     // Input that is not JSON: the server's parse error, from both.
     let (bad, _) = ask(&r.task, &r.function, "{q: broken");
-    assert_eq!(bad, r#"{"error": "Tool input parse error...\n", "response": ""}"#);
+    assert_eq!(
+        bad,
+        r#"{"error": "Tool input parse error...\n", "response": ""}"#
+    );
     let mut env = Env::new(&r.task, vec![Box::new(Cache::new(&cache))]);
     assert_eq!(observation(env.step(&r.function, "{q: broken")).0, bad);
     drop(server);
@@ -314,4 +342,428 @@ fn the_real_stabletoolbench_server_and_the_cache_backend_agree() {
         Outcome::BackendError(e) => assert!(e.contains("could not be reached"), "{e}"),
         other => panic!("{other:?}"),
     }
+}
+
+const GROUPS: [&str; 6] = [
+    "G1_instruction",
+    "G1_category",
+    "G1_tool",
+    "G2_instruction",
+    "G2_category",
+    "G3_instruction",
+];
+
+/// The agent sweep of the generalization question, shrunk for the CPU: the tiny model
+/// trained once on the shared toolllama sample, then run as an agent on the first two
+/// queries of each of the six StableToolBench groups, its tool calls answered by `tools`.
+fn agent_sweep(name: &str, tools: &str) -> String {
+    let s = shared();
+    let groups: Vec<String> = GROUPS
+        .iter()
+        .map(|g| {
+            format!(
+                "{:?}",
+                s.join(format!(
+                    "StableToolBench/solvable_queries/test_instruction/{g}.json"
+                ))
+                .display()
+                .to_string()
+            )
+        })
+        .collect();
+    format!(
+        r#"
+[experiment]
+name = "{name}"
+description = "Agent episodes on the six StableToolBench groups."
+report = "generalization"
+baseline = {{ "data.eval" = {first} }}
+[model]
+name = "tiny"
+[data]
+train = {train:?}
+eval = {first}
+vocab_size = 1000
+max_seq_len = 512
+truncation = "keep_end"
+[train]
+lr = 3e-3
+batch_size = 8
+[eval]
+evaluators = ["episode"]
+limit = 2
+max_turns = 2
+max_new_tokens = 24
+[eval.tools]
+{tools}
+[grid]
+"data.eval" = [{groups}]
+"#,
+        first = groups[0],
+        train = s
+            .join("ToolBench/toolllama/toolllama_G123_dfs_sample.json")
+            .display()
+            .to_string(),
+        groups = groups.join(", "),
+    )
+}
+
+/// Every stored episode step of a sweep: (example id, step number) → (observation, backend).
+fn sweep_steps(db: &Path, sweep: &str) -> BTreeMap<(String, usize), (Value, Value)> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut s = c
+        .prepare(
+            "SELECT p.example_id, p.detail_json FROM predictions p
+             JOIN run_stages rs ON rs.generation_id = p.generation_id
+             JOIN sweep_runs sr ON sr.run_id = rs.run_id
+             WHERE sr.sweep = ?1 AND p.kind = 'episode'",
+        )
+        .unwrap();
+    let rows: Vec<(String, String)> = s
+        .query_map([sweep], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut out = BTreeMap::new();
+    for (id, detail) in rows {
+        let d: Value = serde_json::from_str(&detail).unwrap();
+        for (k, step) in d["steps"].as_array().unwrap().iter().enumerate() {
+            out.insert(
+                (id.clone(), k),
+                (step["observation"].clone(), step["backend"].clone()),
+            );
+        }
+    }
+    out
+}
+
+/// The acceptance sweep: agent episodes on all six groups through StableToolBench's real
+/// server (response cache + stubbed simulator), every episode stored, per-group rows in the
+/// report; the same episodes through the `cache` backend alone (the folder the server
+/// read and wrote) give the same observations without retraining; and the ToolEval export
+/// is read by StableToolBench's own code with the DB's query count and answers.
+#[test]
+fn a_cpu_agent_sweep_runs_through_the_real_server_and_the_cache_gives_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("tool_response_cache");
+    build_cache(&cache);
+    let stub = Stub::start(0, simulator);
+    let server = StableToolBench::up(&tmp.path().join("server"), &cache, &stub);
+    let (dir, _) = setup(&agent_sweep(
+        "agent",
+        &format!("backends = [\"stabletoolbench\"]\nurl = {:?}", server.url),
+    ));
+    let d = dir.path();
+    stdout_ok(&ablate(d, &["run", "experiments/micro.toml"]));
+    let db = d.join("results/ablate.db");
+    // Every episode stored: 2 queries of each of the 6 groups, under its group.
+    let groups = text_rows(
+        &db,
+        "SELECT category || ' ' || count(*) FROM predictions WHERE kind = 'episode' GROUP BY category ORDER BY category",
+    );
+    let mut want: Vec<String> = GROUPS.iter().map(|g| format!("{g} 2")).collect();
+    want.sort();
+    assert_eq!(groups, want);
+    let via_server = sweep_steps(&db, "agent");
+    assert!(!via_server.is_empty());
+    // What went to the server is what the server logged.
+    let server_steps = via_server
+        .values()
+        .filter(|(_, b)| b == "stabletoolbench")
+        .count();
+    assert_eq!(server.logged().values().sum::<usize>(), server_steps);
+    // The report has a row per group with its pass rate.
+    let report = std::fs::read_to_string(d.join("results/reports/agent.md")).unwrap();
+    for g in GROUPS {
+        assert!(report.contains(&format!("{g}.json")), "{g}:\n{report}");
+    }
+
+    // The same episodes through the cache alone (the server down): the same observations,
+    // and the training is the one already done.
+    drop(server);
+    std::fs::write(
+        d.join("experiments/cache.toml"),
+        agent_sweep(
+            "agent-cache",
+            &format!(
+                "backends = [\"cache\"]\ncache = {:?}",
+                cache.display().to_string()
+            ),
+        ),
+    )
+    .unwrap();
+    let out = stdout_ok(&ablate(d, &["run", "experiments/cache.toml", "--json"]));
+    assert!(
+        !out.contains("\"stage\":\"train\""),
+        "nothing is retrained:\n{out}"
+    );
+    let via_cache = sweep_steps(&db, "agent-cache");
+    assert_eq!(via_cache.len(), via_server.len());
+    for (k, (obs, by)) in &via_server {
+        let (cached, cached_by) = &via_cache[k];
+        assert_eq!(cached, obs, "{k:?}");
+        if by == "stabletoolbench" {
+            assert_eq!(cached_by, "cache", "{k:?}");
+        }
+    }
+
+    // The ToolEval export, read by StableToolBench's eval_pass_rate.py loading code.
+    let export = tmp.path().join("tooleval");
+    let runs = text_rows(
+        &db,
+        "SELECT run_id FROM sweep_runs WHERE sweep = 'agent' ORDER BY position",
+    );
+    let out = stdout_ok(&ablate(
+        d,
+        &[
+            "export",
+            &runs[0],
+            "--tooleval",
+            export.to_str().unwrap(),
+            "--name",
+            "ablate-tiny",
+            "--json",
+        ],
+    ));
+    let written: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(written["runs"][0]["episodes"], 2);
+    let python = venv_python();
+    let tooleval = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/upstream/StableToolBench/toolbench/tooleval");
+    // eval_pass_rate.py's own reading of its inputs (its __main__ asks an LLM after this):
+    // the test ids, the converted answers, and get_steps on every one of them.
+    let script = r#"
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from utils import get_steps
+converted, test_ids, test_set, reference_model = sys.argv[2:6]
+reference_path = f"{converted}/{reference_model}/{test_set}.json"
+test_ids = list(json.load(open(os.path.join(test_ids, test_set+".json"), "r")).keys())
+reference_examples = json.load(open(reference_path, "r"))
+out = {}
+for query_id in test_ids:
+    example = reference_examples[query_id]
+    answer_steps, final_step = get_steps(example)
+    out[query_id] = {"query": example["query"], "final_answer": example["answer"]["final_answer"],
+                     "steps": answer_steps, "finished": "'name': 'Finish'" in final_step,
+                     "tools": len(example["available_tools"])}
+print(json.dumps(out))
+"#;
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            script,
+            tooleval.to_str().unwrap(),
+            export.join("model_predictions_converted").to_str().unwrap(),
+            export.join("test_query_ids").to_str().unwrap(),
+            "G1_instruction",
+            "ablate-tiny",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let stored: Vec<(String, String)> = c
+        .prepare(
+            "SELECT p.detail_json, p.example_id FROM predictions p
+             JOIN run_stages rs ON rs.generation_id = p.generation_id WHERE rs.run_id = ?1",
+        )
+        .unwrap()
+        .query_map([&runs[0]], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(read.as_object().unwrap().len(), stored.len());
+    for (detail, example_id) in stored {
+        let d: Value = serde_json::from_str(&detail).unwrap();
+        let id = d["query_id"].as_str().unwrap();
+        assert_eq!(example_id, format!("G1_instruction-{id}"));
+        let r = &read[id];
+        assert_eq!(r["query"], d["query"]);
+        assert_eq!(r["final_answer"], d["finish_arguments"]);
+        assert_eq!(
+            r["finished"],
+            d["ending"] != "no_finish" && d["ending"] != "context_overflow"
+        );
+        assert_eq!(r["tools"], d["available_tools"].as_array().unwrap().len());
+        // get_steps numbers every tool call of the path.
+        let calls = d["steps"].as_array().unwrap().len();
+        assert_eq!(r["steps"].as_str().unwrap().matches("Step ").count(), calls);
+    }
+}
+
+fn venv_python() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stabletoolbench-local.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("venv")
+        .without_ablate_env()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A model that always makes one call, trained for it: ToolBench SFT entries (as its
+/// preprocessing writes them) for G2_category queries 43 and 61, whose functions are
+/// those of the G1_category queries evaluated (28, 29: the suivi-colis tool), each
+/// answered with a call to `latest_for_suivi_colis`. A fixture policy: what it calls is
+/// known, and its prompts look like the ones it is evaluated on.
+fn fixture_training(dir: &Path) -> PathBuf {
+    let queries = toolbench::load_query_set(
+        &shared().join("StableToolBench/solvable_queries/test_instruction/G2_category.json"),
+    )
+    .unwrap();
+    let mut entries = Vec::new();
+    for (group, q) in queries
+        .iter()
+        .filter(|(_, q)| ["43", "61"].contains(&toolbench::query_id(q).as_str()))
+    {
+        let task = Task::from_query(q, group);
+        // Prompts of many lengths, so that the call is learnt wherever it starts (the
+        // model's positions are learnt too).
+        for k in 0..16 {
+            let offered = &task.functions[k % 3..];
+            let functions = PyValue::parse(&serde_json::to_string(offered).unwrap()).unwrap();
+            let system = format!(
+                "A fixture.\nSpecifically, you have access to the following APIs: {}",
+                functions.py_str()
+            );
+            let query = format!("{}{}", q.query, " Thanks.".repeat(k));
+            entries.push(json!({
+                "id": format!("Step 2: {query}"),
+                "conversations": [
+                    {"from": "system", "value": system},
+                    {"from": "user", "value": query},
+                    {"from": "assistant", "value": "\nThought: track it\nAction: latest_for_suivi_colis\nAction Input: {\"colisid\": \"CA107308006SI\"}"},
+                ],
+            }));
+        }
+    }
+    assert_eq!(entries.len(), 32);
+    let path = dir.join("fixture-train.json");
+    std::fs::write(&path, serde_json::to_string(&entries).unwrap()).unwrap();
+    path
+}
+
+/// Two queries of G1_category (28 and 29) in the released layout.
+fn two_queries(dir: &Path) -> PathBuf {
+    let stable = shared().join("StableToolBench/solvable_queries");
+    let all: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(stable.join("test_instruction/G1_category.json")).unwrap(),
+    )
+    .unwrap();
+    let picked: Vec<&Value> = all
+        .iter()
+        .filter(|q| q["query_id"] == 28 || q["query_id"] == 29)
+        .collect();
+    assert_eq!(picked.len(), 2);
+    let root = dir.join("queries");
+    std::fs::create_dir_all(root.join("test_instruction")).unwrap();
+    std::fs::create_dir_all(root.join("test_query_ids")).unwrap();
+    std::fs::write(
+        root.join("test_instruction/G1_category.json"),
+        serde_json::to_string(&picked).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("test_query_ids/G1_category.json"),
+        json!({"28": 0, "29": 0}).to_string(),
+    )
+    .unwrap();
+    root
+}
+
+/// A tool backend that is down ends the episodes as `backend_error` with a clear message
+/// (the run fails; the training is kept); run again with StableToolBench's server up on
+/// that address, the episodes are generated again, answered by it, and nothing retrains.
+#[test]
+fn a_backend_that_is_down_gives_backend_error_and_a_rerun_evaluates_without_retraining() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = fixture_training(tmp.path());
+    let queries = two_queries(tmp.path());
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let sweep = format!(
+        r#"
+[experiment]
+name = "down"
+[model]
+name = "tiny"
+[data]
+train = {train:?}
+eval = {queries:?}
+vocab_size = 600
+max_seq_len = 256
+[train]
+lr = 3e-3
+epochs = 20
+batch_size = 8
+[eval]
+evaluators = ["episode"]
+max_turns = 2
+max_new_tokens = 40
+[eval.tools]
+backends = ["stabletoolbench"]
+url = {url:?}
+timeout_s = 5
+"#,
+        train = train.display().to_string(),
+        queries = queries.display().to_string(),
+    );
+    let (dir, _) = setup(&sweep);
+    let d = dir.path();
+    let out = ablate(d, &["run", "experiments/micro.toml"]);
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("backend_error") && text.contains("could not be reached"),
+        "{text}"
+    );
+    let db = d.join("results/ablate.db");
+    assert_eq!(text_rows(&db, "SELECT status FROM runs"), ["failed"]);
+    assert_eq!(text_rows(&db, "SELECT status FROM trainings"), ["done"]);
+    let endings = text_rows(
+        &db,
+        "SELECT json_extract(detail_json, '$.ending') FROM predictions ORDER BY example_id",
+    );
+    assert_eq!(endings, ["backend_error", "backend_error"]);
+
+    // The server is up on that address now: the same command evaluates, nothing retrains.
+    let stub = Stub::start(0, simulator);
+    let server = StableToolBench::up_on(
+        port,
+        &tmp.path().join("server"),
+        &tmp.path().join("cache"),
+        &stub,
+    );
+    let out = stdout_ok(&ablate(d, &["run", "experiments/micro.toml", "--json"]));
+    assert!(!out.contains("\"stage\":\"train\""), "{out}");
+    assert!(out.contains("\"stage\":\"generate\""), "{out}");
+    assert_eq!(text_rows(&db, "SELECT status FROM runs"), ["done"]);
+    let steps = sweep_steps(&db, "down");
+    let answered = steps
+        .values()
+        .filter(|(obs, by)| {
+            by == "stabletoolbench" && obs.as_str().unwrap().contains("simulated response")
+        })
+        .count();
+    assert!(answered >= 2, "{steps:?}");
+    // The first call was simulated and saved; the same call again came from its cache.
+    let logged = server.logged();
+    assert_eq!(logged.get("fake_response"), Some(&1), "{logged:?}");
+    assert_eq!(logged.values().sum::<usize>(), answered, "{logged:?}");
 }

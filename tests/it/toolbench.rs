@@ -625,16 +625,25 @@ fn the_six_test_groups_load_as_query_sets_in_their_id_files_order() {
     let file = stable.join("test_instruction/G1_instruction.json");
     let one = toolbench::load_query_set(&file).unwrap();
     let ids: Vec<String> = one.iter().map(|(_, q)| toolbench::query_id(q)).collect();
-    let id_file = toolbench::load_query_ids(&stable.join("test_query_ids/G1_instruction.json"))
-        .unwrap();
+    let id_file =
+        toolbench::load_query_ids(&stable.join("test_query_ids/G1_instruction.json")).unwrap();
     assert_eq!(ids, id_file);
     for p in [stable.clone(), stable.join("test_instruction"), file] {
-        assert!(matches!(Source::parse(p.to_str().unwrap()), Source::Queries(_)), "{p:?}");
+        assert!(
+            matches!(Source::parse(p.to_str().unwrap()), Source::Queries(_)),
+            "{p:?}"
+        );
     }
     let sft = root().join("ToolBench/toolllama/toolllama_G123_dfs_sample.json");
-    assert!(matches!(Source::parse(sft.to_str().unwrap()), Source::Conversations(_)));
+    assert!(matches!(
+        Source::parse(sft.to_str().unwrap()),
+        Source::Conversations(_)
+    ));
     let answers = root().join("ToolBench/data_example/answer");
-    assert!(matches!(Source::parse(answers.to_str().unwrap()), Source::ToolBench(_)));
+    assert!(matches!(
+        Source::parse(answers.to_str().unwrap()),
+        Source::ToolBench(_)
+    ));
 }
 
 /// The functions ablate offers for a test query are the ones ToolBench offered when
