@@ -22,6 +22,18 @@ pub fn version(e: Evaluator) -> &'static str {
     }
 }
 
+/// What an evaluator's rate measures, in the words reports use: a "pass rate" is
+/// ToolEval's verdict on an agent's whole answer; the others say what they count.
+pub fn measure(e: Evaluator, dataset: &str) -> &'static str {
+    match (e, dataset) {
+        (Evaluator::Rules, "toolbench") => "step accuracy: the next call, teacher-forced",
+        (Evaluator::Rules, _) => "exact-match accuracy of the call",
+        (Evaluator::Bfcl, _) => "BFCL AST accuracy",
+        (Evaluator::Episode, _) => "answer rate: the agent gave a final answer, not judged",
+        (Evaluator::LlmJudge, _) => "pass rate: an LLM judge, ToolEval's procedure",
+    }
+}
+
 /// A parsed assistant turn: `Thought: ... Action: ... Action Input: {...}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReactStep {

@@ -110,9 +110,14 @@ pub struct Breakdown {
     pub rate: f64,
     pub ci_low: f64,
     pub ci_high: f64,
-    /// Rate minus the run's first category (in sorted order: G1 before G2, the seen-tools
-    /// reference in ToolBench's naming), in points.
+    /// What the rate measures (step accuracy, answer rate, ToolEval's pass rate, ...).
+    pub measure: &'static str,
+    /// Rate minus the reference's, in points: the same configuration's G1_instruction
+    /// (the test group whose tools training has seen, in ToolBench's naming) when the
+    /// sweep has it, else the run's first category in sorted order.
     pub gap: f64,
+    /// The category the gap is to.
+    pub reference: String,
 }
 
 /// The what-if of a router: the small model answers; whatever it fails by its rule checks
@@ -453,7 +458,34 @@ fn seed_groups(runs: &[Loaded]) -> Vec<SeedGroup> {
         .collect()
 }
 
+/// ToolBench's test group whose tools the training data has seen: the reference of the
+/// generalization question.
+const SEEN_TOOLS_GROUP: &str = "G1_instruction";
+
+/// A run's configuration less what only picks the evaluation set: runs that share it
+/// evaluated the same trained model.
+fn model_key(r: &RunRow) -> String {
+    let mut axes = r.axes.clone();
+    axes.remove("data.eval");
+    axes.remove("eval.evaluators");
+    serde_json::to_string(&axes).unwrap_or_default()
+}
+
 fn breakdown(runs: &[Loaded]) -> Vec<Breakdown> {
+    // The seen-tools group's rate of each configuration, evaluator and dataset.
+    let mut seen_tools: HashMap<(String, &str, &str), f64> = HashMap::new();
+    for r in runs {
+        let (mut n, mut passed) = (HashMap::new(), HashMap::new());
+        for v in r.verdicts.iter().filter(|v| v.category == SEEN_TOOLS_GROUP) {
+            *n.entry((v.evaluator.as_str(), v.dataset.as_str())).or_insert(0usize) += 1;
+            *passed
+                .entry((v.evaluator.as_str(), v.dataset.as_str()))
+                .or_insert(0usize) += v.passed as usize;
+        }
+        for (k, n) in n {
+            seen_tools.insert((model_key(&r.row), k.0, k.1), passed[&k] as f64 / n as f64);
+        }
+    }
     let mut out = Vec::new();
     for r in runs {
         // (evaluator, dataset, category) -> (n, passed)
@@ -465,10 +497,15 @@ fn breakdown(runs: &[Loaded]) -> Vec<Breakdown> {
             c.0 += 1;
             c.1 += v.passed as usize;
         }
-        let mut first: HashMap<(&str, &str), f64> = HashMap::new();
+        let mut first: HashMap<(&str, &str), (&str, f64)> = HashMap::new();
         for ((ev, ds, cat), (n, passed)) in cells {
             let rate = passed as f64 / n as f64;
-            let reference = *first.entry((ev, ds)).or_insert(rate);
+            let first_category = *first.entry((ev, ds)).or_insert((cat, rate));
+            let (reference, reference_rate) =
+                match seen_tools.get(&(model_key(&r.row), ev, ds)) {
+                    Some(&seen) => (SEEN_TOOLS_GROUP, seen),
+                    None => first_category,
+                };
             let (lo, hi) = stats::wilson(passed, n, Z95);
             out.push(Breakdown {
                 run_id: r.row.run_id.clone(),
@@ -481,7 +518,10 @@ fn breakdown(runs: &[Loaded]) -> Vec<Breakdown> {
                 rate,
                 ci_low: lo,
                 ci_high: hi,
-                gap: rate - reference,
+                measure: crate::config::Evaluator::parse(ev)
+                    .map_or("pass rate", |e| crate::eval::measure(e, ds)),
+                gap: rate - reference_rate,
+                reference: reference.to_string(),
             });
         }
     }
