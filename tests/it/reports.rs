@@ -240,27 +240,15 @@ fn the_paper_sweeps_plan_once_their_data_and_weights_are_there() {
         std::fs::create_dir_all(at.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(target, at).unwrap();
     };
-    let answers = shared.join("toolbench/ToolBench/data_example/answer");
+    // The test queries in the released layout (StableToolBench's solvable ones standing
+    // in), and an empty tool response cache.
+    let queries = shared.join("toolbench/StableToolBench/solvable_queries");
+    link(queries.join("test_instruction"), "data/toolbench/test_instruction");
+    link(queries.join("test_query_ids"), "data/toolbench/test_query_ids");
+    std::fs::create_dir_all(d.join("data/toolbench/tool_response_cache")).unwrap();
     let sft = shared.join("toolbench/ToolBench/toolllama/toolllama_G123_dfs_sample.json");
     link(sft.clone(), "data/toolbench/toolllama_G123_dfs_train.json");
     link(sft, "data/toolbench/toolllama_G123_dfs_eval.json");
-    for g in [
-        "G1_instruction",
-        "G1_category",
-        "G1_tool",
-        "G2_instruction",
-        "G2_category",
-        "G3_instruction",
-    ] {
-        let src = if g.starts_with("G1") {
-            "G1_answer"
-        } else if g.starts_with("G2") {
-            "G2_answer"
-        } else {
-            "G3_answer"
-        };
-        link(answers.join(src), &format!("data/toolbench/test/{g}"));
-    }
     for f in ["BFCL_v4_simple_python.json", "BFCL_v4_multiple.json"] {
         link(shared.join("bfcl").join(f), &format!("data/bfcl/{f}"));
     }
