@@ -21,13 +21,15 @@ venv="${ABLATE_STB_VENV:-$HOME/.cache/ablate/stabletoolbench-venv}"
 log() { echo "stabletoolbench-local: $*" >&2; }
 
 ensure_venv() {
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import fastapi, uvicorn, slowapi, openai, yaml, requests, tenacity, numpy, pandas, tqdm" 2>/dev/null; then
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import fastapi, uvicorn, slowapi, openai, yaml, requests, tenacity, numpy, pandas, tqdm, backoff" 2>/dev/null; then
     return
   fi
   log "installing StableToolBench's server and ToolEval requirements into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$upstream/server/requirements.txt"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$upstream/toolbench/tooleval/requirements.txt"
+  # eval_pass_rate.py also imports backoff, which its requirements.txt does not list.
+  "$venv/bin/pip" install -q --disable-pip-version-check backoff
 }
 
 case "${1:-}" in

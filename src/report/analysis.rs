@@ -477,7 +477,8 @@ fn breakdown(runs: &[Loaded]) -> Vec<Breakdown> {
     for r in runs {
         let (mut n, mut passed) = (HashMap::new(), HashMap::new());
         for v in r.verdicts.iter().filter(|v| v.category == SEEN_TOOLS_GROUP) {
-            *n.entry((v.evaluator.as_str(), v.dataset.as_str())).or_insert(0usize) += 1;
+            *n.entry((v.evaluator.as_str(), v.dataset.as_str()))
+                .or_insert(0usize) += 1;
             *passed
                 .entry((v.evaluator.as_str(), v.dataset.as_str()))
                 .or_insert(0usize) += v.passed as usize;
@@ -501,11 +502,10 @@ fn breakdown(runs: &[Loaded]) -> Vec<Breakdown> {
         for ((ev, ds, cat), (n, passed)) in cells {
             let rate = passed as f64 / n as f64;
             let first_category = *first.entry((ev, ds)).or_insert((cat, rate));
-            let (reference, reference_rate) =
-                match seen_tools.get(&(model_key(&r.row), ev, ds)) {
-                    Some(&seen) => (SEEN_TOOLS_GROUP, seen),
-                    None => first_category,
-                };
+            let (reference, reference_rate) = match seen_tools.get(&(model_key(&r.row), ev, ds)) {
+                Some(&seen) => (SEEN_TOOLS_GROUP, seen),
+                None => first_category,
+            };
             let (lo, hi) = stats::wilson(passed, n, Z95);
             out.push(Breakdown {
                 run_id: r.row.run_id.clone(),

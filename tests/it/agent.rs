@@ -126,10 +126,17 @@ fn simulator(path: &str, body: &str) -> (u16, String) {
         .map(|b| format!("{b:02x}"))
         .collect();
     let content = json!({"error": "", "response": format!("simulated response {h}")}).to_string();
+    // A judge's request (ToolEval's) names functions: it gets a call of the first, with
+    // every field a ToolEval function asks for.
+    let req: Value = serde_json::from_str(body).unwrap_or_default();
+    let function_call = req["functions"][0]["name"].as_str().map(|name| {
+        json!({"name": name, "arguments": json!({"answer_status": "Unsure",
+            "solvable": "Unsure", "preference": 0, "reason": "stub"}).to_string()})
+    });
     let reply = json!({
         "id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": "stub-simulator",
         "choices": [{"index": 0, "finish_reason": "stop",
-            "message": {"role": "assistant", "content": content}}],
+            "message": {"role": "assistant", "content": content, "function_call": function_call}}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     });
     (200, reply.to_string())
@@ -579,6 +586,48 @@ print(json.dumps(out))
         .map(Result::unwrap)
         .collect();
     assert_eq!(read.as_object().unwrap().len(), stored.len());
+    // And eval_pass_rate.py itself, run as it is, with its LLM calls going to the stub.
+    let pool = tmp.path().join("api_pool.json");
+    std::fs::write(
+        &pool,
+        json!([{"api_key": "stub", "api_base": format!("{}/v1", stub.base)}]).to_string(),
+    )
+    .unwrap();
+    let results = tmp.path().join("pass_rate_results");
+    std::fs::create_dir_all(&results).unwrap();
+    let out = Command::new(&python)
+        .current_dir(&tooleval)
+        .args(["eval_pass_rate.py", "--converted_answer_path"])
+        .arg(export.join("model_predictions_converted"))
+        .arg("--save_path")
+        .arg(&results)
+        .args(["--reference_model", "ablate-tiny", "--test_ids"])
+        .arg(export.join("test_query_ids"))
+        .args([
+            "--evaluator",
+            "tooleval_gpt-3.5-turbo_default",
+            "--max_eval_threads",
+            "1",
+            "--evaluate_times",
+            "2",
+            "--test_set",
+            "G1_instruction",
+        ])
+        .env("API_POOL_FILE", &pool)
+        .env_remove("OPENAI_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "eval_pass_rate.py: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let judged: Value = serde_json::from_str(
+        &std::fs::read_to_string(results.join("G1_instruction_ablate-tiny.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(judged.as_object().unwrap().len(), stored.len());
     for (detail, example_id) in stored {
         let d: Value = serde_json::from_str(&detail).unwrap();
         let id = d["query_id"].as_str().unwrap();
@@ -594,6 +643,15 @@ print(json.dumps(out))
         // get_steps numbers every tool call of the path.
         let calls = d["steps"].as_array().unwrap().len();
         assert_eq!(r["steps"].as_str().unwrap().matches("Step ").count(), calls);
+        // ToolEval judged it: an answer without Finish is Unsolved without asking.
+        let verdicts = judged[id]["is_solved"].as_object().unwrap();
+        assert_eq!(verdicts.len(), 2);
+        if r["finished"] == false {
+            assert!(
+                verdicts.values().all(|v| v == "AnswerStatus.Unsolved"),
+                "{verdicts:?}"
+            );
+        }
     }
 }
 

@@ -51,11 +51,7 @@ fn a_schema_4_database_migrates_reports_unchanged_and_keeps_its_run_ids() {
             std::fs::read_to_string(tmp.path().join(format!("reports/v4-{name}.md"))).unwrap();
         let then = std::fs::read_to_string(repo().join(format!("{FIXTURE}/reports/v4-{name}.md")))
             .unwrap();
-        assert_eq!(
-            in_v4_breakdown_format(&now),
-            then,
-            "v4-{name}.md changed"
-        );
+        assert_eq!(in_v4_breakdown_format(&now), then, "v4-{name}.md changed");
     }
     let c = Connection::open(&db).unwrap();
     let version: i64 = c

@@ -243,8 +243,14 @@ fn the_paper_sweeps_plan_once_their_data_and_weights_are_there() {
     // The test queries in the released layout (StableToolBench's solvable ones standing
     // in), and an empty tool response cache.
     let queries = shared.join("toolbench/StableToolBench/solvable_queries");
-    link(queries.join("test_instruction"), "data/toolbench/test_instruction");
-    link(queries.join("test_query_ids"), "data/toolbench/test_query_ids");
+    link(
+        queries.join("test_instruction"),
+        "data/toolbench/test_instruction",
+    );
+    link(
+        queries.join("test_query_ids"),
+        "data/toolbench/test_query_ids",
+    );
     std::fs::create_dir_all(d.join("data/toolbench/tool_response_cache")).unwrap();
     let sft = shared.join("toolbench/ToolBench/toolllama/toolllama_G123_dfs_sample.json");
     link(sft.clone(), "data/toolbench/toolllama_G123_dfs_train.json");
