@@ -427,6 +427,8 @@ pub enum ToolBackend {
     Cache,
     /// StableToolBench's server (`POST {url}/virtual`).
     Stabletoolbench,
+    /// An OpenAI-compatible model playing the API (`[eval.tools.simulator]`).
+    Simulate,
 }
 
 impl ToolBackend {
@@ -435,6 +437,7 @@ impl ToolBackend {
             ToolBackend::Recorded => "recorded",
             ToolBackend::Cache => "cache",
             ToolBackend::Stabletoolbench => "stabletoolbench",
+            ToolBackend::Simulate => "simulate",
         }
     }
 }
@@ -455,6 +458,39 @@ pub struct ToolsConfig {
     pub key_env: String,
     /// Seconds per request to the server before it is retried (3 attempts in all).
     pub timeout_s: u64,
+    /// The `simulate` backend's model.
+    pub simulator: SimulatorConfig,
+}
+
+/// `[eval.tools.simulator]`: an OpenAI-compatible chat-completions endpoint asked to play
+/// the API, as StableToolBench's simulator does. Its answers are kept in the results
+/// database, so a generation done again asks nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatorConfig {
+    /// Base URL; `/chat/completions` is appended.
+    pub url: String,
+    pub model: String,
+    /// A file with the system prompt (e.g. your copy of StableToolBench's); empty: ablate's
+    /// own words.
+    pub prompt: String,
+    /// The environment variable holding the API key (read at run time, never stored).
+    pub api_key_env: String,
+    pub temperature: f64,
+    pub timeout_s: u64,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        SimulatorConfig {
+            url: String::new(),
+            model: String::new(),
+            prompt: String::new(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            temperature: 0.0,
+            timeout_s: 60,
+        }
+    }
 }
 
 impl Default for ToolsConfig {
@@ -465,6 +501,7 @@ impl Default for ToolsConfig {
             url: String::new(),
             key_env: "TOOLBENCH_KEY".into(),
             timeout_s: 60,
+            simulator: SimulatorConfig::default(),
         }
     }
 }
@@ -862,7 +899,9 @@ impl RunConfig {
                          \"stabletoolbench\" (its server)"
                             .into(),
                     ),
-                    ToolBackend::Cache | ToolBackend::Stabletoolbench if d.eval.is_toolbench() => {
+                    ToolBackend::Cache | ToolBackend::Stabletoolbench | ToolBackend::Simulate
+                        if d.eval.is_toolbench() =>
+                    {
                         bad(
                             "eval.tools.backends",
                             format!(
@@ -880,6 +919,28 @@ impl RunConfig {
                             t.cache
                         ),
                     ),
+                    ToolBackend::Simulate => {
+                        let sim = &t.simulator;
+                        if !(sim.url.starts_with("http://") || sim.url.starts_with("https://")) {
+                            bad(
+                                "eval.tools.simulator.url",
+                                format!(
+                                    "the \"simulate\" backend needs an OpenAI-compatible \
+                                     endpoint (http://...), found \"{}\"",
+                                    sim.url
+                                ),
+                            );
+                        }
+                        if sim.model.trim().is_empty() {
+                            bad("eval.tools.simulator.model", "the \"simulate\" backend needs it".into());
+                        }
+                        if !sim.prompt.is_empty() && !std::path::Path::new(&sim.prompt).is_file() {
+                            bad(
+                                "eval.tools.simulator.prompt",
+                                format!("no such file: \"{}\"", sim.prompt),
+                            );
+                        }
+                    }
                     ToolBackend::Stabletoolbench
                         if !(t.url.starts_with("http://") || t.url.starts_with("https://")) =>
                     {

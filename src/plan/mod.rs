@@ -95,7 +95,7 @@ const ADDED_KEYS: &[(&str, &str, &str)] = &[
     (
         "eval",
         "tools",
-        r#"{"backends":["recorded"],"cache":"","key_env":"TOOLBENCH_KEY","timeout_s":60,"url":""}"#,
+        r#"{"backends":["recorded"],"cache":"","key_env":"TOOLBENCH_KEY","simulator":{"api_key_env":"OPENAI_API_KEY","model":"","prompt":"","temperature":0.0,"timeout_s":60,"url":""},"timeout_s":60,"url":""}"#,
     ),
     ("data", "template", r#""compact""#),
     ("data", "truncation", r#""keep_start""#),

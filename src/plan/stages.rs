@@ -171,7 +171,17 @@ pub fn generation_key(cfg: &RunConfig, training: &str, epoch: Option<usize>) -> 
         // on) replaced ending the episode at the first mistake.
         decoding["protocol"] = json!(EPISODE_PROTOCOL);
         let t = &e.tools;
-        decoding["tools"] = json!({"backends": t.backends, "cache": t.cache, "url": t.url});
+        let mut tools = json!({"backends": t.backends, "cache": t.cache, "url": t.url});
+        if t.backends.contains(&crate::config::ToolBackend::Simulate) {
+            // The simulator's prompt is part of what it answers: its text, hashed.
+            let s = &t.simulator;
+            let prompt = std::fs::read(&s.prompt)
+                .map(|b| format!("{:x}", Sha256::digest(&b)))
+                .unwrap_or_default();
+            tools["simulator"] = json!({"url": s.url, "model": s.model,
+                "temperature": s.temperature, "prompt": prompt});
+        }
+        decoding["tools"] = tools;
     }
     json!({
         "training": training,

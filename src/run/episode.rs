@@ -15,9 +15,11 @@ use super::train::Loaded;
 use super::RunError;
 use crate::config::{RunConfig, ToolBackend};
 use crate::data::{self, Example, GoldCall, Source, Turn, EOS_ID};
+use crate::eval::llm_judge::AnswerCache;
 use crate::eval::{parse_react, Prediction, PredictionKind};
 use crate::exec::{Event, RunContext};
 use crate::model::{self, Decoding, GenerateOptions};
+use crate::toolenv::simulate::{Simulator, SimulatorSettings, DEFAULT_PROMPT};
 use crate::toolenv::{backend, Env, Outcome, Task};
 use crate::train::TrainError;
 
@@ -88,8 +90,14 @@ pub fn tasks(cfg: &RunConfig) -> Result<Vec<Task>, RunError> {
     Ok(tasks)
 }
 
-/// The backends of `eval.tools`, for one task.
-fn backends<'a>(cfg: &RunConfig, task: &'a Task) -> Vec<Box<dyn backend::Backend + 'a>> {
+/// The backends of `eval.tools`, for one task; `simulator_prompt` is the simulator's
+/// system prompt, `answers` where its answers are kept.
+fn backends<'a>(
+    cfg: &RunConfig,
+    task: &'a Task,
+    simulator_prompt: &str,
+    answers: Option<&'a dyn AnswerCache>,
+) -> Vec<Box<dyn backend::Backend + 'a>> {
     let t = &cfg.eval.tools;
     t.backends
         .iter()
@@ -107,6 +115,22 @@ fn backends<'a>(cfg: &RunConfig, task: &'a Task) -> Vec<Box<dyn backend::Backend
                     std::env::var(&t.key_env).unwrap_or_default(),
                     std::time::Duration::from_secs(t.timeout_s.max(1)),
                 ))),
+                ToolBackend::Simulate => {
+                    let s = &t.simulator;
+                    let settings = SimulatorSettings {
+                        url: &s.url,
+                        model: &s.model,
+                        temperature: s.temperature,
+                        system: simulator_prompt.to_string(),
+                        key: std::env::var(&s.api_key_env).ok(),
+                        timeout: std::time::Duration::from_secs(s.timeout_s.max(1)),
+                        examples: t
+                            .backends
+                            .contains(&ToolBackend::Cache)
+                            .then(|| std::path::PathBuf::from(&t.cache)),
+                    };
+                    Some(Box::new(Simulator::new(settings, task, answers)))
+                }
             }
         })
         .collect()
@@ -247,6 +271,19 @@ pub fn run_episodes(
         total: tasks.len() as u64,
     });
     let mut policy = ModelPolicy { m, cfg };
+    let simulates = cfg.eval.tools.backends.contains(&ToolBackend::Simulate);
+    let answers = Remembered {
+        store: if simulates {
+            super::judge::StoreCache::open(ctx)?
+        } else {
+            None
+        },
+        seen: Default::default(),
+    };
+    let simulator_prompt = match cfg.eval.tools.simulator.prompt.as_str() {
+        "" => DEFAULT_PROMPT.to_string(),
+        file => std::fs::read_to_string(file).map_err(super::io(std::path::Path::new(file)))?,
+    };
     let mut passed = 0;
     let mut backend_errors: Vec<String> = Vec::new();
     let mut out = Vec::with_capacity(tasks.len());
@@ -254,7 +291,15 @@ pub fn run_episodes(
         if cancel.load(Ordering::Relaxed) {
             return Err(TrainError::Interrupted.into());
         }
-        let mut env = Env::new(task, backends(cfg, task));
+        let mut env = Env::new(
+            task,
+            backends(
+                cfg,
+                task,
+                &simulator_prompt,
+                Some(&answers as &dyn AnswerCache),
+            ),
+        );
         let seed = cfg.train.seed.wrapping_add((n * 1000) as u64);
         let ep = run_episode(task, &mut env, &mut policy, cfg.eval.max_turns, seed)?;
         passed += (ep.ending == "pass") as usize;
@@ -279,6 +324,35 @@ pub fn run_episodes(
         )));
     }
     Ok(out)
+}
+
+/// The simulator's answers: the database's, and those of this run, which the store may
+/// not have written yet when the next episode asks the same.
+struct Remembered<'a> {
+    store: Option<super::judge::StoreCache<'a>>,
+    seen: std::cell::RefCell<std::collections::HashMap<String, Value>>,
+}
+
+impl AnswerCache for Remembered<'_> {
+    fn get(&self, key: &str) -> Result<Option<Value>, String> {
+        if let Some(v) = self.seen.borrow().get(key) {
+            return Ok(Some(v.clone()));
+        }
+        match &self.store {
+            Some(s) => s.get(key),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&self, answer: crate::eval::llm_judge::CachedAnswer) -> Result<(), String> {
+        self.seen
+            .borrow_mut()
+            .insert(answer.key.clone(), answer.response.clone());
+        match &self.store {
+            Some(s) => s.put(answer),
+            None => Ok(()),
+        }
+    }
 }
 
 /// An episode as a stored prediction.

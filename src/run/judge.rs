@@ -33,12 +33,8 @@ pub fn run(
         phase: "judge",
         total: mine.len() as u64,
     });
-    let cache = match (set.evaluator, ctx.db) {
-        (Evaluator::LlmJudge, Some(db)) => Some(StoreCache {
-            reader: JudgeCacheReader::open(db)
-                .map_err(|e| llm_judge::JudgeError::Cache(e.to_string()))?,
-            emit,
-        }),
+    let cache = match set.evaluator {
+        Evaluator::LlmJudge => StoreCache::open(ctx)?,
         _ => None,
     };
     let llm = match set.evaluator {
@@ -134,9 +130,21 @@ pub fn run(
 
 /// The judge's answers: read from the database, written by the store's one writer (the
 /// answer travels as a record, like every other row of the run).
-struct StoreCache<'a> {
+pub(super) struct StoreCache<'a> {
     reader: JudgeCacheReader,
     emit: &'a dyn Fn(Event),
+}
+
+impl<'a> StoreCache<'a> {
+    /// The run's database's cache, or None when the run has no database (tests).
+    pub(super) fn open(ctx: &'a RunContext) -> Result<Option<StoreCache<'a>>, RunError> {
+        let Some(db) = ctx.db else { return Ok(None) };
+        Ok(Some(StoreCache {
+            reader: JudgeCacheReader::open(db)
+                .map_err(|e| llm_judge::JudgeError::Cache(e.to_string()))?,
+            emit: ctx.emit,
+        }))
+    }
 }
 
 impl llm_judge::AnswerCache for StoreCache<'_> {

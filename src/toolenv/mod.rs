@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod functions;
 pub mod pyrepr;
+pub mod simulate;
 
 use serde_json::Value;
 

@@ -825,3 +825,101 @@ timeout_s = 5
     assert_eq!(logged.get("fake_response"), Some(&1), "{logged:?}");
     assert_eq!(logged.values().sum::<usize>(), answered, "{logged:?}");
 }
+
+/// The `simulate` backend without any server: a cache miss goes to an OpenAI-compatible
+/// model with the system prompt read from the user's file; its answers are kept in the
+/// database, so generating the episodes again (another `max_turns`, same training) asks
+/// nothing.
+#[test]
+fn the_simulate_backend_asks_with_the_users_prompt_and_never_asks_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = fixture_training(tmp.path());
+    let queries = two_queries(tmp.path());
+    let cache = tmp.path().join("tool_response_cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let prompt = tmp.path().join("simulator-prompt.txt");
+    std::fs::write(&prompt, "The user's own simulator prompt.").unwrap();
+    let stub = Stub::start(0, simulator);
+    let sweep = |name: &str, turns: usize| {
+        format!(
+            r#"
+[experiment]
+name = "{name}"
+[model]
+name = "tiny"
+[data]
+train = {train:?}
+eval = {queries:?}
+vocab_size = 600
+max_seq_len = 256
+[train]
+lr = 3e-3
+epochs = 20
+batch_size = 8
+[eval]
+evaluators = ["episode"]
+max_turns = {turns}
+max_new_tokens = 40
+[eval.tools]
+backends = ["cache", "simulate"]
+cache = {cache:?}
+[eval.tools.simulator]
+url = "{base}/v1"
+model = "stub-simulator"
+prompt = {prompt:?}
+"#,
+            train = train.display().to_string(),
+            queries = queries.display().to_string(),
+            cache = cache.display().to_string(),
+            prompt = prompt.display().to_string(),
+            base = stub.base,
+        )
+    };
+    let (dir, _) = setup(&sweep("sim", 2));
+    let d = dir.path();
+    stdout_ok(&ablate(d, &["run", "experiments/micro.toml"]));
+    let asked = stub.seen("/v1");
+    assert!(!asked.is_empty());
+    for (_, body) in &asked {
+        let req: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            req["messages"][0]["content"],
+            "The user's own simulator prompt."
+        );
+        assert_eq!(req["model"], "stub-simulator");
+    }
+    let db = d.join("results/ablate.db");
+    let steps = sweep_steps(&db, "sim");
+    let simulated = steps
+        .values()
+        .filter(|(obs, by)| {
+            by == "simulate" && obs.as_str().unwrap().contains("simulated response")
+        })
+        .count();
+    assert!(simulated >= 2, "{steps:?}");
+    let kept = text_rows(
+        &db,
+        "SELECT key FROM judge_cache WHERE function = 'simulate'",
+    );
+    assert_eq!(kept.len(), asked.len());
+
+    // Another generation of the same model: the same calls, answered from the database.
+    std::fs::write(d.join("experiments/again.toml"), sweep("sim-again", 3)).unwrap();
+    let out = stdout_ok(&ablate(d, &["run", "experiments/again.toml", "--json"]));
+    assert!(!out.contains("\"stage\":\"train\""), "{out}");
+    assert!(out.contains("\"stage\":\"generate\""), "{out}");
+    let again = sweep_steps(&db, "sim-again");
+    let new_calls = stub.seen("/v1").len() - asked.len();
+    // (The stub's answer is a hash of the question: a new answer is a new question.)
+    let distinct_new: std::collections::BTreeSet<String> = again
+        .values()
+        .filter(|(_, by)| by == "simulate")
+        .map(|(obs, _)| obs.to_string())
+        .filter(|obs| !steps.values().any(|(o, _)| o.to_string() == *obs))
+        .collect();
+    assert_eq!(
+        new_calls,
+        distinct_new.len(),
+        "only calls never made before are asked"
+    );
+}
