@@ -911,11 +911,13 @@ prompt = {prompt:?}
     let again = sweep_steps(&db, "sim-again");
     let new_calls = stub.seen("/v1").len() - asked.len();
     // (The stub's answer is a hash of the question: a new answer is a new question.)
+    let before: std::collections::BTreeSet<String> =
+        steps.values().map(|(o, _)| o.to_string()).collect();
     let distinct_new: std::collections::BTreeSet<String> = again
         .values()
         .filter(|(_, by)| by == "simulate")
         .map(|(obs, _)| obs.to_string())
-        .filter(|obs| !steps.values().any(|(o, _)| o.to_string() == *obs))
+        .filter(|obs| !before.contains(obs))
         .collect();
     assert_eq!(
         new_calls,
