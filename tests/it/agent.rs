@@ -744,6 +744,9 @@ fn two_queries(dir: &Path) -> PathBuf {
 /// A tool backend that is down ends the episodes as `backend_error` with a clear message
 /// (the run fails; the training is kept); run again with StableToolBench's server up on
 /// that address, the episodes are generated again, answered by it, and nothing retrains.
+/// Then, with the server gone, the `cache` backend on the folder it read and wrote gives
+/// the same observations (here every episode does call the server: the fixture model
+/// always calls an offered function).
 #[test]
 fn a_backend_that_is_down_gives_backend_error_and_a_rerun_evaluates_without_retraining() {
     let tmp = tempfile::tempdir().unwrap();
@@ -824,6 +827,31 @@ timeout_s = 5
     let logged = server.logged();
     assert_eq!(logged.get("fake_response"), Some(&1), "{logged:?}");
     assert_eq!(logged.values().sum::<usize>(), answered, "{logged:?}");
+
+    // The same episodes through the folder the server read and wrote, without the server:
+    // the same observations, every call answered by the cache.
+    drop(server);
+    let cached = sweep
+        .replace("name = \"down\"", "name = \"down-cache\"")
+        .replace(
+            "backends = [\"stabletoolbench\"]",
+            &format!(
+                "backends = [\"cache\"]\ncache = {:?}",
+                tmp.path().join("cache").display().to_string()
+            ),
+        );
+    std::fs::write(d.join("experiments/cache.toml"), cached).unwrap();
+    let out = stdout_ok(&ablate(d, &["run", "experiments/cache.toml", "--json"]));
+    assert!(!out.contains("\"stage\":\"train\""), "{out}");
+    let from_cache = sweep_steps(&db, "down-cache");
+    assert_eq!(from_cache.len(), steps.len());
+    for (k, (obs, by)) in &steps {
+        let (cached_obs, cached_by) = &from_cache[k];
+        assert_eq!(cached_obs, obs, "{k:?}");
+        if by == "stabletoolbench" {
+            assert_eq!(cached_by, "cache", "{k:?}");
+        }
+    }
 }
 
 /// The `simulate` backend without any server: a cache miss goes to an OpenAI-compatible
