@@ -345,6 +345,152 @@ impl Py {
     }
 }
 
+/// `json.loads(text)` as Python holds the result: strict JSON (no Python spellings), key
+/// order kept, a repeated key keeping its last value in its first place. StableToolBench's
+/// server keys its response cache by `str()` of that, and ToolBench passes a reply on as
+/// `json.dumps()` of it; `serde_json::Value` (sorted keys) cannot give either.
+pub fn json_loads(text: &str) -> Result<Py, serde_json::Error> {
+    serde_json::from_str::<JsonPy>(text).map(|j| j.0)
+}
+
+/// A [`Py`] read from JSON by serde, keeping order.
+struct JsonPy(Py);
+
+impl<'de> serde::Deserialize<'de> for JsonPy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JsonPy, D::Error> {
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = JsonPy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<JsonPy, E> {
+                Ok(JsonPy(Py::None))
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<JsonPy, E> {
+                Ok(JsonPy(Py::Bool(b)))
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<JsonPy, E> {
+                Ok(JsonPy(Py::Int(i.to_string())))
+            }
+            fn visit_u64<E>(self, i: u64) -> Result<JsonPy, E> {
+                Ok(JsonPy(Py::Int(i.to_string())))
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<JsonPy, E> {
+                Ok(JsonPy(Py::Float(f)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<JsonPy, E> {
+                Ok(JsonPy(Py::Str(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<JsonPy, E> {
+                Ok(JsonPy(Py::Str(s)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JsonPy, A::Error> {
+                let mut items = Vec::new();
+                while let Some(JsonPy(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(JsonPy(Py::List(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonPy, A::Error> {
+                let mut items: Vec<(Py, Py)> = Vec::new();
+                while let Some((k, JsonPy(v))) = map.next_entry::<String, JsonPy>()? {
+                    match items
+                        .iter_mut()
+                        .find(|(key, _)| matches!(key, Py::Str(s) if *s == k))
+                    {
+                        Some(slot) => slot.1 = v,
+                        None => items.push((Py::Str(k), v)),
+                    }
+                }
+                Ok(JsonPy(Py::Dict(items)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl From<&str> for Py {
+    fn from(s: &str) -> Py {
+        Py::Str(s.to_string())
+    }
+}
+
+impl Py {
+    /// Python's `json.dumps(value)` with its defaults (`", "` and `": "` separators,
+    /// non-ASCII escaped, `NaN` / `Infinity` for those floats).
+    pub fn json_dumps(&self) -> String {
+        let mut out = String::new();
+        self.write_json(&mut out);
+        out
+    }
+
+    fn write_json(&self, out: &mut String) {
+        let join = |out: &mut String, items: &[Py]| {
+            out.push('[');
+            for (n, v) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push_str(", ");
+                }
+                v.write_json(out);
+            }
+            out.push(']');
+        };
+        match self {
+            Py::None => out.push_str("null"),
+            Py::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Py::Int(d) => out.push_str(d),
+            Py::Float(f) if f.is_nan() => out.push_str("NaN"),
+            Py::Float(f) if f.is_infinite() => {
+                out.push_str(if *f > 0.0 { "Infinity" } else { "-Infinity" })
+            }
+            Py::Float(f) => out.push_str(&float_repr(*f)),
+            Py::Str(s) => json_str(s, out),
+            Py::List(v) | Py::Tuple(v) => join(out, v),
+            Py::Dict(items) => {
+                out.push('{');
+                for (n, (k, v)) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push_str(", ");
+                    }
+                    match k {
+                        Py::Str(s) => json_str(s, out),
+                        k => json_str(&k.repr(), out),
+                    }
+                    out.push_str(": ");
+                    v.write_json(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
+/// A JSON string as `json.dumps` writes it (`ensure_ascii=True`).
+fn json_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (' '..='~').contains(&c) => out.push(c),
+            c => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{u:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
 /// Python's float repr: the shortest digits that round-trip, positional for exponents
 /// in [-4, 16), scientific (`1e-05`, `1e+16`) outside.
 fn float_repr(f: f64) -> String {
@@ -436,6 +582,31 @@ fn str_repr(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Expected strings are what CPython 3.11 prints for the same input.
+    #[test]
+    fn json_loads_then_str_and_dumps_match_python() {
+        let v = json_loads(
+            r#"{"q": "birthday party ideas", "n": 3, "f": 0.5, "b": true, "x": null, "l": [1, "it's"], "e": 1e-7, "big": 1e16, "u": "café\u200b", "nl": "a\nb\\"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            v.repr(),
+            r#"{'q': 'birthday party ideas', 'n': 3, 'f': 0.5, 'b': True, 'x': None, 'l': [1, "it's"], 'e': 1e-07, 'big': 1e+16, 'u': 'café\u200b', 'nl': 'a\nb\\'}"#
+        );
+        assert_eq!(
+            v.json_dumps(),
+            r#"{"q": "birthday party ideas", "n": 3, "f": 0.5, "b": true, "x": null, "l": [1, "it's"], "e": 1e-07, "big": 1e+16, "u": "caf\u00e9\u200b", "nl": "a\nb\\"}"#
+        );
+        assert_eq!(Py::Str("😀".into()).json_dumps(), r#""\ud83d\ude00""#);
+        // Order kept; a repeated key keeps its last value in its first place.
+        assert_eq!(
+            json_loads(r#"{"z": 1, "a": 2, "z": 3}"#).unwrap().repr(),
+            "{'z': 3, 'a': 2}"
+        );
+        // json.loads is strict: Python's own spelling is not JSON.
+        assert!(json_loads("{'q': 1}").is_err());
+    }
 
     #[test]
     fn reads_python_and_json_spellings() {

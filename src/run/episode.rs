@@ -404,9 +404,9 @@ fn chain(nodes: Vec<Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::pyliteral::Py;
     use crate::data::toolbench::TestQuery;
     use crate::toolenv::backend::{Backend, BackendError, Reply};
-    use crate::toolenv::pyrepr::PyValue;
     use crate::toolenv::Call;
 
     /// A policy that says what it is told, turn by turn.
@@ -426,12 +426,9 @@ mod tests {
         }
         fn call(&mut self, c: &Call) -> Result<Reply, BackendError> {
             self.0 += 1;
-            Ok(Reply::Response(PyValue::Dict(vec![
-                ("error".into(), PyValue::Str(String::new())),
-                (
-                    "response".into(),
-                    PyValue::Str(format!("got {}", c.tool_input)),
-                ),
+            Ok(Reply::Response(Py::Dict(vec![
+                (Py::Str("error".into()), Py::Str(String::new())),
+                ("response".into(), Py::Str(format!("got {}", c.tool_input))),
             ])))
         }
     }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::functions::{change_name, standard_category, standardize};
-use super::pyrepr::PyValue;
 use super::{status, Call};
+use crate::data::pyliteral::{self, Py};
 use crate::data::toolbench::Trajectory;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum BackendError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// The tool server's reply (`{"error", "response"}`), passed on as `json.dumps` of it.
-    Response(PyValue),
+    Response(Py),
     /// An observation already in its final text, with its status.
     Observation(String, u8),
     /// This backend has no answer; ask the next.
@@ -43,11 +43,11 @@ pub trait Backend {
 
 /// The tool input as StableToolBench's server parses it: JSON, the empty string as `{}`;
 /// `None` when it is not JSON.
-pub fn parse_tool_input(input: &str) -> Option<PyValue> {
+pub fn parse_tool_input(input: &str) -> Option<Py> {
     if input.is_empty() {
-        return Some(PyValue::Dict(Vec::new()));
+        return Some(Py::Dict(Vec::new()));
     }
-    PyValue::parse(input).ok()
+    pyliteral::json_loads(input).ok()
 }
 
 /// The server's reply to input that is not JSON.
@@ -55,10 +55,10 @@ pub fn input_parse_error() -> String {
     error_reply("Tool input parse error...\n").json_dumps()
 }
 
-fn error_reply(message: &str) -> PyValue {
-    PyValue::Dict(vec![
-        ("error".into(), PyValue::Str(message.into())),
-        ("response".into(), PyValue::Str(String::new())),
+fn error_reply(message: &str) -> Py {
+    Py::Dict(vec![
+        (Py::Str("error".into()), Py::Str(message.into())),
+        (Py::Str("response".into()), Py::Str(String::new())),
     ])
 }
 
@@ -119,13 +119,13 @@ pub fn cache_location(root: &Path, call: &Call) -> (PathBuf, Option<String>) {
         tool = format!("{}_for_{category}", standardize(&tool));
     }
     let path = root.join(&category).join(&tool).join(format!("{api}.json"));
-    (path, parse_tool_input(call.tool_input).map(|v| v.py_str()))
+    (path, parse_tool_input(call.tool_input).map(|v| v.repr()))
 }
 
 /// A StableToolBench `tool_response_cache/` folder, read directly.
 pub struct Cache {
     root: PathBuf,
-    files: HashMap<PathBuf, Option<PyValue>>,
+    files: HashMap<PathBuf, Option<Py>>,
 }
 
 impl Cache {
@@ -136,13 +136,17 @@ impl Cache {
         }
     }
 
-    fn file(&mut self, path: &Path) -> Result<Option<&PyValue>, BackendError> {
+    fn file(&mut self, path: &Path) -> Result<Option<&Py>, BackendError> {
         if !self.files.contains_key(path) {
             let parsed = match std::fs::read_to_string(path) {
-                Ok(text) => Some(PyValue::parse(&text).map_err(|e| BackendError::Cache {
-                    path: path.display().to_string(),
-                    message: format!("not JSON: {e}"),
-                })?),
+                Ok(text) => {
+                    Some(
+                        pyliteral::json_loads(&text).map_err(|e| BackendError::Cache {
+                            path: path.display().to_string(),
+                            message: format!("not JSON: {e}"),
+                        })?,
+                    )
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => {
                     return Err(BackendError::Cache {
@@ -227,7 +231,7 @@ impl Backend for Server {
             match sent {
                 Ok(resp) => {
                     let text = resp.into_string().unwrap_or_default();
-                    return Ok(match PyValue::parse(&text) {
+                    return Ok(match pyliteral::json_loads(&text) {
                         Ok(reply) => Reply::Response(reply),
                         Err(_) => Reply::Response(error_reply("request invalid, data error")),
                     });

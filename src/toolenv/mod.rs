@@ -6,16 +6,15 @@
 
 pub mod backend;
 pub mod functions;
-pub mod pyrepr;
 pub mod simulate;
 
 use serde_json::Value;
 
+use crate::data::pyliteral::{self, Py};
 use crate::data::toolbench::{TestQuery, Trajectory};
 use crate::data::ToolSpec;
 pub use backend::{Backend, BackendError, Reply};
 pub use functions::ApiRef;
-use pyrepr::PyValue;
 
 /// One query the agent answers.
 #[derive(Debug, Clone)]
@@ -125,17 +124,17 @@ fn cut(obs: String) -> String {
 
 /// The error observation ToolBench gives for `message`.
 fn error_observation(message: &str) -> String {
-    PyValue::Dict(vec![
-        ("error".into(), PyValue::Str(message.into())),
-        ("response".into(), PyValue::Str(String::new())),
+    Py::Dict(vec![
+        (Py::Str("error".into()), Py::Str(message.into())),
+        (Py::Str("response".into()), Py::Str(String::new())),
     ])
     .json_dumps()
 }
 
 /// The step status ToolBench derives from a backend reply's `error` field.
-fn reply_status(reply: &PyValue) -> u8 {
+fn reply_status(reply: &Py) -> u8 {
     match reply.get("error") {
-        Some(PyValue::Str(e)) => match e.as_str() {
+        Some(Py::Str(e)) => match e.as_str() {
             "API not working error..." => status::NOT_WORKING,
             "Unauthorized error..." => status::UNAUTHORIZED,
             "Unsubscribed error..." => status::UNSUBSCRIBED,
@@ -150,9 +149,9 @@ fn reply_status(reply: &PyValue) -> u8 {
 
 /// `Finish`'s arguments as ToolBench reads them: JSON when it parses, else the
 /// `"return_type": "` / `"final_answer": "` text found in the input.
-fn finish_arguments(input: &str) -> Vec<(String, PyValue)> {
-    if let Ok(PyValue::Dict(items)) = PyValue::parse(&lenient(input)) {
-        return items;
+fn finish_arguments(input: &str) -> Py {
+    if let Ok(args @ Py::Dict(_)) = pyliteral::json_loads(&lenient(input)) {
+        return args;
     }
     let mut items = Vec::new();
     const RT: &str = "\"return_type\": \"";
@@ -165,16 +164,16 @@ fn finish_arguments(input: &str) -> Vec<(String, PyValue)> {
             let rest = &input[at + RT.len()..];
             rest[..rest.find("\",").unwrap_or(rest.len())].to_string()
         };
-        items.push(("return_type".into(), PyValue::Str(rt)));
+        items.push((Py::Str("return_type".into()), Py::Str(rt)));
     }
     const FA: &str = "\"final_answer\": \"";
     if let Some(at) = input.find(FA) {
         items.push((
             "final_answer".into(),
-            PyValue::Str(input[at + FA.len()..].to_string()),
+            Py::Str(input[at + FA.len()..].to_string()),
         ));
     }
-    items
+    Py::Dict(items)
 }
 
 /// Python's `json.loads(..., strict=False)` allows control characters inside strings;
@@ -231,20 +230,20 @@ impl<'a> Env<'a> {
         };
         if action == "Finish" {
             let args = finish_arguments(input);
-            let get = |k: &str| args.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+            let get = |k: &str| args.get(k);
             return match get("return_type") {
                 None => env_says(
                     "{error:\"must have \"return_type\"\"}".into(),
                     status::INPUT_ERROR,
                 ),
-                Some(PyValue::Str(rt)) if rt == "give_up_and_restart" => Outcome::GaveUp,
-                Some(PyValue::Str(rt)) if rt == "give_answer" => match get("final_answer") {
+                Some(Py::Str(rt)) if rt == "give_up_and_restart" => Outcome::GaveUp,
+                Some(Py::Str(rt)) if rt == "give_answer" => match get("final_answer") {
                     None => env_says(
                         "{error:\"must have \"final_answer\"\"}".into(),
                         status::INPUT_ERROR,
                     ),
-                    Some(PyValue::Str(a)) => Outcome::Answered(a.clone()),
-                    Some(other) => Outcome::Answered(other.py_str()),
+                    Some(Py::Str(a)) => Outcome::Answered(a.clone()),
+                    Some(other) => Outcome::Answered(other.repr()),
                 },
                 Some(_) => env_says(
                     "{error:\"\"return_type\" is not a valid choice\"}".into(),
@@ -335,9 +334,9 @@ mod tests {
         fn call(&mut self, c: &Call) -> Result<Reply, BackendError> {
             let input = backend::parse_tool_input(c.tool_input);
             Ok(match input {
-                Some(v) => Reply::Response(PyValue::Dict(vec![
-                    ("error".into(), PyValue::Str(String::new())),
-                    ("response".into(), PyValue::Str(v.py_str().repeat(300))),
+                Some(v) => Reply::Response(Py::Dict(vec![
+                    (Py::Str("error".into()), Py::Str(String::new())),
+                    (Py::Str("response".into()), Py::Str(v.repr().repeat(300))),
                 ])),
                 None => Reply::Observation(backend::input_parse_error(), status::OK),
             })

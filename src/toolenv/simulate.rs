@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::backend::{cache_location, parse_tool_input, Backend, BackendError, Reply};
-use super::pyrepr::PyValue;
 use super::{Call, Task};
+use crate::data::pyliteral::{self, Py};
 use crate::eval::llm_judge::{AnswerCache, CachedAnswer};
 
 /// ablate's own instructions, used when no prompt file is named.
@@ -73,7 +73,7 @@ impl<'a> Simulator<'a> {
     }
 
     /// The user message: the function's documentation, examples, and the call.
-    fn question(&self, call: &Call, input: &PyValue) -> String {
+    fn question(&self, call: &Call, input: &Py) -> String {
         let doc = self
             .task
             .functions
@@ -84,14 +84,20 @@ impl<'a> Simulator<'a> {
         let mut examples = String::new();
         if let Some(root) = &self.examples {
             let (path, _) = cache_location(root, call);
-            if let Some(PyValue::Dict(items)) = std::fs::read_to_string(path)
+            if let Some(Py::Dict(items)) = std::fs::read_to_string(path)
                 .ok()
-                .and_then(|t| PyValue::parse(&t).ok())
+                .and_then(|t| pyliteral::json_loads(&t).ok())
             {
                 let shown: Vec<String> = items
                     .iter()
                     .take(EXAMPLES)
-                    .map(|(k, v)| format!("call {k} -> {}", v.json_dumps()))
+                    .map(|(k, v)| {
+                        let k = match k {
+                            Py::Str(k) => k.clone(),
+                            k => k.repr(),
+                        };
+                        format!("call {k} -> {}", v.json_dumps())
+                    })
                     .collect();
                 examples = shown.join("\n").chars().take(EXAMPLES_CHARS).collect();
             }
@@ -103,7 +109,7 @@ impl<'a> Simulator<'a> {
             } else {
                 &examples
             },
-            input.py_str()
+            input.repr()
         )
     }
 
@@ -156,7 +162,7 @@ impl<'a> Simulator<'a> {
                         None => content,
                     };
                     // A reply that is not a JSON object is asked again, as upstream does.
-                    if matches!(PyValue::parse(content.trim()), Ok(PyValue::Dict(_))) {
+                    if matches!(pyliteral::json_loads(content.trim()), Ok(Py::Dict(_))) {
                         return Ok(Some(content.trim().to_string()));
                     }
                     last = "the reply is not a JSON object".into();
@@ -189,12 +195,12 @@ impl Backend for Simulator<'_> {
 
     fn call(&mut self, call: &Call) -> Result<Reply, BackendError> {
         let Some(input) = parse_tool_input(call.tool_input) else {
-            return Ok(Reply::Response(PyValue::Dict(vec![
+            return Ok(Reply::Response(Py::Dict(vec![
                 (
                     "error".into(),
-                    PyValue::Str("Tool input parse error...\n".into()),
+                    Py::Str("Tool input parse error...\n".into()),
                 ),
-                ("response".into(), PyValue::Str(String::new())),
+                (Py::Str("response".into()), Py::Str(String::new())),
             ])));
         };
         let question = self.question(call, &input);
@@ -213,12 +219,12 @@ impl Backend for Simulator<'_> {
             Some(a) => a,
             None => {
                 let Some(content) = self.ask(&question)? else {
-                    return Ok(Reply::Response(PyValue::Dict(vec![
+                    return Ok(Reply::Response(Py::Dict(vec![
                         (
                             "error".into(),
-                            PyValue::Str("the simulator did not answer with JSON".into()),
+                            Py::Str("the simulator did not answer with JSON".into()),
                         ),
-                        ("response".into(), PyValue::Str(String::new())),
+                        (Py::Str("response".into()), Py::Str(String::new())),
                     ])));
                 };
                 if let Some(c) = self.cache {
@@ -237,7 +243,7 @@ impl Backend for Simulator<'_> {
                 content
             }
         };
-        let reply = PyValue::parse(&content).map_err(|e| BackendError::Cache {
+        let reply = pyliteral::json_loads(&content).map_err(|e| BackendError::Cache {
             path: "judge_cache".into(),
             message: format!("a stored simulator answer is not JSON: {e}"),
         })?;

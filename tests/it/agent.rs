@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use ablate::data::pyliteral::{self, Py};
 use ablate::data::toolbench;
 use ablate::toolenv::backend::{cache_location, Cache, Server};
-use ablate::toolenv::pyrepr::PyValue;
 use ablate::toolenv::{Call, Env, Outcome, Task};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -224,7 +224,7 @@ fn build_cache(cache: &Path) -> Vec<Recorded> {
     .unwrap();
     let answers =
         toolbench::load_answers(&stable.join("data_example/answer/virtual_chatgpt_cot")).unwrap();
-    let mut files: BTreeMap<PathBuf, Vec<(String, PyValue)>> = BTreeMap::new();
+    let mut files: BTreeMap<PathBuf, Vec<(Py, Py)>> = BTreeMap::new();
     let mut recorded = Vec::new();
     for t in &answers {
         let (group, q) = queries
@@ -237,7 +237,7 @@ fn build_cache(cache: &Path) -> Vec<Recorded> {
                 continue;
             };
             let Some(obs) = &s.observation else { continue };
-            let Ok(reply) = PyValue::parse(obs) else {
+            let Ok(reply) = pyliteral::json_loads(obs) else {
                 continue; // cut at 1024 characters: not the whole reply
             };
             let (path, key) = cache_location(
@@ -249,8 +249,8 @@ fn build_cache(cache: &Path) -> Vec<Recorded> {
             );
             let entries = files.entry(path).or_default();
             let key = key.unwrap();
-            if !entries.iter().any(|(k, _)| *k == key) {
-                entries.push((key, reply));
+            if !entries.iter().any(|(k, _)| *k == Py::Str(key.clone())) {
+                entries.push((Py::Str(key), reply));
                 recorded.push(Recorded {
                     task: task.clone(),
                     function: s.action.clone(),
@@ -262,7 +262,7 @@ fn build_cache(cache: &Path) -> Vec<Recorded> {
     }
     for (path, entries) in files {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, PyValue::Dict(entries).json_dumps()).unwrap();
+        std::fs::write(&path, Py::Dict(entries).json_dumps()).unwrap();
     }
     assert!(recorded.len() >= 3, "{}", recorded.len());
     recorded
@@ -691,10 +691,11 @@ fn fixture_training(dir: &Path) -> PathBuf {
         // model's positions are learnt too).
         for k in 0..16 {
             let offered = &task.functions[k % 3..];
-            let functions = PyValue::parse(&serde_json::to_string(offered).unwrap()).unwrap();
+            let functions =
+                pyliteral::json_loads(&serde_json::to_string(offered).unwrap()).unwrap();
             let system = format!(
                 "A fixture.\nSpecifically, you have access to the following APIs: {}",
-                functions.py_str()
+                functions.repr()
             );
             let query = format!("{}{}", q.query, " Thanks.".repeat(k));
             entries.push(json!({
