@@ -4,11 +4,9 @@
 //! read directly, and StableToolBench's ToolEval code reading ablate's export.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
 use ablate::data::pyliteral::{self, Py};
 use ablate::data::toolbench;
@@ -18,6 +16,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::cli::{ablate, setup};
+use crate::stub::Stub;
 use crate::{stdout_ok, text_rows, WithoutAblateEnv};
 
 fn shared() -> PathBuf {
@@ -30,85 +29,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-type Handler = dyn Fn(&str, &str) -> (u16, String) + Send + Sync;
-
-/// A small HTTP server on 127.0.0.1: `reply(path, body)` answers each request; every
-/// request is kept as (path, body).
-struct Stub {
-    base: String,
-    seen: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Stub {
-    fn start(
-        port: u16,
-        reply: impl Fn(&str, &str) -> (u16, String) + Send + Sync + 'static,
-    ) -> Stub {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let reply: Arc<Handler> = Arc::new(reply);
-        let log = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { break };
-                let (reply, log) = (Arc::clone(&reply), Arc::clone(&log));
-                std::thread::spawn(move || serve(stream, &*reply, &log));
-            }
-        });
-        Stub { base, seen }
-    }
-
-    fn seen(&self, prefix: &str) -> Vec<(String, String)> {
-        let all = self.seen.lock().unwrap().clone();
-        all.into_iter()
-            .filter(|(p, _)| p.starts_with(prefix))
-            .collect()
-    }
-}
-
-fn serve(stream: std::net::TcpStream, reply: &Handler, log: &Mutex<Vec<(String, String)>>) {
-    let mut out = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let mut length = 0usize;
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = h.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
-        let body = String::from_utf8_lossy(&body).into_owned();
-        log.lock().unwrap().push((path.clone(), body.clone()));
-        let (status, text) = reply(&path, &body);
-        let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            text.len()
-        );
-        if out.write_all(head.as_bytes()).is_err() || out.write_all(text.as_bytes()).is_err() {
-            return;
-        }
-    }
 }
 
 /// The simulator's stand-in: an OpenAI-compatible chat endpoint whose answer is a hash of
@@ -714,6 +634,36 @@ fn fixture_training(dir: &Path) -> PathBuf {
     path
 }
 
+/// The fixture model's sweep: trained on `train`, run as an agent on `queries` for
+/// `turns` turns, its calls answered as `tools` (the body of `[eval.tools]`) says.
+fn fixture_sweep(name: &str, train: &Path, queries: &Path, turns: usize, tools: &str) -> String {
+    format!(
+        r#"
+[experiment]
+name = "{name}"
+[model]
+name = "tiny"
+[data]
+train = {train:?}
+eval = {queries:?}
+vocab_size = 600
+max_seq_len = 256
+[train]
+lr = 3e-3
+epochs = 20
+batch_size = 8
+[eval]
+evaluators = ["episode"]
+max_turns = {turns}
+max_new_tokens = 40
+[eval.tools]
+{tools}
+"#,
+        train = train.display().to_string(),
+        queries = queries.display().to_string(),
+    )
+}
+
 /// Two queries of G1_category (28 and 29) in the released layout.
 fn two_queries(dir: &Path) -> PathBuf {
     let stable = shared().join("StableToolBench/solvable_queries");
@@ -755,32 +705,12 @@ fn a_backend_that_is_down_gives_backend_error_and_a_rerun_evaluates_without_retr
     let queries = two_queries(tmp.path());
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let sweep = format!(
-        r#"
-[experiment]
-name = "down"
-[model]
-name = "tiny"
-[data]
-train = {train:?}
-eval = {queries:?}
-vocab_size = 600
-max_seq_len = 256
-[train]
-lr = 3e-3
-epochs = 20
-batch_size = 8
-[eval]
-evaluators = ["episode"]
-max_turns = 2
-max_new_tokens = 40
-[eval.tools]
-backends = ["stabletoolbench"]
-url = {url:?}
-timeout_s = 5
-"#,
-        train = train.display().to_string(),
-        queries = queries.display().to_string(),
+    let sweep = fixture_sweep(
+        "down",
+        &train,
+        &queries,
+        2,
+        &format!("backends = [\"stabletoolbench\"]\nurl = {url:?}\ntimeout_s = 5"),
     );
     let (dir, _) = setup(&sweep);
     let d = dir.path();
@@ -870,39 +800,14 @@ fn the_simulate_backend_asks_with_the_users_prompt_and_never_asks_twice() {
     std::fs::write(&prompt, "The user's own simulator prompt.").unwrap();
     let stub = Stub::start(0, simulator);
     let sweep = |name: &str, turns: usize| {
-        format!(
-            r#"
-[experiment]
-name = "{name}"
-[model]
-name = "tiny"
-[data]
-train = {train:?}
-eval = {queries:?}
-vocab_size = 600
-max_seq_len = 256
-[train]
-lr = 3e-3
-epochs = 20
-batch_size = 8
-[eval]
-evaluators = ["episode"]
-max_turns = {turns}
-max_new_tokens = 40
-[eval.tools]
-backends = ["cache", "simulate"]
-cache = {cache:?}
-[eval.tools.simulator]
-url = "{base}/v1"
-model = "stub-simulator"
-prompt = {prompt:?}
-"#,
-            train = train.display().to_string(),
-            queries = queries.display().to_string(),
-            cache = cache.display().to_string(),
-            prompt = prompt.display().to_string(),
-            base = stub.base,
-        )
+        let tools = format!(
+            "backends = [\"cache\", \"simulate\"]\ncache = {:?}\n\
+             [eval.tools.simulator]\nurl = \"{}/v1\"\nmodel = \"stub-simulator\"\nprompt = {:?}",
+            cache.display().to_string(),
+            stub.base,
+            prompt.display().to_string(),
+        );
+        fixture_sweep(name, &train, &queries, turns, &tools)
     };
     let (dir, _) = setup(&sweep("sim", 2));
     let d = dir.path();

@@ -1,12 +1,10 @@
 //! The LLM judge against a local OpenAI-compatible server: ToolEval's procedure call by
 //! call, the cache, and an API key that reaches the endpoint and nothing else.
 
+use crate::stub::Stub;
 use crate::WithoutAblateEnv;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 use ablate::config::JudgeConfig;
 use ablate::data::ToolSpec;
@@ -23,96 +21,62 @@ struct Seen {
     prompt: String,
 }
 
-type Reply = dyn Fn(&str, &str) -> Result<Value, (u16, String)> + Send + Sync;
-
 /// A chat-completions server on a free local port: `reply(function, prompt)` gives the
 /// forced function call's arguments, or an HTTP error.
 struct Server {
     url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    stub: Stub,
 }
 
 impl Server {
     fn start(
         reply: impl Fn(&str, &str) -> Result<Value, (u16, String)> + Send + Sync + 'static,
     ) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let reply: Arc<Reply> = Arc::new(reply);
-        let log = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { break };
-                let (reply, log) = (Arc::clone(&reply), Arc::clone(&log));
-                std::thread::spawn(move || serve(stream, &*reply, &log));
+        let stub = Stub::start(0, move |_, body| {
+            let (function, prompt) = asked(body);
+            match reply(&function, &prompt) {
+                Ok(args) => (
+                    200,
+                    json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                        "tool_calls": [{"id": "call_0", "type": "function",
+                            "function": {"name": function, "arguments": args.to_string()}}]}}]})
+                    .to_string(),
+                ),
+                Err((code, message)) => (code, json!({"error": {"message": message}}).to_string()),
             }
         });
-        Server { url, seen }
+        Server {
+            url: format!("{}/v1", stub.base),
+            stub,
+        }
     }
 
     fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.stub
+            .requests()
+            .into_iter()
+            .map(|r| {
+                let (function, prompt) = asked(&r.body);
+                Seen {
+                    authorization: r.authorization,
+                    function,
+                    prompt,
+                }
+            })
+            .collect()
     }
 }
 
-/// Answers requests on one keep-alive connection until the client closes it.
-fn serve(stream: std::net::TcpStream, reply: &Reply, log: &Mutex<Vec<Seen>>) {
-    let mut out = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let (mut length, mut authorization) = (0usize, None);
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (name, value) = h.split_once(':').unwrap();
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap(),
-                "authorization" => authorization = Some(value.trim().to_string()),
-                _ => {}
-            }
-        }
-        let mut body = vec![0; length];
-        r.read_exact(&mut body).unwrap();
-        let req: Value = serde_json::from_slice(&body).unwrap();
-        let function = req["tool_choice"]["function"]["name"]
+/// The function a judge's request forces, and its prompt.
+fn asked(body: &str) -> (String, String) {
+    let req: Value = serde_json::from_str(body).unwrap();
+    (
+        req["tool_choice"]["function"]["name"]
             .as_str()
             .unwrap()
-            .to_string();
-        let prompt = req["messages"][0]["content"].as_str().unwrap().to_string();
-        log.lock().unwrap().push(Seen {
-            authorization,
-            function: function.clone(),
-            prompt: prompt.clone(),
-        });
-        let (status, text) = match reply(&function, &prompt) {
-            Ok(args) => (
-                200,
-                json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null,
-                    "tool_calls": [{"id": "call_0", "type": "function",
-                        "function": {"name": function, "arguments": args.to_string()}}]}}]})
-                .to_string(),
-            ),
-            Err((code, message)) => (code, json!({"error": {"message": message}}).to_string()),
-        };
-        let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            text.len()
-        );
-        if out.write_all(head.as_bytes()).is_err() || out.write_all(text.as_bytes()).is_err() {
-            return;
-        }
-    }
+            .to_string(),
+        req["messages"][0]["content"].as_str().unwrap().to_string(),
+    )
 }
 
 fn tools() -> Vec<ToolSpec> {

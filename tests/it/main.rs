@@ -15,6 +15,7 @@ mod reliability;
 mod reports;
 mod slurm;
 mod stages;
+mod stub;
 mod toolbench;
 
 /// Every variant folder of a fixture set: `$<env>`, or `../shared/fixtures/<default>`, so
