@@ -366,6 +366,44 @@ pub enum ScoreCommand {
         #[arg(long)]
         json: bool,
     },
+    /// ToolEval's solvable pass rate (StableToolBench's eval_pass_rate.py) on converted
+    /// answers, with the prompts and function schemas of a ToolEval evaluator folder
+    /// (config.yaml + template.txt from your copy of ToolEval), asking any
+    /// OpenAI-compatible endpoint. Per query and judgment: Solved, Unsure or Unsolved (a
+    /// path without Finish, or an empty or given-up answer, is Unsolved without a
+    /// question); the rate of each judgment is the mean of Solved 1, Unsure 0.5,
+    /// Unsolved 0, printed as mean ± sd over judgments.
+    #[command(
+        after_help = "Example:\n  ablate score tooleval --answers tooleval/model_predictions_converted/3f2a/G1_instruction.json \\\n    \
+        --ids tooleval/test_query_ids/G1_instruction.json \\\n    \
+        --evaluator ToolEval/evaluators/tooleval_gpt-3.5-turbo_default --url https://api.openai.com/v1"
+    )]
+    Tooleval {
+        /// Converted answers: query id -> {query, available_tools, answer}.
+        #[arg(long)]
+        answers: PathBuf,
+        /// test_query_ids/<group>.json: only these ids are judged.
+        #[arg(long)]
+        ids: Option<PathBuf>,
+        /// A ToolEval evaluator folder (config.yaml, template.txt).
+        #[arg(long)]
+        evaluator: PathBuf,
+        /// The endpoint's base URL; /chat/completions is appended.
+        #[arg(long)]
+        url: String,
+        /// The judge model (default: the evaluator's config).
+        #[arg(long)]
+        model: Option<String>,
+        /// Judgments per answer (eval_pass_rate.py's --evaluate_times).
+        #[arg(long, default_value_t = 4)]
+        k: usize,
+        /// The environment variable holding the API key (unset: no Authorization header).
+        #[arg(long, default_value = "OPENAI_API_KEY")]
+        api_key_env: String,
+        /// Print one JSON object: per query its statuses, the rates, mean and sd.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// An error with the exit code it maps to.
@@ -497,7 +535,101 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
             predictions,
             json,
         }) => cmd_score_bfcl(&questions, answers.as_deref(), &predictions, json),
+        Command::Score(ScoreCommand::Tooleval {
+            answers,
+            ids,
+            evaluator,
+            url,
+            model,
+            k,
+            api_key_env,
+            json,
+        }) => cmd_score_tooleval(
+            &answers,
+            ids.as_deref(),
+            &evaluator,
+            &url,
+            model.as_deref(),
+            k,
+            &api_key_env,
+            json,
+        ),
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_score_tooleval(
+    answers: &Path,
+    ids: Option<&Path>,
+    evaluator: &Path,
+    url: &str,
+    model: Option<&str>,
+    k: usize,
+    api_key_env: &str,
+    json: bool,
+) -> Result<u8, Failure> {
+    use crate::eval::tooleval::{self, AnswerStatus, EvaluatorFolder};
+    if k == 0 {
+        return Err(user(anyhow::anyhow!("--k must be at least 1")));
+    }
+    let folder = EvaluatorFolder::load(evaluator).map_err(user)?;
+    let mut converted = tooleval::load_converted(answers).map_err(user)?;
+    if let Some(ids) = ids {
+        let keep = crate::data::toolbench::load_query_ids(ids).map_err(user)?;
+        converted.retain(|(id, _)| keep.contains(id));
+    }
+    let client = tooleval::Client::new(url, std::env::var(api_key_env).ok());
+    let mut statuses: Vec<Vec<AnswerStatus>> = Vec::new();
+    let mut per_query = serde_json::Map::new();
+    for (id, a) in &converted {
+        let mut mine = Vec::with_capacity(k);
+        for _ in 0..k {
+            let s = tooleval::sopr_status(a, |function, args| {
+                let body = folder
+                    .request(function, args, model)
+                    .map_err(|e| e.to_string())?;
+                client.status(&body)
+            })
+            .map_err(|e| user(anyhow::anyhow!("query {id}: {e}")))?;
+            mine.push(s);
+        }
+        let solved: serde_json::Map<String, serde_json::Value> = mine
+            .iter()
+            .enumerate()
+            .map(|(j, s)| (j.to_string(), serde_json::json!(s.tooleval())))
+            .collect();
+        per_query.insert(id.clone(), serde_json::json!({"is_solved": solved}));
+        statuses.push(mine);
+    }
+    let (rates, mean, sd) = tooleval::sopr_rates(&statuses, k);
+    if json {
+        let v = serde_json::json!({
+            "evaluator": folder.name,
+            "evaluator_digest": folder.digest,
+            "model": model.or(folder.model()),
+            "queries": per_query,
+            "rates": rates,
+            "mean": mean,
+            "sd": sd,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        for (id, q) in &per_query {
+            println!("{id}: {}", q["is_solved"]);
+        }
+        println!(
+            "solvable pass rate over {} queries: {:.1} ± {:.1} (judgments: {})",
+            converted.len(),
+            mean * 100.0,
+            sd * 100.0,
+            rates
+                .iter()
+                .map(|r| format!("{:.1}", r * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(exit::OK)
 }
 
 fn cmd_fetch(models: &[String], revision: &str, json: bool) -> Result<u8, Failure> {

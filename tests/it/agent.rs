@@ -575,7 +575,7 @@ print(json.dumps(out))
     }
 }
 
-fn venv_python() -> String {
+pub(crate) fn venv_python() -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stabletoolbench-local.sh");
     let out = Command::new("bash")
         .arg(script)

@@ -17,6 +17,7 @@ mod slurm;
 mod stages;
 mod stub;
 mod toolbench;
+mod tooleval;
 
 /// Every variant folder of a fixture set: `$<env>`, or `../shared/fixtures/<default>`, so
 /// that a new (or hidden) variant needs no code change.
