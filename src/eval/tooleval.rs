@@ -341,7 +341,10 @@ fn truthy(p: &Py) -> bool {
     match p {
         Py::None => false,
         Py::Bool(b) => *b,
-        Py::Int(d) => !d.trim_start_matches(['-', '+']).trim_start_matches('0').is_empty(),
+        Py::Int(d) => !d
+            .trim_start_matches(['-', '+'])
+            .trim_start_matches('0')
+            .is_empty(),
         Py::Float(f) => *f != 0.0,
         Py::Str(s) => !s.is_empty(),
         Py::List(v) | Py::Tuple(v) => !v.is_empty(),
