@@ -548,6 +548,35 @@ print(json.dumps(out))
     )
     .unwrap();
     assert_eq!(judged.as_object().unwrap().len(), stored.len());
+    // ablate's own ToolEval judge on its export, asking the same stub: the same statuses.
+    let ours: Value = serde_json::from_str(&stdout_ok(&ablate(
+        d,
+        &[
+            "score",
+            "tooleval",
+            "--answers",
+            export
+                .join("model_predictions_converted/ablate-tiny/G1_instruction.json")
+                .to_str()
+                .unwrap(),
+            "--ids",
+            export.join("test_query_ids/G1_instruction.json").to_str().unwrap(),
+            "--evaluator",
+            tooleval
+                .join("evaluators/tooleval_gpt-3.5-turbo_default")
+                .to_str()
+                .unwrap(),
+            "--url",
+            &format!("{}/v1", stub.base),
+            "--k",
+            "2",
+            "--json",
+        ],
+    )))
+    .unwrap();
+    for (id, j) in judged.as_object().unwrap() {
+        assert_eq!(ours["queries"][id]["is_solved"], j["is_solved"], "{id}");
+    }
     for (detail, example_id) in stored {
         let d: Value = serde_json::from_str(&detail).unwrap();
         let id = d["query_id"].as_str().unwrap();
