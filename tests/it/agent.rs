@@ -560,7 +560,10 @@ print(json.dumps(out))
                 .to_str()
                 .unwrap(),
             "--ids",
-            export.join("test_query_ids/G1_instruction.json").to_str().unwrap(),
+            export
+                .join("test_query_ids/G1_instruction.json")
+                .to_str()
+                .unwrap(),
             "--evaluator",
             tooleval
                 .join("evaluators/tooleval_gpt-3.5-turbo_default")
