@@ -1518,31 +1518,86 @@ fn cmd_compare(db: &Path, runs: &[String], json: bool) -> Result<u8, Failure> {
 }
 
 fn cmd_query(db: &Path, sql: &str, csv: bool, json: bool) -> Result<u8, Failure> {
+    use std::io::Write;
     let store = Store::open_for_reading(db).map_err(store_failure)?;
-    let (cols, rows) = store.query(sql).map_err(store_failure)?;
     let cell = report::format::csv_cell;
-    if json {
-        let objs: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| {
-                serde_json::Value::Object(cols.iter().cloned().zip(r.iter().cloned()).collect())
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&objs).expect("json"));
+    // Rows are written as they are read (a result of millions of rows takes the memory of
+    // one), in the same text as a whole result printed at once.
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let streamed = if json {
+        let mut n = 0usize;
+        let r = store.query_each(sql, &mut |cols, row| {
+            let Some(row) = row else { return Ok(()) };
+            let obj = serde_json::Value::Object(cols.iter().cloned().zip(row).collect());
+            let text = serde_json::to_string_pretty(&obj).expect("json");
+            out.write_all(if n == 0 { b"[\n" } else { b",\n" })?;
+            for (k, line) in text.lines().enumerate() {
+                if k > 0 {
+                    out.write_all(b"\n")?;
+                }
+                write!(out, "  {line}")?;
+            }
+            n += 1;
+            Ok(())
+        });
+        r.and_then(|()| {
+            let end: &[u8] = if n == 0 { b"[]\n" } else { b"\n]\n" };
+            out.write_all(end).map_err(StoreError::Output)
+        })
     } else if csv {
-        let mut w = csv::Writer::from_writer(std::io::stdout());
-        w.write_record(&cols)
-            .context("writing CSV")
-            .map_err(internal)?;
-        for r in &rows {
-            w.write_record(r.iter().map(cell))
-                .context("writing CSV")
-                .map_err(internal)?;
-        }
-        w.flush().context("writing CSV").map_err(internal)?;
+        let mut w = csv::Writer::from_writer(&mut out);
+        // The output's own error, so that a closed pipe is seen as one.
+        let io = |e: csv::Error| match e.into_kind() {
+            csv::ErrorKind::Io(e) => e,
+            other => std::io::Error::other(format!("{other:?}")),
+        };
+        let r = store.query_each(sql, &mut |cols, row| match row {
+            None => w.write_record(cols).map_err(io),
+            Some(r) => w.write_record(r.iter().map(cell)).map_err(io),
+        });
+        r.and_then(|()| w.flush().map_err(StoreError::Output))
     } else {
-        let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(cell).collect()).collect();
-        print!("{}", ui::table(&cols, &rows));
+        // Column widths come from the header and the first rows; a later, wider cell
+        // stretches its own line only.
+        const MEASURED: usize = 1000;
+        let mut head: Vec<Vec<String>> = Vec::new();
+        let mut columns: Vec<String> = Vec::new();
+        let mut layout: Option<ui::TableLayout> = None;
+        let r = store.query_each(sql, &mut |cols, row| {
+            let Some(row) = row else {
+                columns = cols.to_vec();
+                return Ok(());
+            };
+            let cells: Vec<String> = row.iter().map(cell).collect();
+            match &layout {
+                Some(l) => writeln!(out, "{}", l.line(&cells)),
+                None => {
+                    head.push(cells);
+                    if head.len() == MEASURED {
+                        let l = ui::TableLayout::fit(&columns, &head);
+                        writeln!(out, "{}", l.line(&columns))?;
+                        for r in head.drain(..) {
+                            writeln!(out, "{}", l.line(&r))?;
+                        }
+                        layout = Some(l);
+                    }
+                    Ok(())
+                }
+            }
+        });
+        r.and_then(|()| {
+            if layout.is_none() {
+                write!(out, "{}", ui::table(&columns, &head)).map_err(StoreError::Output)?;
+            }
+            Ok(())
+        })
+    };
+    // A reader that stops early (`| head`) is not an error.
+    let flushed = streamed.and_then(|()| out.flush().map_err(StoreError::Output));
+    match flushed {
+        Err(StoreError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.map_err(store_failure)?,
     }
     Ok(exit::OK)
 }

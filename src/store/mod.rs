@@ -73,9 +73,17 @@ pub enum StoreError {
     /// not call, an ATTACH of a file it cannot open, an expression too deep).
     #[error("query: {0}")]
     BadQuery(String),
+    /// The result could not be written where it was going.
+    #[error("writing the result: {0}")]
+    Output(std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What [`Store::query_each`] hands its rows to: the column names with `None` first, then
+/// each row.
+pub type RowSink<'a> =
+    dyn FnMut(&[String], Option<Vec<serde_json::Value>>) -> std::io::Result<()> + 'a;
 
 /// Status of a run in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -503,7 +511,24 @@ impl Store {
 
     /// Runs one read-only statement; returns column names and rows as JSON values.
     pub fn query(&self, sql: &str) -> Result<(Vec<String>, Vec<Vec<serde_json::Value>>)> {
-        self.query_rows(sql).map_err(|e| match e {
+        let mut cols = Vec::new();
+        let mut rows = Vec::new();
+        self.query_each(sql, &mut |c, row| {
+            match row {
+                None => cols = c.to_vec(),
+                Some(r) => rows.push(r),
+            }
+            Ok(())
+        })?;
+        Ok((cols, rows))
+    }
+
+    /// Runs one read-only statement and hands over what it reads as it reads it: first the
+    /// column names (`None`), then each row. Nothing is held between rows, so a result of
+    /// any size takes the memory of one row; an error the callback returns (its output
+    /// closed, say) stops the statement.
+    pub fn query_each(&self, sql: &str, each: &mut RowSink) -> Result<()> {
+        self.query_rows(sql, each).map_err(|e| match e {
             StoreError::Sqlite { source, .. } if users_statement(&source) => {
                 StoreError::BadQuery(source.to_string())
             }
@@ -511,7 +536,7 @@ impl Store {
         })
     }
 
-    fn query_rows(&self, sql: &str) -> Result<(Vec<String>, Vec<Vec<serde_json::Value>>)> {
+    fn query_rows(&self, sql: &str, each: &mut RowSink) -> Result<()> {
         // SQLite prepares the first statement and ignores the rest of the text: a second
         // one would be silently dropped. Count them (preparing runs nothing).
         let mut batch = rusqlite::Batch::new(&self.conn, sql);
@@ -527,27 +552,28 @@ impl Store {
             return Err(StoreError::NotReadOnly);
         }
         let cols: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
+        let output = StoreError::Output;
+        each(&cols, None).map_err(output)?;
         let n = cols.len();
-        let rows = stmt
-            .query_map([], |r| {
-                (0..n)
-                    .map(|i| {
-                        use rusqlite::types::ValueRef;
-                        Ok(match r.get_ref(i)? {
-                            ValueRef::Null => serde_json::Value::Null,
-                            ValueRef::Integer(v) => v.into(),
-                            ValueRef::Real(v) => serde_json::Number::from_f64(v)
-                                .map_or(serde_json::Value::Null, Into::into),
-                            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
-                            ValueRef::Blob(b) => format!("<{} bytes>", b.len()).into(),
-                        })
+        let mut rows = stmt.query([]).map_err(err(&self.path))?;
+        while let Some(r) = rows.next().map_err(err(&self.path))? {
+            let row = (0..n)
+                .map(|i| {
+                    use rusqlite::types::ValueRef;
+                    Ok(match r.get_ref(i)? {
+                        ValueRef::Null => serde_json::Value::Null,
+                        ValueRef::Integer(v) => v.into(),
+                        ValueRef::Real(v) => serde_json::Number::from_f64(v)
+                            .map_or(serde_json::Value::Null, Into::into),
+                        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+                        ValueRef::Blob(b) => format!("<{} bytes>", b.len()).into(),
                     })
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(err(&self.path))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(err(&self.path))?;
-        Ok((cols, rows))
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(err(&self.path))?;
+            each(&cols, Some(row)).map_err(output)?;
+        }
+        Ok(())
     }
 }
 

@@ -239,22 +239,45 @@ impl Reporter for JsonReporter {
 
 /// An aligned text table.
 pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    let layout = TableLayout::fit(headers, rows);
+    let mut out = layout.line(headers);
+    out.push('\n');
     for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(c.chars().count());
+        out.push_str(&layout.line(r));
+        out.push('\n');
+    }
+    out
+}
+
+/// The column widths of a table: each column as wide as its widest cell among those
+/// measured, columns two spaces apart.
+pub struct TableLayout {
+    widths: Vec<usize>,
+}
+
+impl TableLayout {
+    pub fn fit(headers: &[String], rows: &[Vec<String>]) -> TableLayout {
+        let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+        for r in rows {
+            for (i, c) in r.iter().enumerate() {
+                if i < widths.len() {
+                    widths[i] = widths[i].max(c.chars().count());
+                }
             }
         }
+        TableLayout { widths }
     }
-    let fmt_row = |cells: &[String]| -> String {
+
+    /// One line of the table (no newline), trailing spaces trimmed.
+    pub fn line(&self, cells: &[String]) -> String {
         cells
             .iter()
             .enumerate()
             // Padded by hand: `format!`'s width is limited to u16 and panics beyond it,
             // and a cell (a query result, an axis value) can be any length.
             .map(|(i, c)| {
-                let pad = widths
+                let pad = self
+                    .widths
                     .get(i)
                     .copied()
                     .unwrap_or(0)
@@ -268,14 +291,7 @@ pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
             .join("  ")
             .trim_end()
             .to_string()
-    };
-    let mut out = fmt_row(headers);
-    out.push('\n');
-    for r in rows {
-        out.push_str(&fmt_row(r));
-        out.push('\n');
     }
-    out
 }
 
 /// `ablate compare`: the differing config keys, then the runs, then the paired tests.
