@@ -897,18 +897,78 @@ fn results_dir(db: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Writes `value` pretty-printed as serde_json does, each line after the first indented by
+/// `indent` more spaces.
+fn write_pretty(
+    out: &mut impl std::io::Write,
+    value: &serde_json::Value,
+    indent: usize,
+) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("json");
+    for (k, line) in text.lines().enumerate() {
+        if k > 0 {
+            write!(out, "\n{:indent$}", "")?;
+        }
+        out.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// One plan object of `plan --json`'s array, its fields in serde_json's (sorted) order and
+/// its runs written one by one, in the text `to_string_pretty` gives the whole array.
+fn write_plan_json(
+    out: &mut impl std::io::Write,
+    first: bool,
+    before: &[(&str, serde_json::Value)],
+    runs: impl Iterator<Item = serde_json::Value>,
+    after: &[(&str, serde_json::Value)],
+) -> std::io::Result<()> {
+    out.write_all(if first { b"[\n  {" } else { b",\n  {" })?;
+    let field =
+        |out: &mut dyn std::io::Write, k: &str| write!(out, "\n    {}: ", serde_json::json!(k));
+    for (k, v) in before {
+        field(out, k)?;
+        write_pretty(out, v, 4)?;
+        out.write_all(b",")?;
+    }
+    field(out, "runs")?;
+    let mut any = false;
+    for (n, r) in runs.enumerate() {
+        out.write_all(if n == 0 { b"[\n      " } else { b",\n      " })?;
+        write_pretty(out, &r, 6)?;
+        any = true;
+    }
+    out.write_all(if any { b"\n    ]" } else { b"[]" })?;
+    for (k, v) in after {
+        out.write_all(b",")?;
+        field(out, k)?;
+        write_pretty(out, v, 4)?;
+    }
+    out.write_all(b"\n  }")
+}
+
 fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
     let plans = load_plans(inputs)?;
     for p in &plans {
         template_of(p, None)?;
     }
-    // Planning never creates or changes the database.
+    // Planning never creates or changes the database, so it does not migrate one either.
     let store = if db.exists() {
-        Some(Store::open_read_only(db).map_err(store_failure)?)
+        let s = Store::open_read_only(db).map_err(store_failure)?;
+        if !s.is_current().map_err(store_failure)? {
+            return Err(user(anyhow::anyhow!(
+                "database {} was written by an older ablate: `ablate run` (or `ablate report`) \
+                 brings it to this version's schema first; `plan` writes nothing",
+                db.display()
+            )));
+        }
+        Some(s)
     } else {
         None
     };
-    let mut out = Vec::new();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out_count = 0usize;
     let mut text = String::new();
     let mut summaries = plan::DataSummaries::new(db.parent().unwrap_or(Path::new(".")));
     for p in &plans {
@@ -932,13 +992,22 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
                 .collect()
         };
         if json {
-            out.push(serde_json::json!({
-                "experiment": p.experiment.name,
-                "file": p.experiment.file.display().to_string(),
-                "axes": axes,
-                "to_run": cost,
-                "stale": stale,
-                "runs": p.runs.iter().zip(&data).zip(&previews).map(|((r, d), v)| serde_json::json!({
+            // One plan at a time, each run's object made and written in turn: the text of
+            // a pretty-printed array of plan objects, without holding it whole.
+            let fields = [
+                ("axes", serde_json::json!(axes)),
+                ("experiment", serde_json::json!(p.experiment.name)),
+                (
+                    "file",
+                    serde_json::json!(p.experiment.file.display().to_string()),
+                ),
+            ];
+            let after = [
+                ("stale", serde_json::json!(stale)),
+                ("to_run", serde_json::json!(cost)),
+            ];
+            let runs = p.runs.iter().zip(&data).zip(&previews).map(|((r, d), v)| {
+                serde_json::json!({
                     "id": r.id, "axes": r.axes, "baseline": r.is_baseline,
                     "status": v.status, "config": r.config, "data": d,
                     "stages": {
@@ -949,8 +1018,12 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
                         "will_run": v.will_run,
                         "sharing": v.sharing,
                     },
-                })).collect::<Vec<_>>(),
-            }));
+                })
+            });
+            write_plan_json(&mut out, out_count == 0, &fields, runs, &after)
+                .context("writing the plan")
+                .map_err(internal)?;
+            out_count += 1;
         } else {
             let mut headers = vec!["id".to_string()];
             headers.extend(axes.iter().cloned());
@@ -1033,8 +1106,14 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+        use std::io::Write;
+        let end: &[u8] = if out_count == 0 { b"[]\n" } else { b"\n]\n" };
+        out.write_all(end)
+            .and_then(|()| out.flush())
+            .context("writing the plan")
+            .map_err(internal)?;
     } else {
+        drop(out);
         print!("{}", text.trim_end_matches('\n'));
         println!("\n(* baseline)");
     }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -34,11 +35,41 @@ pub struct StageIds {
     pub keys: StageKeys,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Each key as compact JSON text: keys are only written out (to the database, the run's
+/// folder, a Slurm manifest), and a tree of values per run was most of a large plan's
+/// memory. They serialize as the JSON they hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageKeys {
-    pub training: Value,
-    pub generation: Value,
-    pub verdicts: Vec<Value>,
+    pub training: Box<RawValue>,
+    pub generation: Box<RawValue>,
+    pub verdicts: Vec<Box<RawValue>>,
+}
+
+fn raw(v: &Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(v).expect("a JSON value serializes")
+}
+
+impl Default for StageKeys {
+    fn default() -> Self {
+        StageKeys {
+            training: raw(&Value::Null),
+            generation: raw(&Value::Null),
+            verdicts: Vec::new(),
+        }
+    }
+}
+
+impl PartialEq for StageKeys {
+    fn eq(&self, other: &Self) -> bool {
+        self.training.get() == other.training.get()
+            && self.generation.get() == other.generation.get()
+            && self.verdicts.len() == other.verdicts.len()
+            && self
+                .verdicts
+                .iter()
+                .zip(&other.verdicts)
+                .all(|(a, b)| a.get() == b.get())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -266,9 +297,9 @@ pub fn stage_ids(cfg: &RunConfig, left_out: Option<&str>, train_epochs: usize) -
         train_epochs,
         left_out: left_out.map(String::from),
         keys: StageKeys {
-            training: training_key,
-            generation: generation_key,
-            verdicts: verdict_keys,
+            training: raw(&training_key),
+            generation: raw(&generation_key),
+            verdicts: verdict_keys.iter().map(raw).collect(),
         },
     }
 }

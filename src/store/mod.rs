@@ -247,6 +247,12 @@ impl Store {
         Store::open_read_only_as_is(path)
     }
 
+    /// Whether the database has this ablate's schema (an older one is migrated by any
+    /// command that writes, or reads a report).
+    pub fn is_current(&self) -> Result<bool> {
+        Ok(self.schema_version()? >= MIGRATIONS.len() as i64)
+    }
+
     /// Like [`Store::open_read_only`], but a database written by an older ablate is first
     /// brought to the current schema (the migrations only add), so that reports and
     /// queries see the views they expect.

@@ -154,7 +154,7 @@ pub(crate) fn register(
     tx.prepare_cached("DELETE FROM run_verdict_sets WHERE run_id = ?1")?
         .execute([run_id])?;
     for (i, (v, key)) in s.verdicts.iter().zip(&s.keys.verdicts).enumerate() {
-        insert_verdict_set(tx, &s.generation, v, key)?;
+        insert_verdict_set(tx, &s.generation, v, key.get())?;
         tx.prepare_cached(
             "INSERT INTO run_verdict_sets (run_id, position, evaluator, verdict_set_id)
              VALUES (?1, ?2, ?3, ?4)",
@@ -179,13 +179,13 @@ fn insert_verdict_set(
     conn: &Connection,
     generation: &str,
     set: &VerdictSetId,
-    key: &serde_json::Value,
+    key_json: &str,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO verdict_sets (id, generation_id, evaluator, version, key_json, status)
          VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
     )?
-    .execute(params![set.id, generation, set.evaluator.name(), set.version, key.to_string()])
+    .execute(params![set.id, generation, set.evaluator.name(), set.version, key_json])
     .map(drop)
 }
 
@@ -261,7 +261,8 @@ impl Store {
         set: &VerdictSetId,
         key: &serde_json::Value,
     ) -> Result<bool> {
-        insert_verdict_set(&self.conn, generation, set, key).map_err(err(&self.path))?;
+        insert_verdict_set(&self.conn, generation, set, &key.to_string())
+            .map_err(err(&self.path))?;
         let done = status_of(&self.conn, Stage::Judge, &set.id)
             .map_err(err(&self.path))?
             .is_some_and(|(s, _, _, _)| s == "done");

@@ -210,3 +210,26 @@ fn in_v4_breakdown_format(text: &str) -> String {
     }
     out.join("\n")
 }
+
+/// `plan` writes nothing, so it does not migrate: on a schema-4 database it says what will
+/// (exit 2), and the file stays byte for byte as it was; after `report` migrated it, it
+/// plans.
+#[test]
+fn plan_on_an_older_database_says_what_migrates_it_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("ablate.db");
+    let sql = std::fs::read_to_string(repo().join(FIXTURE).join("ablate-v4.sql")).unwrap();
+    Connection::open(&db).unwrap().execute_batch(&sql).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let file = format!("{FIXTURE}/experiments/micro.toml");
+    let out = ablate(&db, &["plan", &file]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("older ablate") && err.contains("ablate run"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    ok(&ablate(&db, &["report", &file]));
+    ok(&ablate(&db, &["plan", &file]));
+}
