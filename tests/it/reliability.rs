@@ -269,34 +269,43 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_database() {
     let (reference, ref_db) = chaos_dir(&text);
     run_to_end(reference.path());
 
-    let (chaos, db) = chaos_dir(&text);
-    let hit = run_with_kills(chaos.path(), 12, 20261125);
-    assert!(
-        hit.len() >= 10,
-        "only {} kills landed mid-sweep: {hit:?}",
-        hit.len()
-    );
-    assert!(
-        hit.iter().any(|p| p.ends_with("->train"))
+    // Where a kill lands depends on timing: on a loaded machine a stage can finish
+    // between the event and the kill. Each round is a fresh sweep killed at random points
+    // and must end with the uninterrupted database; rounds go on (at most 4) until the
+    // kills, all rounds together, landed in every stage.
+    let covered = |hit: &[String]| {
+        hit.len() >= 10
+            && hit.iter().any(|p| p.ends_with("->train"))
             && hit.iter().any(|p| p.ends_with("->generate"))
             && hit.iter().any(|p| p.ends_with("->judge"))
-            && hit.iter().any(|p| p.starts_with("run_finished->")),
-        "kills should land in each stage (train, generate, judge) and after a run's final \
-         write: {hit:?}"
-    );
-    assert_eq!(integrity(&db), "ok");
-    let (a, b) = (content(&ref_db), content(&db));
-    assert_eq!(a.len(), b.len(), "row counts differ");
-    let diff: Vec<_> = a.iter().zip(&b).filter(|(x, y)| x != y).take(6).collect();
+            && hit.iter().any(|p| p.starts_with("run_finished->"))
+    };
+    let mut hit: Vec<String> = Vec::new();
+    for round in 0..4u64 {
+        let (chaos, db) = chaos_dir(&text);
+        hit.extend(run_with_kills(chaos.path(), 12, 20261125 + round));
+        assert_eq!(integrity(&db), "ok");
+        let (a, b) = (content(&ref_db), content(&db));
+        assert_eq!(a.len(), b.len(), "row counts differ (round {round})");
+        let diff: Vec<_> = a.iter().zip(&b).filter(|(x, y)| x != y).take(6).collect();
+        assert!(
+            diff.is_empty(),
+            "the resumed database differs from the uninterrupted one (round {round}): {diff:#?}"
+        );
+        // No run was lost or doubled.
+        assert_eq!(q(&db, "SELECT count(*) FROM runs WHERE status = 'done'"), 4);
+        assert_eq!(
+            q(&db, "SELECT count(*) FROM (SELECT run_id, name, split, step FROM metrics GROUP BY 1, 2, 3, 4 HAVING count(*) > 1)"),
+            0
+        );
+        if covered(&hit) {
+            break;
+        }
+    }
     assert!(
-        diff.is_empty(),
-        "the resumed database differs from the uninterrupted one: {diff:#?}"
-    );
-    // No run was lost or doubled.
-    assert_eq!(q(&db, "SELECT count(*) FROM runs WHERE status = 'done'"), 4);
-    assert_eq!(
-        q(&db, "SELECT count(*) FROM (SELECT run_id, name, split, step FROM metrics GROUP BY 1, 2, 3, 4 HAVING count(*) > 1)"),
-        0
+        covered(&hit),
+        "kills should land in each stage (train, generate, judge) and after a run's final \
+         write, 10 or more in all: {hit:?}"
     );
 }
 
