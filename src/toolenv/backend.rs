@@ -50,12 +50,13 @@ pub fn parse_tool_input(input: &str) -> Option<Py> {
     pyliteral::json_loads(input).ok()
 }
 
-/// The server's reply to input that is not JSON.
-pub fn input_parse_error() -> String {
-    error_reply("Tool input parse error...\n").json_dumps()
+/// StableToolBench's server's reply to input that is not JSON.
+pub fn input_parse_error() -> Py {
+    error_reply("Tool input parse error...\n")
 }
 
-fn error_reply(message: &str) -> Py {
+/// A tool server's `{"error": message, "response": ""}`.
+pub fn error_reply(message: &str) -> Py {
     Py::Dict(vec![
         (Py::Str("error".into()), Py::Str(message.into())),
         (Py::Str("response".into()), Py::Str(String::new())),
@@ -169,7 +170,7 @@ impl Backend for Cache {
     fn call(&mut self, call: &Call) -> Result<Reply, BackendError> {
         let (path, key) = cache_location(&self.root, call);
         let Some(key) = key else {
-            return Ok(Reply::Response(error_reply("Tool input parse error...\n")));
+            return Ok(Reply::Response(input_parse_error()));
         };
         Ok(match self.file(&path)?.and_then(|f| f.get(&key)) {
             Some(reply) => Reply::Response(reply.clone()),

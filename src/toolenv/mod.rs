@@ -122,15 +122,6 @@ fn cut(obs: String) -> String {
     }
 }
 
-/// The error observation ToolBench gives for `message`.
-fn error_observation(message: &str) -> String {
-    Py::Dict(vec![
-        (Py::Str("error".into()), Py::Str(message.into())),
-        (Py::Str("response".into()), Py::Str(String::new())),
-    ])
-    .json_dumps()
-}
-
 /// The step status ToolBench derives from a backend reply's `error` field.
 fn reply_status(reply: &Py) -> u8 {
     match reply.get("error") {
@@ -258,7 +249,7 @@ impl<'a> Env<'a> {
             .position(|f| f.name != "Finish" && !action.is_empty() && f.name.ends_with(action));
         let Some(k) = offered else {
             return env_says(
-                error_observation(&format!("No such function name: {action}")),
+                backend::error_reply(&format!("No such function name: {action}")).json_dumps(),
                 status::NO_SUCH_FUNCTION,
             );
         };
@@ -338,7 +329,7 @@ mod tests {
                     (Py::Str("error".into()), Py::Str(String::new())),
                     (Py::Str("response".into()), Py::Str(v.repr().repeat(300))),
                 ])),
-                None => Reply::Observation(backend::input_parse_error(), status::OK),
+                None => Reply::Response(backend::input_parse_error()),
             })
         }
     }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::backend::{cache_location, parse_tool_input, Backend, BackendError, Reply};
+use super::backend::{
+    cache_location, error_reply, input_parse_error, parse_tool_input, Backend, BackendError, Reply,
+};
 use super::{Call, Task};
 use crate::data::pyliteral::{self, Py};
 use crate::eval::llm_judge::{AnswerCache, CachedAnswer};
@@ -195,13 +197,7 @@ impl Backend for Simulator<'_> {
 
     fn call(&mut self, call: &Call) -> Result<Reply, BackendError> {
         let Some(input) = parse_tool_input(call.tool_input) else {
-            return Ok(Reply::Response(Py::Dict(vec![
-                (
-                    "error".into(),
-                    Py::Str("Tool input parse error...\n".into()),
-                ),
-                (Py::Str("response".into()), Py::Str(String::new())),
-            ])));
+            return Ok(Reply::Response(input_parse_error()));
         };
         let question = self.question(call, &input);
         let key = self.key_of(&question);
@@ -219,13 +215,9 @@ impl Backend for Simulator<'_> {
             Some(a) => a,
             None => {
                 let Some(content) = self.ask(&question)? else {
-                    return Ok(Reply::Response(Py::Dict(vec![
-                        (
-                            "error".into(),
-                            Py::Str("the simulator did not answer with JSON".into()),
-                        ),
-                        (Py::Str("response".into()), Py::Str(String::new())),
-                    ])));
+                    return Ok(Reply::Response(error_reply(
+                        "the simulator did not answer with JSON",
+                    )));
                 };
                 if let Some(c) = self.cache {
                     c.put(CachedAnswer {
