@@ -116,6 +116,8 @@ fn noop(ctx: &RunContext) -> Result<(), RunFailure> {
             example_id: "e1".into(),
             verdict: "pass".into(),
             passed: true,
+            score: None,
+            judgments: None,
         }));
         done(Stage::Judge, &set.id);
     }

@@ -366,18 +366,18 @@ pub enum ScoreCommand {
         #[arg(long)]
         json: bool,
     },
-    /// ToolEval's solvable pass rate (StableToolBench's eval_pass_rate.py) on converted
-    /// answers, with the prompts and function schemas of a ToolEval evaluator folder
-    /// (config.yaml + template.txt from your copy of ToolEval), asking any
-    /// OpenAI-compatible endpoint. Per query and judgment: Solved, Unsure or Unsolved (a
-    /// path without Finish, or an empty or given-up answer, is Unsolved without a
-    /// question); the rate of each judgment is the mean of Solved 1, Unsure 0.5,
-    /// Unsolved 0, printed as mean ± sd over judgments.
-    #[command(
-        after_help = "Example:\n  ablate score tooleval --answers tooleval/model_predictions_converted/3f2a/G1_instruction.json \\\n    \
-        --ids tooleval/test_query_ids/G1_instruction.json \\\n    \
-        --evaluator ToolEval/evaluators/tooleval_gpt-3.5-turbo_default --url https://api.openai.com/v1"
-    )]
+    /// ToolEval's pass rate on converted answers, with the prompts and function schemas
+    /// of a ToolEval evaluator folder (config.yaml + template.txt from your copy of
+    /// ToolEval), asking any OpenAI-compatible endpoint, under either procedure:
+    ///
+    /// - sopr (StableToolBench's eval_pass_rate.py, the default): per query and judgment
+    ///   Solved, Unsure or Unsolved (a path without Finish, or an empty or given-up
+    ///   answer, is Unsolved without a question); each judgment's rate is the mean of
+    ///   Solved 1, Unsure 0.5, Unsolved 0, printed as mean ± sd over judgments.
+    /// - pass_rate (ToolBench's eval_pass_rate.py): an answer that is not Solved is
+    ///   weighed against check_task_solvable; a query passes when it passed at least as
+    ///   often as it failed. Where ToolBench draws a random coin (Unsure), ablate's coin
+    ///   is a hash of the query id and the judgment, so reruns agree.
     Tooleval {
         /// Converted answers: query id -> {query, available_tools, answer}.
         #[arg(long)]
@@ -397,6 +397,9 @@ pub enum ScoreCommand {
         /// Judgments per answer (eval_pass_rate.py's --evaluate_times).
         #[arg(long, default_value_t = 4)]
         k: usize,
+        /// sopr (StableToolBench) or pass_rate (ToolBench).
+        #[arg(long, default_value = "sopr", value_parser = ["sopr", "pass_rate"])]
+        procedure: String,
         /// The environment variable holding the API key (unset: no Authorization header).
         #[arg(long, default_value = "OPENAI_API_KEY")]
         api_key_env: String,
@@ -542,71 +545,106 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
             url,
             model,
             k,
+            procedure,
             api_key_env,
             json,
         }) => cmd_score_tooleval(
             &answers,
             ids.as_deref(),
-            &evaluator,
-            &url,
-            model.as_deref(),
-            k,
-            &api_key_env,
+            crate::config::JudgeConfig {
+                url,
+                model: model.unwrap_or_default(),
+                api_key_env,
+                k: Some(k),
+                evaluator: evaluator.display().to_string(),
+                procedure: if procedure == "pass_rate" {
+                    crate::config::JudgeProcedure::PassRate
+                } else {
+                    crate::config::JudgeProcedure::Sopr
+                },
+                ..Default::default()
+            },
             json,
         ),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn cmd_score_tooleval(
     answers: &Path,
     ids: Option<&Path>,
-    evaluator: &Path,
-    url: &str,
-    model: Option<&str>,
-    k: usize,
-    api_key_env: &str,
+    cfg: crate::config::JudgeConfig,
     json: bool,
 ) -> Result<u8, Failure> {
-    use crate::eval::tooleval::{self, AnswerStatus, EvaluatorFolder};
-    if k == 0 {
+    use crate::config::JudgeProcedure;
+    use crate::eval::llm_judge::{Item, Judge};
+    use crate::eval::tooleval::{self, AnswerStatus};
+    if cfg.k == Some(0) {
         return Err(user(anyhow::anyhow!("--k must be at least 1")));
     }
-    let folder = EvaluatorFolder::load(evaluator).map_err(user)?;
+    let judge = Judge::new(&cfg, None).map_err(user)?;
     let mut converted = tooleval::load_converted(answers).map_err(user)?;
     if let Some(ids) = ids {
         let keep = crate::data::toolbench::load_query_ids(ids).map_err(user)?;
         converted.retain(|(id, _)| keep.contains(id));
     }
-    let client = tooleval::Client::new(url, std::env::var(api_key_env).ok());
+    let k = judge.k;
     let mut statuses: Vec<Vec<AnswerStatus>> = Vec::new();
     let mut per_query = serde_json::Map::new();
+    let mut passed_queries = 0usize;
     for (id, a) in &converted {
-        let mut mine = Vec::with_capacity(k);
-        for _ in 0..k {
-            let s = tooleval::sopr_status(a, |function, args| {
-                let body = folder
-                    .request(function, args, model)
-                    .map_err(|e| e.to_string())?;
-                client.status(&body)
-            })
+        let item = Item {
+            id,
+            query: &a.query,
+            available_tools: a.available_tools.clone(),
+            finished: tooleval::finished(&a.answer),
+            answer: a.answer.clone(),
+        };
+        let d = judge
+            .judge(&item)
             .map_err(|e| user(anyhow::anyhow!("query {id}: {e}")))?;
-            mine.push(s);
+        passed_queries += d.passed as usize;
+        // As ToolEval's results files key them: judgment index -> status.
+        let by_judgment = |f: &dyn Fn(&crate::eval::llm_judge::Judgment) -> serde_json::Value| {
+            d.judgments
+                .iter()
+                .enumerate()
+                .map(|(j, x)| (j.to_string(), f(x)))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let mut q = serde_json::json!({
+            "is_solved": by_judgment(&|x| serde_json::json!(x.answer.tooleval())),
+        });
+        if cfg.procedure == JudgeProcedure::PassRate {
+            let n = d
+                .judgments
+                .iter()
+                .filter(|x| x.passed == Some(true))
+                .count();
+            q["passed"] = serde_json::json!(n);
+            q["failed"] = serde_json::json!(d.judgments.len() - n);
+            q["task_solvable"] = serde_json::Value::Object(by_judgment(&|x| {
+                serde_json::json!(x.task.map(|t| t.tooleval()))
+            }));
+            q["coins"] = serde_json::json!(d.judgments.iter().filter(|x| x.coin).count());
         }
-        let solved: serde_json::Map<String, serde_json::Value> = mine
-            .iter()
-            .enumerate()
-            .map(|(j, s)| (j.to_string(), serde_json::json!(s.tooleval())))
-            .collect();
-        per_query.insert(id.clone(), serde_json::json!({"is_solved": solved}));
-        statuses.push(mine);
+        per_query.insert(id.clone(), q);
+        statuses.push(d.judgments.iter().map(|x| x.answer).collect());
     }
-    let (rates, mean, sd) = tooleval::sopr_rates(&statuses, k);
+    let (name, digest) = judge.evaluator().unwrap_or_default();
+    let (rates, mean, sd) = match cfg.procedure {
+        JudgeProcedure::Sopr => tooleval::sopr_rates(&statuses, k),
+        // ToolBench prints one rate: the share of queries that passed.
+        JudgeProcedure::PassRate => {
+            let r = passed_queries as f64 / converted.len().max(1) as f64;
+            (vec![r], r, 0.0)
+        }
+    };
     if json {
         let v = serde_json::json!({
-            "evaluator": folder.name,
-            "evaluator_digest": folder.digest,
-            "model": model.or(folder.model()),
+            "evaluator": name,
+            "evaluator_digest": digest,
+            "model": judge.model,
+            "procedure": cfg.procedure,
             "queries": per_query,
             "rates": rates,
             "mean": mean,
@@ -617,17 +655,24 @@ fn cmd_score_tooleval(
         for (id, q) in &per_query {
             println!("{id}: {}", q["is_solved"]);
         }
-        println!(
-            "solvable pass rate over {} queries: {:.1} ± {:.1} (judgments: {})",
-            converted.len(),
-            mean * 100.0,
-            sd * 100.0,
-            rates
-                .iter()
-                .map(|r| format!("{:.1}", r * 100.0))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        match cfg.procedure {
+            JudgeProcedure::Sopr => println!(
+                "solvable pass rate over {} queries: {:.1} ± {:.1} (judgments: {})",
+                converted.len(),
+                mean * 100.0,
+                sd * 100.0,
+                rates
+                    .iter()
+                    .map(|r| format!("{:.1}", r * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            JudgeProcedure::PassRate => println!(
+                "pass rate over {} queries: {:.1} ({passed_queries} passed; ties pass)",
+                converted.len(),
+                mean * 100.0,
+            ),
+        }
     }
     Ok(exit::OK)
 }

@@ -507,23 +507,42 @@ impl Default for ToolsConfig {
 }
 
 /// `[eval.judge]`: an OpenAI-compatible chat-completions endpoint that judges answers with
-/// ToolEval's pass-rate procedure. The API key is read from the environment variable
-/// named here, at run time; it is never written to a file or the database.
+/// one of ToolEval's pass-rate procedures, with the prompts and function schemas of a
+/// ToolEval evaluator folder when one is named. The API key is read from the environment
+/// variable named here, at run time; it is never written to a file or the database.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JudgeConfig {
     /// Base URL, e.g. "https://api.openai.com/v1" or "http://localhost:8000/v1";
     /// `/chat/completions` is appended.
     pub url: String,
-    /// The judge model, e.g. "gpt-4o-mini".
+    /// The judge model, e.g. "gpt-4o-mini"; empty: the evaluator folder's.
     pub model: String,
     /// The environment variable holding the API key (unset: no Authorization header).
     pub api_key_env: String,
-    /// Judgments per example; the majority decides, a tie passes (as ToolEval counts).
-    pub k: usize,
-    pub temperature: f64,
+    /// Judgments per example (ToolEval's `evaluate_times`); unset: 4 with an evaluator
+    /// folder (ToolEval's default), 3 without.
+    pub k: Option<usize>,
+    /// Unset: the evaluator folder's, or 0 without one.
+    pub temperature: Option<f64>,
     /// Seconds per request before it is retried (3 attempts in all).
     pub timeout_s: u64,
+    /// A ToolEval evaluator folder (`config.yaml` and `template.txt`, e.g.
+    /// `toolbench/tooleval/evaluators/tooleval_gpt-3.5-turbo_default` of the user's copy
+    /// of ToolBench or StableToolBench); empty: ablate's own prompts.
+    pub evaluator: String,
+    /// `pass_rate` (ToolBench: solvability check, majority with ties passing) or `sopr`
+    /// (StableToolBench's solvable pass rate: Solved 1, Unsure 0.5, Unsolved 0).
+    pub procedure: JudgeProcedure,
+}
+
+/// ToolEval's two ways of turning judgments into a rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeProcedure {
+    #[default]
+    PassRate,
+    Sopr,
 }
 
 impl Default for JudgeConfig {
@@ -532,9 +551,11 @@ impl Default for JudgeConfig {
             url: String::new(),
             model: String::new(),
             api_key_env: "OPENAI_API_KEY".into(),
-            k: 3,
-            temperature: 0.0,
+            k: None,
+            temperature: None,
             timeout_s: 60,
+            evaluator: String::new(),
+            procedure: JudgeProcedure::PassRate,
         }
     }
 }
@@ -842,13 +863,15 @@ impl RunConfig {
             );
         }
         if e.evaluators.contains(&Evaluator::LlmJudge) {
-            for (k, v) in [
-                ("eval.judge.url", &e.judge.url),
-                ("eval.judge.model", &e.judge.model),
-            ] {
-                if v.trim().is_empty() {
-                    bad(k, "the llm_judge evaluator needs it".into());
-                }
+            if e.judge.url.trim().is_empty() {
+                bad("eval.judge.url", "the llm_judge evaluator needs it".into());
+            }
+            if e.judge.model.trim().is_empty() && e.judge.evaluator.trim().is_empty() {
+                bad(
+                    "eval.judge.model",
+                    "the llm_judge evaluator needs it (or an eval.judge.evaluator folder that names one)"
+                        .into(),
+                );
             }
             let url = &e.judge.url;
             let http = url.starts_with("http://") || url.starts_with("https://");
@@ -862,14 +885,13 @@ impl RunConfig {
                 );
             }
         }
-        if e.judge.k == 0 {
+        if e.judge.k == Some(0) {
             bad("eval.judge.k", "must be at least 1".into());
         }
-        if !(e.judge.temperature >= 0.0 && e.judge.temperature.is_finite()) {
-            bad(
-                "eval.judge.temperature",
-                format!("must be >= 0, found {}", e.judge.temperature),
-            );
+        if let Some(t) = e.judge.temperature {
+            if !(t >= 0.0 && t.is_finite()) {
+                bad("eval.judge.temperature", format!("must be >= 0, found {t}"));
+            }
         }
         if e.max_turns == 0 {
             bad("eval.max_turns", "must be at least 1".into());

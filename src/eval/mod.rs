@@ -19,7 +19,7 @@ pub fn version(e: Evaluator) -> &'static str {
         Evaluator::Rules => "rules-1",
         Evaluator::Bfcl => "bfcl-1",
         Evaluator::Episode => "episode-1",
-        Evaluator::LlmJudge => "llm_judge-1",
+        Evaluator::LlmJudge => "llm_judge-2",
     }
 }
 

@@ -203,68 +203,8 @@ pub fn python_format(template: &str, args: &[(&str, &str)]) -> Result<String, St
     Ok(out)
 }
 
-/// An OpenAI-compatible endpoint asked ToolEval's questions: the forced function call's
-/// `answer_status`. Transport errors, 429 and 5xx are retried (3 attempts).
-pub struct Client {
-    endpoint: String,
-    key: Option<String>,
-    agent: ureq::Agent,
-}
-
-impl Client {
-    pub fn new(url: &str, key: Option<String>) -> Client {
-        Client {
-            endpoint: format!("{}/chat/completions", url.trim_end_matches('/')),
-            key: key.filter(|k| !k.trim().is_empty()),
-            agent: ureq::AgentBuilder::new()
-                .timeout(std::time::Duration::from_secs(60))
-                .build(),
-        }
-    }
-
-    /// The `answer_status` the endpoint gives for `body`.
-    pub fn status(&self, body: &Value) -> Result<AnswerStatus, String> {
-        let mut last = String::new();
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(500 << attempt));
-            }
-            let mut req = self.agent.post(&self.endpoint);
-            if let Some(k) = &self.key {
-                req = req.set("Authorization", &format!("Bearer {k}"));
-            }
-            match req.send_json(body) {
-                Ok(resp) => {
-                    let v: Value = resp.into_json().map_err(|e| e.to_string())?;
-                    let args = v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
-                        .as_str()
-                        .and_then(|a| serde_json::from_str::<Value>(a).ok())
-                        .unwrap_or_default();
-                    return args["answer_status"]
-                        .as_str()
-                        .and_then(AnswerStatus::parse)
-                        .ok_or_else(|| {
-                            format!(
-                                "{}: no answer_status in the reply's function call",
-                                self.endpoint
-                            )
-                        });
-                }
-                Err(ureq::Error::Status(code, _)) if code < 500 && code != 429 => {
-                    return Err(format!("{}: HTTP {code}", self.endpoint));
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(format!(
-            "{}: 3 attempts failed; the last: {last}",
-            self.endpoint
-        ))
-    }
-}
-
 /// ToolEval's answer status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AnswerStatus {
     Solved,
     Unsolved,
@@ -300,11 +240,57 @@ impl AnswerStatus {
     }
 }
 
+/// ToolEval's task status (`check_task_solvable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TaskStatus {
+    Solvable,
+    Unsolvable,
+    Unsure,
+}
+
+impl TaskStatus {
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        match s {
+            "Solvable" => Some(TaskStatus::Solvable),
+            "Unsolvable" => Some(TaskStatus::Unsolvable),
+            "Unsure" => Some(TaskStatus::Unsure),
+            _ => None,
+        }
+    }
+
+    /// As ToolEval writes it in its results.
+    pub fn tooleval(self) -> &'static str {
+        match self {
+            TaskStatus::Solvable => "TaskStatus.Solvable",
+            TaskStatus::Unsolvable => "TaskStatus.Unsolvable",
+            TaskStatus::Unsure => "TaskStatus.Unsure",
+        }
+    }
+}
+
+/// A stored episode (its prediction's detail) in ToolEval's converted format: `{query,
+/// available_tools, answer: {method, total_steps, final_answer, answer_details}}`, as
+/// ToolBench's `convert_to_answer_format` writes it (the final answer is `Finish`'s
+/// argument text).
+pub fn converted(detail: &Value) -> Value {
+    json!({
+        "query": detail["query"],
+        "available_tools": detail["available_tools"],
+        "answer": {
+            "method": detail["method"].as_str().unwrap_or("CoT@1"),
+            "total_steps": detail["total_steps"],
+            "final_answer": detail["finish_arguments"].as_str().unwrap_or_default(),
+            "answer_details": detail["details"],
+        },
+    })
+}
+
 /// One converted answer (`{query, available_tools, answer}`), read order-preserving, since
 /// the judge is shown `json.dumps` of its answer.
 #[derive(Debug, Clone)]
 pub struct ConvertedAnswer {
     pub query: String,
+    pub available_tools: Py,
     pub answer: Py,
 }
 
@@ -331,7 +317,18 @@ pub fn load_converted(path: &Path) -> Result<Vec<(String, ConvertedAnswer)>, Too
                 .get("answer")
                 .cloned()
                 .ok_or_else(|| folder_err(path, format!("{id}: no answer")))?;
-            Ok((id, ConvertedAnswer { query, answer }))
+            let available_tools = v
+                .get("available_tools")
+                .cloned()
+                .unwrap_or(Py::List(vec![]));
+            Ok((
+                id,
+                ConvertedAnswer {
+                    query,
+                    available_tools,
+                    answer,
+                },
+            ))
         })
         .collect()
 }
@@ -379,37 +376,83 @@ pub fn finished(answer: &Py) -> bool {
     final_step.contains("'name': 'Finish'")
 }
 
-/// StableToolBench's status of one answer (one judgment): `Unsolved` without a question
-/// for a path that never finished or an empty or given-up answer; else the judge's
-/// `check_answer_status` on the final answer, and when that is Unsure,
-/// `parse_answer_status` on the whole answer. `ask(function, args)` asks the judge.
-pub fn sopr_status(
-    a: &ConvertedAnswer,
-    mut ask: impl FnMut(&str, &[(&str, &str)]) -> Result<AnswerStatus, String>,
-) -> Result<AnswerStatus, String> {
-    if !finished(&a.answer) {
-        return Ok(AnswerStatus::Unsolved);
-    }
-    let final_answer = match a.answer.get("final_answer") {
-        Some(Py::Str(s)) => s.clone(),
-        Some(other) => other.repr(),
-        None => String::new(),
+/// ToolBench's `check_has_hallucination`, run before every pass-rate judgment, with the
+/// side effect that shapes what its judge is shown: walking the path depth-first, each
+/// `tool` node's message that is a dict is replaced by its `str()`, until the walk stops at
+/// a node whose called name is not offered (returns false) or whose message holds no
+/// `'name': '…'` (ToolBench's regex finds nothing and the check raises, which its script
+/// catches). Returns whether no offered name was missed (`not_hallucinate`), None when it
+/// raised.
+pub fn toolbench_hallucination_check(answer: &mut Py, available: &Py) -> Option<bool> {
+    let names: Vec<&str> = match available {
+        Py::List(l) => l
+            .iter()
+            .filter_map(|t| match t.get("name") {
+                Some(Py::Str(n)) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     };
-    if final_answer.is_empty() || final_answer.contains("give_up_and_restart") {
-        return Ok(AnswerStatus::Unsolved);
+    let Py::Dict(items) = answer else { return None };
+    let details = items
+        .iter_mut()
+        .find(|(k, _)| matches!(k, Py::Str(s) if s == "answer_details"))?;
+    walk_nodes(&mut details.1, &names)
+}
+
+/// `recurssive_check`: a dict is checked and its `next` walked; a list's items in order.
+fn walk_nodes(nodes: &mut Py, names: &[&str]) -> Option<bool> {
+    match nodes {
+        Py::Dict(items) => {
+            let is_tool = items.iter().any(|(k, v)| {
+                matches!(k, Py::Str(s) if s == "role") && matches!(v, Py::Str(r) if r == "tool")
+            });
+            if is_tool {
+                let message = items
+                    .iter_mut()
+                    .find(|(k, _)| matches!(k, Py::Str(s) if s == "message"))?;
+                if let Py::Dict(_) = message.1 {
+                    message.1 = Py::Str(message.1.repr());
+                }
+                let Py::Str(text) = &message.1 else {
+                    return None;
+                };
+                if !names.contains(&called_name(text)?) {
+                    return Some(false);
+                }
+            }
+            let next = items
+                .iter_mut()
+                .find(|(k, _)| matches!(k, Py::Str(s) if s == "next"))?;
+            walk_nodes(&mut next.1, names)
+        }
+        Py::List(list) => {
+            for n in list.iter_mut() {
+                if !walk_nodes(n, names)? {
+                    return Some(false);
+                }
+            }
+            Some(true)
+        }
+        _ => None,
     }
-    let status = ask(
-        "check_answer_status",
-        &[("query", &a.query), ("answer", &final_answer)],
-    )?;
-    if status != AnswerStatus::Unsure {
-        return Ok(status);
+}
+
+/// The first match of ToolBench's `'name':\s*'(.*?)'` (DOTALL) in `text`.
+fn called_name(text: &str) -> Option<&str> {
+    let mut from = 0;
+    while let Some(i) = text[from..].find("'name':") {
+        let after = &text[from + i + "'name':".len()..];
+        let rest = after.trim_start_matches(|c: char| c.is_whitespace());
+        if let Some(quoted) = rest.strip_prefix('\'') {
+            if let Some(end) = quoted.find('\'') {
+                return Some(&quoted[..end]);
+            }
+        }
+        from += i + 1;
     }
-    let whole = a.answer.json_dumps();
-    ask(
-        "parse_answer_status",
-        &[("query", &a.query), ("answer", &whole)],
-    )
+    None
 }
 
 /// The solvable pass rate of each judgment (Solved 1, Unsure 0.5, Unsolved 0, averaged

@@ -8,7 +8,9 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{set_path, ConfigError, ConfigProblem, Experiment, ModelInit, RunConfig};
+use crate::config::{
+    set_path, ConfigError, ConfigProblem, Evaluator, Experiment, ModelInit, RunConfig,
+};
 use crate::data::Template;
 use crate::model::ModelSource;
 
@@ -91,6 +93,11 @@ const ADDED_KEYS: &[(&str, &str, &str)] = &[
         "eval",
         "judge",
         r#"{"api_key_env":"OPENAI_API_KEY","k":3,"model":"","temperature":0.0,"timeout_s":60,"url":""}"#,
+    ),
+    (
+        "eval",
+        "judge",
+        r#"{"api_key_env":"OPENAI_API_KEY","evaluator":"","k":null,"model":"","procedure":"pass_rate","temperature":null,"timeout_s":60,"url":""}"#,
     ),
     (
         "eval",
@@ -214,6 +221,23 @@ fn data_problem(
         )),
         Ok(None) => None,
         Err(e) => problem(e.to_string()),
+    }
+}
+
+/// Whether the judge's ToolEval evaluator folder (if any) reads, and names a model when
+/// `eval.judge.model` does not.
+fn judge_problem(judge: &crate::config::JudgeConfig) -> Option<(String, String)> {
+    let dir = judge.evaluator.trim();
+    if dir.is_empty() {
+        return None;
+    }
+    match crate::eval::tooleval::EvaluatorFolder::load(std::path::Path::new(dir)) {
+        Err(e) => Some(("eval.judge.evaluator".into(), e.to_string())),
+        Ok(f) if judge.model.trim().is_empty() && f.model().is_none() => Some((
+            "eval.judge.model".into(),
+            format!("{dir}/config.yaml names no model, so this key must"),
+        )),
+        Ok(_) => None,
     }
 }
 
@@ -412,6 +436,7 @@ pub fn expand_at_most(exp: &Experiment, max_runs: u64) -> Result<Plan, ConfigErr
     let mut seen = BTreeSet::new();
     let mut models = BTreeMap::new();
     let mut datasets = BTreeMap::new();
+    let mut judges = BTreeMap::new();
     let mut problems = Vec::new();
     let origin = exp.file.display().to_string();
     for (axes, b) in combos.into_iter().zip(built) {
@@ -442,6 +467,17 @@ pub fn expand_at_most(exp: &Experiment, max_runs: u64) -> Result<Plan, ConfigErr
                 .clone()
         })
         .collect();
+        let judge_problem = if config.eval.evaluators.contains(&Evaluator::LlmJudge) {
+            judges
+                .entry((
+                    config.eval.judge.evaluator.clone(),
+                    config.eval.judge.model.clone(),
+                ))
+                .or_insert_with(|| judge_problem(&config.eval.judge))
+                .clone()
+        } else {
+            None
+        };
         let model_problem = models
             .entry((config.model.name.clone(), config.model.init))
             .or_insert_with(|| model_problem(&config.model.name, config.model.init))
@@ -449,6 +485,7 @@ pub fn expand_at_most(exp: &Experiment, max_runs: u64) -> Result<Plan, ConfigErr
         for (k, m) in config_problems
             .into_iter()
             .chain(model_problem)
+            .chain(judge_problem)
             .chain(data_problems)
         {
             let p = ConfigProblem {

@@ -229,7 +229,21 @@ pub fn verdict_key(cfg: &RunConfig, generation: &str, evaluator: Evaluator) -> V
     let settings = match evaluator {
         Evaluator::LlmJudge => {
             let j = &cfg.eval.judge;
-            json!({"url": j.url, "model": j.model, "k": j.k, "temperature": j.temperature})
+            let mut s =
+                json!({"url": j.url, "model": j.model, "k": j.k, "temperature": j.temperature});
+            // Keys added later are left out at their defaults, so earlier verdict sets keep
+            // their ids.
+            if j.procedure != crate::config::JudgeProcedure::PassRate {
+                s["procedure"] = json!(j.procedure);
+            }
+            if !j.evaluator.trim().is_empty() {
+                // The folder's prompts and schemas decide the verdicts: its content, hashed.
+                let f = crate::eval::tooleval::EvaluatorFolder::load(std::path::Path::new(
+                    j.evaluator.trim(),
+                ));
+                s["evaluator"] = json!(f.map(|f| f.digest).unwrap_or_default());
+            }
+            s
         }
         _ => json!({}),
     };

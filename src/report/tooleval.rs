@@ -28,20 +28,10 @@ pub fn convert(predictions: &[Prediction]) -> (BTreeMap<String, GroupFile>, usiz
             skipped += 1;
             continue;
         };
-        let answer = json!({
-            "method": d["method"].as_str().unwrap_or("CoT@1"),
-            "total_steps": d["total_steps"],
-            "final_answer": d["finish_arguments"].as_str().unwrap_or_default(),
-            "answer_details": d["details"],
-        });
-        groups.entry(group.to_string()).or_default().insert(
-            id.to_string(),
-            json!({
-                "query": d["query"],
-                "available_tools": d["available_tools"],
-                "answer": answer,
-            }),
-        );
+        groups
+            .entry(group.to_string())
+            .or_default()
+            .insert(id.to_string(), crate::eval::tooleval::converted(&d));
     }
     (groups, skipped)
 }

@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 
-use serde_json::json;
-
 use super::RunError;
 use crate::config::Evaluator;
 use crate::data::{self, Example};
@@ -60,57 +58,62 @@ pub fn run(
             (ev, PredictionKind::Step, Some(ending)) if ev != Evaluator::Episode => Judgment {
                 passed: false,
                 verdict: ending.to_string(),
-            },
+            }
+            .into(),
             (Evaluator::Episode, _, ending) => {
                 let ending = ending.unwrap_or("no_finish");
                 Judgment {
                     passed: ending == "pass",
                     verdict: ending.to_string(),
                 }
+                .into()
             }
             (Evaluator::LlmJudge, kind, _) => {
                 let j = llm.as_ref().expect("a judge for llm_judge");
                 let d = match kind {
+                    // The episode as ToolEval's converted format has it: what an export
+                    // writes and ToolEval's script reads.
                     PredictionKind::Episode => {
                         let Some(t) = tasks.get(p.example_id.as_str()) else {
                             return Err(missing(ctx, p));
                         };
                         let detail = p.detail.clone().unwrap_or_default();
-                        j.judge(&llm_judge::Item {
-                            id: &t.id,
-                            query: &t.query,
-                            tools: &t.functions,
-                            final_answer: detail["final_answer"].as_str(),
-                            details: detail.get("details").cloned().unwrap_or(json!([])),
-                        })?
+                        let entry = crate::eval::tooleval::converted(&detail);
+                        j.judge(&llm_judge::Item::converted(&t.id, &t.query, &entry))?
                     }
-                    // The step's text is the answer judged; the path is that one step.
                     PredictionKind::Step => {
                         let Some(e) = examples.get(p.example_id.as_str()) else {
                             return Err(missing(ctx, p));
                         };
-                        let text = p.prediction.as_str();
-                        j.judge(&llm_judge::Item {
-                            id: &e.id,
-                            query: &e.query,
-                            tools: &e.tools,
-                            final_answer: Some(text).filter(|t| !t.trim().is_empty()),
-                            details: json!([{"role": "assistant", "message": text, "next": []}]),
-                        })?
+                        j.judge(&llm_judge::Item::step(
+                            &e.id,
+                            &e.query,
+                            &e.tools,
+                            &p.prediction,
+                        ))?
                     }
                 };
-                Judgment {
-                    passed: d.passed,
-                    verdict: d.verdict,
+                Scored {
+                    judgment: Judgment {
+                        passed: d.passed,
+                        verdict: d.verdict,
+                    },
+                    score: d.score,
+                    judgments: Some(serde_json::to_value(&d.judgments).expect("json")),
                 }
             }
             (ev, _, _) => {
                 let Some(e) = examples.get(p.example_id.as_str()) else {
                     return Err(missing(ctx, p));
                 };
-                eval::judge(ev, &p.prediction, e)
+                eval::judge(ev, &p.prediction, e).into()
             }
         };
+        let Scored {
+            judgment: v,
+            score,
+            judgments,
+        } = v;
         passed += v.passed as usize;
         emit(Event::Record(Record::StageVerdict {
             verdict_set_id: set.id.clone(),
@@ -118,6 +121,8 @@ pub fn run(
             example_id: p.example_id.clone(),
             verdict: v.verdict,
             passed: v.passed,
+            score,
+            judgments,
         }));
         emit(Event::Progress {
             run_id: run_id.to_string(),
@@ -126,6 +131,23 @@ pub fn run(
         });
     }
     Ok(())
+}
+
+/// A verdict with what a judge that asks k times adds to it.
+struct Scored {
+    judgment: Judgment,
+    score: Option<f64>,
+    judgments: Option<serde_json::Value>,
+}
+
+impl From<Judgment> for Scored {
+    fn from(judgment: Judgment) -> Scored {
+        Scored {
+            judgment,
+            score: None,
+            judgments: None,
+        }
+    }
 }
 
 /// The judge's answers: read from the database, written by the store's one writer (the

@@ -41,6 +41,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_liveness",
         include_str!("../../migrations/0006_liveness.sql"),
     ),
+    (
+        "0007_judgments_and_labels",
+        include_str!("../../migrations/0007_judgments_and_labels.sql"),
+    ),
 ];
 
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
@@ -150,6 +154,10 @@ pub enum Record {
         example_id: String,
         verdict: String,
         passed: bool,
+        /// A fractional score (StableToolBench's SoPR), when the evaluator gives one.
+        score: Option<f64>,
+        /// The judge's k judgments, when it asks k times.
+        judgments: Option<serde_json::Value>,
     },
     /// An answer of the LLM judge's endpoint, for `judge_cache`.
     JudgeAnswer(crate::eval::llm_judge::CachedAnswer),
@@ -687,8 +695,9 @@ fn write_records(tx: &rusqlite::Transaction<'_>, batch: &[Record]) -> rusqlite::
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut stage_verdict = tx.prepare_cached(
-        "INSERT OR REPLACE INTO verdicts (verdict_set_id, kind, example_id, verdict, passed)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR REPLACE INTO verdicts
+           (verdict_set_id, kind, example_id, verdict, passed, score, judgments_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for r in batch {
         match r {
@@ -722,13 +731,17 @@ fn write_records(tx: &rusqlite::Transaction<'_>, batch: &[Record]) -> rusqlite::
                 example_id,
                 verdict: v,
                 passed,
+                score,
+                judgments,
             } => {
                 stage_verdict.execute(params![
                     verdict_set_id,
                     kind.as_str(),
                     example_id,
                     v,
-                    passed
+                    passed,
+                    score,
+                    judgments.as_ref().map(|j| j.to_string())
                 ])?;
             }
             Record::JudgeAnswer(a) => judge_cache::insert(tx, a)?,
@@ -938,6 +951,7 @@ mod tests {
                 "evaluator_agreement",
                 "generations",
                 "judge_cache",
+                "labels",
                 "metrics",
                 "predictions",
                 "run_stage_status",

@@ -637,9 +637,10 @@ pub(crate) fn assemble(tx: &Transaction<'_>, run_id: &str) -> rusqlite::Result<(
     )?;
     tx.execute(
         "INSERT OR REPLACE INTO eval_results
-           (run_id, dataset, example_id, category, evaluator, verdict, passed, prediction, gold)
+           (run_id, dataset, example_id, category, evaluator, verdict, passed, prediction, gold,
+            score)
          SELECT ?1, p.dataset, p.example_id, p.category, rv.evaluator, v.verdict, v.passed,
-                p.prediction, p.gold
+                p.prediction, p.gold, v.score
          FROM run_verdict_sets rv
          JOIN verdict_sets vs ON vs.id = rv.verdict_set_id
          JOIN verdicts v ON v.verdict_set_id = vs.id
@@ -648,12 +649,14 @@ pub(crate) fn assemble(tx: &Transaction<'_>, run_id: &str) -> rusqlite::Result<(
          WHERE rv.run_id = ?1",
         [run_id],
     )?;
+    insert_labels(tx, run_id)?;
     let mut rates = tx.prepare_cached(
-        "SELECT rv.position, rv.evaluator, COUNT(v.example_id), COALESCE(SUM(v.passed), 0)
+        "SELECT rv.position, rv.evaluator, COUNT(v.example_id),
+                COALESCE(SUM(COALESCE(v.score, v.passed)), 0)
          FROM run_verdict_sets rv LEFT JOIN verdicts v ON v.verdict_set_id = rv.verdict_set_id
          WHERE rv.run_id = ?1 GROUP BY rv.position, rv.evaluator ORDER BY rv.position",
     )?;
-    let rows: Vec<(i64, String, i64, i64)> = rates
+    let rows: Vec<(i64, String, i64, f64)> = rates
         .query_map([run_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
@@ -663,7 +666,7 @@ pub(crate) fn assemble(tx: &Transaction<'_>, run_id: &str) -> rusqlite::Result<(
          VALUES (?1, ?2, 'test', -1, ?3)",
     )?;
     for (pos, ev, n, passed) in rows {
-        let rate = passed as f64 / n.max(1) as f64;
+        let rate = passed / n.max(1) as f64;
         if pos == 0 {
             put.execute(params![run_id, "pass_rate", rate])?;
             put.execute(params![run_id, "n_eval", n as f64])?;
@@ -671,4 +674,24 @@ pub(crate) fn assemble(tx: &Transaction<'_>, run_id: &str) -> rusqlite::Result<(
         put.execute(params![run_id, format!("pass_rate_{ev}"), rate])?;
     }
     Ok(())
+}
+
+/// A finished run's rows of people's verdicts (`labels`) on its generation's predictions,
+/// under `<evaluator>` or `<evaluator>/<annotator>`.
+pub(crate) fn insert_labels(tx: &Connection, run_id: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO eval_results
+           (run_id, dataset, example_id, category, evaluator, verdict, passed, prediction, gold)
+         SELECT ?1, p.dataset, p.example_id, p.category,
+                CASE WHEN l.annotator = '' THEN l.evaluator
+                     ELSE l.evaluator || '/' || l.annotator END,
+                l.verdict, l.passed, p.prediction, p.gold
+         FROM run_stages s
+         JOIN labels l ON l.generation_id = s.generation_id
+         JOIN predictions p ON p.generation_id = l.generation_id AND p.kind = l.kind
+          AND p.example_id = l.example_id
+         WHERE s.run_id = ?1",
+        [run_id],
+    )
+    .map(drop)
 }

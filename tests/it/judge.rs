@@ -89,13 +89,7 @@ fn tools() -> Vec<ToolSpec> {
 }
 
 fn item<'a>(id: &'a str, answer: &'a str, tools: &'a [ToolSpec]) -> Item<'a> {
-    Item {
-        id,
-        query: "What is the capital of France?",
-        tools,
-        final_answer: Some(answer),
-        details: json!([{"role": "assistant", "message": answer, "next": []}]),
-    }
+    Item::step(id, "What is the capital of France?", tools, answer)
 }
 
 fn config(url: &str, key_env: &str, k: usize) -> JudgeConfig {
@@ -103,7 +97,7 @@ fn config(url: &str, key_env: &str, k: usize) -> JudgeConfig {
         url: url.to_string(),
         model: "judge-1".into(),
         api_key_env: key_env.into(),
-        k,
+        k: Some(k),
         timeout_s: 5,
         ..Default::default()
     }
@@ -183,18 +177,17 @@ fn the_judge_follows_tooleval_and_asks_each_question_once() {
     assert!(parse[0].prompt.contains("answer_details"));
 
     // Unsolved on an unsolvable task passes (ToolEval's rule).
-    let unsolvable = Item {
-        query: "What is the capital of Atlantis?",
-        ..item("q4", "I could not find it.", &t)
-    };
+    let unsolvable = Item::step(
+        "q4",
+        "What is the capital of Atlantis?",
+        &t,
+        "I could not find it.",
+    );
     assert!(judge.judge(&unsolvable).unwrap().passed);
 
     // A path that never finished fails without a question.
     let before = server.seen().len();
-    let unfinished = Item {
-        final_answer: None,
-        ..item("q5", "", &t)
-    };
+    let unfinished = item("q5", "", &t);
     let d = judge.judge(&unfinished).unwrap();
     assert_eq!(
         (d.passed, d.verdict.as_str(), d.requests),
@@ -203,10 +196,12 @@ fn the_judge_follows_tooleval_and_asks_each_question_once() {
     assert_eq!(server.seen().len(), before);
     // Giving up is Unsolved without a question about the answer; solvability is still
     // asked, on another task than before (the same question would come from the cache).
-    let other = Item {
-        query: "What is the capital of Peru?",
-        ..item("q6", "give_up_and_restart", &t)
-    };
+    let other = Item::step(
+        "q6",
+        "What is the capital of Peru?",
+        &t,
+        "give_up_and_restart",
+    );
     let d = judge.judge(&other).unwrap();
     assert_eq!((d.passed, d.requests), (false, 3));
     assert!(server.seen()[before..]
