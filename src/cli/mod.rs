@@ -277,6 +277,9 @@ pub enum Command {
     /// Score a model's predictions with an evaluator, outside any sweep.
     #[command(subcommand)]
     Score(ScoreCommand),
+    /// People's verdicts on stored predictions, compared with every evaluator's.
+    #[command(subcommand)]
+    Labels(LabelsCommand),
     /// Run one read-only SQL statement against the results database.
     Query {
         /// The statement, e.g. "SELECT * FROM run_summary".
@@ -285,6 +288,34 @@ pub enum Command {
         #[arg(long, conflicts_with = "json")]
         csv: bool,
         /// Print a JSON array of objects.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabelsCommand {
+    /// Import verdicts given by people: a CSV with a header, or JSONL, with the columns
+    /// `run` (a run id or a unique prefix), `example` (the example id, as `eval_results`
+    /// has it), `verdict` (pass/fail, true/false, 1/0, yes/no) and optionally `annotator`,
+    /// `note`, and `dataset` (when a run's example ids repeat across datasets). The file is
+    /// checked whole first: unknown runs or examples, bad verdicts and duplicates are all
+    /// listed and nothing is imported (exit 2). Finished runs show the labels in
+    /// eval_results as evaluator NAME, or NAME/annotator, so `ablate report` and the
+    /// evaluator_agreement view compare them with the judge, rules and BFCL (Cohen's kappa,
+    /// and between annotators). Importing again replaces a label of the same run, example
+    /// and annotator.
+    #[command(
+        after_help = "Example:\n  ablate labels import labels.csv --evaluator human\n\n\
+        labels.csv:\n  run,example,verdict,annotator,note\n  3f2a9c,synthetic-0001,pass,ana,\n  3f2a9c,synthetic-0002,fail,ana,wrong city"
+    )]
+    Import {
+        /// The labels file (.csv, or .jsonl with one object per line).
+        file: PathBuf,
+        /// The name the labels are stored under, e.g. human.
+        #[arg(long)]
+        evaluator: String,
+        /// Print what was imported as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -515,6 +546,11 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
             json,
         } => cmd_fetch(&models, &revision, json),
         Command::Data(DataCommand::Convert { answers, out }) => cmd_data_convert(&answers, &out),
+        Command::Labels(LabelsCommand::Import {
+            file,
+            evaluator,
+            json,
+        }) => cmd_labels_import(&cli.db, &file, &evaluator, json),
         Command::Data(DataCommand::Inspect {
             source,
             index,
@@ -1530,6 +1566,35 @@ fn cmd_export_tooleval(
         return Err(user(anyhow::anyhow!(
             "{target}: no run has stored episodes (ToolBench agent evaluation) to export"
         )));
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_labels_import(db: &Path, file: &Path, evaluator: &str, json: bool) -> Result<u8, Failure> {
+    use crate::store::labels::LabelError;
+    if !db.exists() {
+        return Err(store_failure(StoreError::Missing(db.display().to_string())));
+    }
+    let mut store = Store::open(db).map_err(store_failure)?;
+    let done = match store.import_labels(file, evaluator) {
+        Ok(d) => d,
+        Err(LabelError::Store(e)) => return Err(store_failure(e)),
+        Err(e) => return Err(user(e)),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&done).expect("json"));
+    } else {
+        println!(
+            "imported {} label(s) as {} on {} run(s){}",
+            done.labels,
+            done.evaluator,
+            done.runs.len(),
+            if done.annotators.is_empty() {
+                String::new()
+            } else {
+                format!(" from {}", done.annotators.join(", "))
+            }
+        );
     }
     Ok(exit::OK)
 }

@@ -99,17 +99,17 @@ impl<'a> Item<'a> {
 }
 
 /// One judgment of an example.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Judgment {
     pub answer: AnswerStatus,
     /// `check_task_solvable`'s answer, when the procedure asked it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskStatus>,
     /// `pass_rate`: whether this judgment passed; `sopr`: none (the status is the score).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passed: Option<bool>,
     /// `pass_rate`: the judgment was Unsure and a coin decided it.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub coin: bool,
 }
 

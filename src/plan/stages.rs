@@ -241,6 +241,13 @@ pub fn verdict_key(cfg: &RunConfig, generation: &str, evaluator: Evaluator) -> V
                 let f = crate::eval::tooleval::EvaluatorFolder::load(std::path::Path::new(
                     j.evaluator.trim(),
                 ));
+                if let Ok(f) = &f {
+                    // What the judge will use: the folder's model, ToolEval's k.
+                    if j.model.trim().is_empty() {
+                        s["model"] = json!(f.model());
+                    }
+                    s["k"] = json!(j.k.unwrap_or(4));
+                }
                 s["evaluator"] = json!(f.map(|f| f.digest).unwrap_or_default());
             }
             s

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use super::stats::{self, Discordant, Spread, Z95};
 use super::{
-    AgreementRow, Flip, Plots, ReportData, ReportError, ReportOptions, RescoreRow, RunRow,
-    RunSeries, SPIKE_FACTOR, SPIKE_WINDOW,
+    AgreementRow, Flip, JudgeRow, Plots, ReportData, ReportError, ReportOptions, RescoreRow,
+    RunRow, RunSeries, SPIKE_FACTOR, SPIKE_WINDOW,
 };
 use crate::config::{HybridSpec, RunConfig};
 use crate::store::{Store, VerdictRow};
@@ -352,6 +352,7 @@ pub fn collect(
     let spec = opts.hybrid.clone().unwrap_or_default();
     let hybrid = hybrid(store, &runs, &spec)?;
     let agreement = agreement(store, sweep)?;
+    let judges = judges(store, sweep)?;
     let rescores = rescores(store, sweep)?;
 
     let (rows, series): (Vec<RunRow>, Vec<RunSeries>) =
@@ -369,6 +370,7 @@ pub fn collect(
         rows,
         counts,
         agreement,
+        judges,
         rescores,
         comparisons,
         seed_groups,
@@ -611,23 +613,151 @@ fn hybrid(
 
 fn agreement(store: &Store, sweep: &str) -> Result<Vec<AgreementRow>, ReportError> {
     let (_, pairs) = store.query(&format!(
-        "SELECT a.run_id, a.dataset, a.evaluator_a, a.evaluator_b, a.n, a.agreement, a.kappa
+        "SELECT a.run_id, a.dataset, a.evaluator_a, a.evaluator_b, a.n, a.agreement,
+                a.both_pass, a.only_a, a.only_b, a.both_fail
          FROM evaluator_agreement a JOIN sweep_runs s ON s.run_id = a.run_id
          WHERE s.sweep = '{}' ORDER BY s.position, a.dataset, a.evaluator_a, a.evaluator_b",
         sweep.replace('\'', "''")
     ))?;
     Ok(pairs
         .iter()
-        .map(|r| AgreementRow {
-            run_id: r[0].as_str().unwrap_or_default().to_string(),
-            dataset: r[1].as_str().unwrap_or_default().to_string(),
-            evaluator_a: r[2].as_str().unwrap_or_default().to_string(),
-            evaluator_b: r[3].as_str().unwrap_or_default().to_string(),
-            n: r[4].as_i64().unwrap_or(0),
-            agreement: r[5].as_f64(),
-            kappa: r[6].as_f64(),
+        .map(|r| {
+            let count = |i: usize| r[i].as_i64().unwrap_or(0);
+            let (evaluator_a, evaluator_b) = (
+                r[2].as_str().unwrap_or_default().to_string(),
+                r[3].as_str().unwrap_or_default().to_string(),
+            );
+            let kappa = stats::cohens_kappa(
+                count(6) as usize,
+                count(7) as usize,
+                count(8) as usize,
+                count(9) as usize,
+            );
+            let label_set = |e: &str| e.split_once('/').map(|(n, _)| n.to_string());
+            AgreementRow {
+                run_id: r[0].as_str().unwrap_or_default().to_string(),
+                dataset: r[1].as_str().unwrap_or_default().to_string(),
+                annotators: label_set(&evaluator_a).is_some()
+                    && label_set(&evaluator_a) == label_set(&evaluator_b),
+                evaluator_a,
+                evaluator_b,
+                n: count(4),
+                agreement: r[5].as_f64(),
+                kappa: kappa.map(|k| k.0),
+                kappa_low: kappa.map(|k| k.1),
+                kappa_high: kappa.map(|k| k.2),
+                both_pass: count(6),
+                only_a: count(7),
+                only_b: count(8),
+                both_fail: count(9),
+            }
         })
         .collect())
+}
+
+/// Each run's LLM judge verdict set: what prompted it, and how its k judgments spread.
+fn judges(store: &Store, sweep: &str) -> Result<Vec<JudgeRow>, ReportError> {
+    let (_, rows) = store.query(&format!(
+        "SELECT s.run_id, vs.key_json, r.config_json, v.judgments_json
+         FROM sweep_runs s
+         JOIN runs r ON r.id = s.run_id AND r.status = 'done'
+         JOIN run_verdict_sets rv ON rv.run_id = s.run_id AND rv.evaluator = 'llm_judge'
+         JOIN verdict_sets vs ON vs.id = rv.verdict_set_id
+         JOIN verdicts v ON v.verdict_set_id = vs.id
+         WHERE s.sweep = '{}' AND v.judgments_json IS NOT NULL
+         ORDER BY s.position, v.kind, v.example_id",
+        sweep.replace('\'', "''")
+    ))?;
+    let mut out: Vec<JudgeRow> = Vec::new();
+    let mut per_run: Vec<Vec<Vec<crate::eval::llm_judge::Judgment>>> = Vec::new();
+    for r in &rows {
+        let run_id = r[0].as_str().unwrap_or_default();
+        if out.last().map(|j| j.run_id.as_str()) != Some(run_id) {
+            let key: Value =
+                serde_json::from_str(r[1].as_str().unwrap_or("{}")).unwrap_or_default();
+            let cfg: Value =
+                serde_json::from_str(r[2].as_str().unwrap_or("{}")).unwrap_or_default();
+            let folder = cfg["eval"]["judge"]["evaluator"]
+                .as_str()
+                .unwrap_or_default();
+            let digest = key["settings"]["evaluator"].as_str().unwrap_or_default();
+            let prompts = if folder.is_empty() {
+                "ablate's own prompts (no ToolEval evaluator folder given)".to_string()
+            } else {
+                let name = std::path::Path::new(folder)
+                    .file_name()
+                    .map_or(folder.into(), |n| n.to_string_lossy());
+                format!(
+                    "ToolEval evaluator {name} (sha256 {})",
+                    &digest[..digest.len().min(12)]
+                )
+            };
+            out.push(JudgeRow {
+                run_id: run_id.to_string(),
+                prompts,
+                procedure: key["settings"]["procedure"]
+                    .as_str()
+                    .unwrap_or("pass_rate")
+                    .to_string(),
+                model: key["settings"]["model"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                k: 0,
+                n: 0,
+                unstable: 0,
+                coins: 0,
+                rates: vec![],
+                mean: 0.0,
+                sd: 0.0,
+            });
+            per_run.push(Vec::new());
+        }
+        let js: Vec<crate::eval::llm_judge::Judgment> =
+            serde_json::from_str(r[3].as_str().unwrap_or("[]")).unwrap_or_default();
+        per_run.last_mut().expect("a run row").push(js);
+    }
+    for (row, examples) in out.iter_mut().zip(per_run) {
+        let k = examples.iter().map(Vec::len).max().unwrap_or(0);
+        let sopr = row.procedure == "sopr";
+        let score = |j: &crate::eval::llm_judge::Judgment| -> f64 {
+            if sopr {
+                j.answer.score()
+            } else if j.passed == Some(true) {
+                1.0
+            } else {
+                0.0
+            }
+        };
+        row.k = k;
+        row.n = examples.len();
+        row.unstable = examples
+            .iter()
+            .filter(|js| {
+                js.windows(2)
+                    .any(|w| score(&w[0]) != score(&w[1]) || w[0].answer != w[1].answer)
+            })
+            .count();
+        row.coins = examples.iter().flatten().filter(|j| j.coin).count();
+        row.rates = (0..k)
+            .map(|i| {
+                examples
+                    .iter()
+                    .map(|js| js.get(i).map_or(0.0, score))
+                    .sum::<f64>()
+                    / examples.len().max(1) as f64
+            })
+            .collect();
+        row.mean = row.rates.iter().sum::<f64>() / k.max(1) as f64;
+        row.sd = (row
+            .rates
+            .iter()
+            .map(|r| (r - row.mean).powi(2))
+            .sum::<f64>()
+            / k.max(1) as f64)
+            .sqrt();
+    }
+    Ok(out)
 }
 
 /// Every pair of consecutive verdict sets (by finishing time) of one evaluator on one
@@ -789,6 +919,7 @@ pub(crate) fn empty_for_tests() -> ReportData {
         best: None,
         counts: BTreeMap::new(),
         agreement: vec![],
+        judges: vec![],
         rescores: vec![],
         comparisons: vec![],
         seed_groups: vec![],

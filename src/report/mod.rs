@@ -159,6 +159,8 @@ pub struct ReportData {
     pub counts: BTreeMap<String, usize>,
     /// Pairs of evaluators that judged the same predictions of a run.
     pub agreement: Vec<AgreementRow>,
+    /// Each run's LLM judge: its prompts and settings, and its judgments' spread.
+    pub judges: Vec<JudgeRow>,
     /// The same predictions judged twice by one evaluator (a newer version, other judge
     /// settings): agreement, and what flipped.
     pub rescores: Vec<RescoreRow>,
@@ -187,6 +189,37 @@ pub struct AgreementRow {
     pub n: i64,
     pub agreement: Option<f64>,
     pub kappa: Option<f64>,
+    /// Cohen's kappa's 95% interval.
+    pub kappa_low: Option<f64>,
+    pub kappa_high: Option<f64>,
+    /// The confusion table: both pass, only a passes, only b passes, both fail.
+    pub both_pass: i64,
+    pub only_a: i64,
+    pub only_b: i64,
+    pub both_fail: i64,
+    /// Two annotators of one label set (`NAME/x` and `NAME/y`).
+    pub annotators: bool,
+}
+
+/// What the LLM judge of a run was and how steady its k judgments were.
+#[derive(Debug, Clone, Serialize)]
+pub struct JudgeRow {
+    pub run_id: String,
+    /// "ToolEval evaluator <name> (sha256 <first 12>)", or ablate's own prompts.
+    pub prompts: String,
+    pub procedure: String,
+    pub model: String,
+    pub k: usize,
+    pub n: usize,
+    /// Queries whose k judgments did not all agree.
+    pub unstable: usize,
+    /// Judgments an Unsure outcome left to a coin (ToolBench's procedure).
+    pub coins: usize,
+    /// The rate of each judgment (SoPR: Solved 1, Unsure 0.5; pass_rate: passed), its
+    /// mean and (population) sd, as StableToolBench's script prints them.
+    pub rates: Vec<f64>,
+    pub mean: f64,
+    pub sd: f64,
 }
 
 /// Two verdict sets of one evaluator on one generation, older first.

@@ -59,6 +59,35 @@ impl Discordant {
 /// Exact (binomial) two-sided McNemar test: under the null each discordant pair is a fair
 /// coin, so p = 2 P(X <= min(b, c)) with X ~ Binomial(b + c, 1/2), capped at 1. The exact
 /// form, not the chi-square one, because sweeps have few discordant pairs.
+/// Cohen's kappa of two raters' pass/fail on the same items, from their 2x2 table, with a
+/// 95% interval from its large-sample standard error, sqrt(po (1 - po) / (n (1 - pe)^2))
+/// (Cohen 1960). None when chance agreement is 1 (both raters constant and equal).
+pub fn cohens_kappa(
+    both_pass: usize,
+    only_a: usize,
+    only_b: usize,
+    both_fail: usize,
+) -> Option<(f64, f64, f64)> {
+    let n = (both_pass + only_a + only_b + both_fail) as f64;
+    if n == 0.0 {
+        return None;
+    }
+    let po = (both_pass + both_fail) as f64 / n;
+    let a_pass = (both_pass + only_a) as f64 / n;
+    let b_pass = (both_pass + only_b) as f64 / n;
+    let pe = a_pass * b_pass + (1.0 - a_pass) * (1.0 - b_pass);
+    if pe >= 1.0 {
+        return None;
+    }
+    let kappa = (po - pe) / (1.0 - pe);
+    let se = (po * (1.0 - po) / (n * (1.0 - pe).powi(2))).sqrt();
+    Some((
+        kappa,
+        (kappa - Z95 * se).max(-1.0),
+        (kappa + Z95 * se).min(1.0),
+    ))
+}
+
 pub fn mcnemar_exact(only_a: usize, only_b: usize) -> f64 {
     let n = only_a + only_b;
     if n == 0 {
@@ -206,6 +235,17 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
+    }
+
+    #[test]
+    fn kappa_of_a_known_table() {
+        // 20 items: 9 both pass, 1 + 2 discordant, 8 both fail. po = 0.85, pe = 0.5,
+        // kappa = 0.7, se = sqrt(0.85 * 0.15 / (20 * 0.25)) = 0.1597.
+        let (k, lo, hi) = cohens_kappa(9, 1, 2, 8).unwrap();
+        assert!((k - 0.7).abs() < 1e-12, "{k}");
+        assert!((lo - (0.7 - Z95 * 0.159687)).abs() < 1e-4, "{lo}");
+        assert!((hi - (0.7 + Z95 * 0.159687)).abs() < 1e-4, "{hi}");
+        assert_eq!(cohens_kappa(5, 0, 0, 0), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::plan::{canonical_json, Plan};
 
 pub mod judge_cache;
+pub mod labels;
 mod read;
 mod shard;
 pub mod stages;

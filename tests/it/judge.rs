@@ -476,3 +476,214 @@ fn with_episodes_the_judge_reads_whole_episodes() {
     }
     assert!(server.seen().is_empty());
 }
+
+/// A sweep judged with a ToolEval evaluator folder (StableToolBench's, read at run time)
+/// under StableToolBench's solvable pass rate; then people's labels: a malformed file is
+/// refused whole and changes nothing, a good one shows in the evaluators report with kappa
+/// against the judge and the rules, and between its two annotators.
+#[test]
+fn a_sweep_judged_with_toolevals_folder_and_sopr_then_human_labels() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The judge wavers: the same question gets Solved, Unsure, Unsolved in turn, so the k
+    // judgments of one answer differ (what the stability section is for).
+    let calls = AtomicUsize::new(0);
+    let server = Server::start(move |function, _| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        let status = match function {
+            "check_answer_status" => ["Solved", "Unsure", "Unsolved"][n % 3],
+            _ => ["Solved", "Unsolved"][n % 2],
+        };
+        Ok(json!({"answer_status": status, "reason": "ok"}))
+    });
+    let evaluator = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../shared/upstream/StableToolBench/toolbench/tooleval/evaluators/tooleval_gpt-3.5-turbo_default",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("experiments")).unwrap();
+    std::fs::write(
+        d.join("experiments/judged.toml"),
+        format!(
+            r#"
+[experiment]
+name = "judged"
+report = "evaluators"
+[model]
+name = "tiny"
+[data]
+n_train = 48
+n_test = 6
+vocab_size = 512
+max_seq_len = 128
+[train]
+lr = 3e-3
+batch_size = 16
+[eval]
+max_new_tokens = 24
+evaluators = ["rules", "llm_judge"]
+[eval.judge]
+url = "{}"
+evaluator = "{}"
+procedure = "sopr"
+k = 3
+"#,
+            server.url,
+            evaluator.display()
+        ),
+    )
+    .unwrap();
+    let out = run(d, &["run", "experiments/judged.toml"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The folder's prompt and model, not ablate's.
+    let seen = server.stub.requests();
+    let first: Value = serde_json::from_str(&seen[0].body).unwrap();
+    assert_eq!(first["model"], "gpt-3.5-turbo-16k");
+    assert!(first["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Giving the query and answer, you need give `answer_status`"));
+
+    let db = d.join("results/ablate.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let (run_id, scores, n): (String, f64, i64) = c
+        .query_row(
+            "SELECT rv.run_id, SUM(v.score), COUNT(*) FROM verdicts v
+             JOIN run_verdict_sets rv ON rv.verdict_set_id = v.verdict_set_id
+             WHERE rv.evaluator = 'llm_judge' GROUP BY rv.run_id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(n, 6);
+    let rate: f64 = c
+        .query_row(
+            "SELECT value FROM metrics WHERE name = 'pass_rate_llm_judge'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        (rate - scores / 6.0).abs() < 1e-12,
+        "the rate is the mean score"
+    );
+    let judgments: String = c
+        .query_row(
+            "SELECT judgments_json FROM verdicts WHERE judgments_json IS NOT NULL LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Vec<Value>>(&judgments)
+            .unwrap()
+            .len(),
+        3
+    );
+    let examples: Vec<String> = c
+        .prepare("SELECT example_id FROM eval_results WHERE evaluator = 'rules' ORDER BY 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    drop(c);
+
+    // A malformed file: every problem listed, nothing imported, the database unchanged.
+    let bad = d.join("bad.csv");
+    std::fs::write(
+        &bad,
+        format!(
+            "run,example,verdict,annotator\n{run_id},{},pass,ana\n{run_id},no-such-example,pass,ana\n\
+             {run_id},{},perhaps,ana\nffffff,{},fail,ana\n",
+            examples[0], examples[1], examples[2]
+        ),
+    )
+    .unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let out = run(
+        d,
+        &["labels", "import", "bad.csv", "--evaluator", "human"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "no-such-example",
+        "\"perhaps\"",
+        "no run \"ffffff\"",
+        "3 problem(s)",
+    ] {
+        assert!(err.contains(expected), "{expected} not in: {err}");
+    }
+    assert_eq!(before, std::fs::read(&db).unwrap(), "the database changed");
+
+    // Two annotators; ben disagrees with ana on two examples.
+    let mut csv = String::from("run,example,verdict,annotator,note\n");
+    for (i, e) in examples.iter().enumerate() {
+        let ana = if i % 2 == 0 { "pass" } else { "fail" };
+        let ben = if i < 2 {
+            if ana == "pass" {
+                "fail"
+            } else {
+                "pass"
+            }
+        } else {
+            ana
+        };
+        csv += &format!("{run_id},{e},{ana},ana,\n{run_id},{e},{ben},ben,checked twice\n");
+    }
+    std::fs::write(d.join("labels.csv"), csv).unwrap();
+    let out = run(
+        d,
+        &[
+            "labels",
+            "import",
+            "labels.csv",
+            "--evaluator",
+            "human",
+            "--json",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["labels"], 12);
+    assert_eq!(done["annotators"], json!(["ana", "ben"]));
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let (agree, n): (f64, i64) = c
+        .query_row(
+            "SELECT agreement, n FROM evaluator_agreement
+             WHERE evaluator_a = 'human/ana' AND evaluator_b = 'human/ben'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((agree, n), (4.0 / 6.0, 6));
+    drop(c);
+
+    let out = run(d, &["report", "experiments/judged.toml"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(d.join("results/reports/judged.md")).unwrap();
+    for expected in [
+        "| human/ana / llm_judge | 6 |",
+        "| human/ana / rules | 6 |",
+        "Between annotators",
+        "| human/ana / human/ben | 6 | 66.7% |",
+        "ToolEval evaluator tooleval_gpt-3.5-turbo_default (sha256 ",
+        "| sopr | gpt-3.5-turbo-16k | 3 | 6 |",
+    ] {
+        assert!(report.contains(expected), "{expected} not in:\n{report}");
+    }
+}
