@@ -244,7 +244,14 @@ mod tests {
         let (k, lo, hi) = cohens_kappa(9, 1, 2, 8).unwrap();
         assert!((k - 0.7).abs() < 1e-12, "{k}");
         assert!((lo - (0.7 - Z95 * 0.159687)).abs() < 1e-4, "{lo}");
-        assert!((hi - (0.7 + Z95 * 0.159687)).abs() < 1e-4, "{hi}");
+        // 0.7 + 1.96 * 0.1597 passes 1: the interval is clipped to kappa's range.
+        assert_eq!(hi, 1.0);
+        // 100 items: 40, 5 + 5, 50. po = 0.9, pe = 0.505, kappa = 0.395 / 0.495,
+        // se = sqrt(0.9 * 0.1 / (100 * 0.495^2)) = 0.0606061.
+        let (k, lo, hi) = cohens_kappa(40, 5, 5, 50).unwrap();
+        assert!((k - 0.395 / 0.495).abs() < 1e-12, "{k}");
+        assert!((lo - (k - Z95 * 0.0606061)).abs() < 1e-6, "{lo}");
+        assert!((hi - (k + Z95 * 0.0606061)).abs() < 1e-6, "{hi}");
         assert_eq!(cohens_kappa(5, 0, 0, 0), None);
     }
 
