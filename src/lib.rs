@@ -11,6 +11,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr, clippy::dbg_macro)]
 
 pub mod bfcl;
+pub mod chat;
 #[allow(clippy::print_stdout, clippy::print_stderr)]
 pub mod cli;
 pub mod config;

@@ -405,6 +405,7 @@ pub enum ScoreCommand {
     ///   Solved, Unsure or Unsolved (a path without Finish, or an empty or given-up
     ///   answer, is Unsolved without a question); each judgment's rate is the mean of
     ///   Solved 1, Unsure 0.5, Unsolved 0, printed as mean ± sd over judgments.
+    ///
     /// - pass_rate (ToolBench's eval_pass_rate.py): an answer that is not Solved is
     ///   weighed against check_task_solvable; a query passes when it passed at least as
     ///   often as it failed. Where ToolBench draws a random coin (Unsure), ablate's coin

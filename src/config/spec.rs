@@ -19,12 +19,50 @@ pub struct RunConfig {
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// A preset (`tiny`, `small`, `opt-125m`, `opt-350m`, `opt-1.3b`), a local HF model
-    /// directory, or an HF repo id resolved through the local Hugging Face cache.
+    /// directory, an HF repo id resolved through the local Hugging Face cache, or
+    /// `openai:<model>`: a model behind an OpenAI-compatible endpoint (`[model.endpoint]`),
+    /// which is only evaluated, never trained.
     pub name: String,
     /// `auto`: random for presets, pretrained weights otherwise.
     pub init: ModelInit,
     /// `cpu`, `cuda:N` or `auto`.
     pub device: DeviceSpec,
+    /// `[model.endpoint]`: where an `openai:<model>` is served.
+    #[serde(default)]
+    pub endpoint: EndpointConfig,
+}
+
+/// The prefix of a `model.name` served by an OpenAI-compatible endpoint.
+pub const ENDPOINT_PREFIX: &str = "openai:";
+
+impl ModelConfig {
+    /// The endpoint's model name, when `model.name` is `openai:<model>`.
+    pub fn endpoint_model(&self) -> Option<&str> {
+        self.name.strip_prefix(ENDPOINT_PREFIX)
+    }
+}
+
+/// `[model.endpoint]`: an OpenAI-compatible chat-completions server. The API key is read
+/// from the environment variable named here, at run time; it is never written anywhere.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointConfig {
+    /// Base URL, e.g. "https://api.openai.com/v1"; `/chat/completions` is appended.
+    pub url: String,
+    /// The environment variable holding the API key (unset: no Authorization header).
+    pub api_key_env: String,
+    /// Seconds per request before it is retried (3 attempts in all).
+    pub timeout_s: u64,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            url: String::new(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            timeout_s: 120,
+        }
+    }
 }
 
 /// `model.device`, spelled `cpu`, `auto` or `cuda:N` in files, ids and the database.
@@ -567,6 +605,7 @@ impl Default for RunConfig {
                 name: "tiny".into(),
                 init: ModelInit::Auto,
                 device: DeviceSpec::Cpu,
+                endpoint: EndpointConfig::default(),
             },
             data: DataConfig {
                 train: "synthetic".into(),
@@ -811,6 +850,37 @@ impl RunConfig {
         }
         if self.model.name.trim().is_empty() {
             bad("model.name", "must not be empty".into());
+        }
+        if let Some(m) = self.model.endpoint_model() {
+            if m.trim().is_empty() {
+                bad(
+                    "model.name",
+                    "\"openai:\" must name the endpoint's model, e.g. \"openai:gpt-4o-mini\""
+                        .into(),
+                );
+            }
+            if self.model.endpoint.url.trim().is_empty() {
+                bad(
+                    "model.endpoint.url",
+                    format!(
+                        "model.name = \"{}\" needs the URL of an OpenAI-compatible server, \
+                         e.g. \"https://api.openai.com/v1\"",
+                        self.model.name
+                    ),
+                );
+            }
+            // Refused rather than ignored: a sweep over training keys of an endpoint model
+            // would evaluate one model many times under different names.
+            if self.train.epochs > 0 {
+                bad(
+                    "train.epochs",
+                    format!(
+                        "model.name = \"{}\" is served by an endpoint and only evaluated; \
+                         set train.epochs = 0",
+                        self.model.name
+                    ),
+                );
+            }
         }
         let e = &self.eval;
         if e.evaluators.is_empty() {

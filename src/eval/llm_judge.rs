@@ -31,6 +31,7 @@ use super::tooleval::{
     finished, python_format, toolbench_hallucination_check, AnswerStatus, EvaluatorFolder,
     TaskStatus,
 };
+use crate::chat::{ChatError, Client, Verdict};
 use crate::config::{JudgeConfig, JudgeProcedure};
 use crate::data::pyliteral::{self, Py};
 use crate::data::ToolSpec;
@@ -234,7 +235,6 @@ enum Prompts {
 
 pub struct Judge<'a> {
     url: String,
-    endpoint: String,
     /// The judge model: `eval.judge.model`, else the folder's.
     pub model: String,
     /// Judgments per example: `eval.judge.k`, else ToolEval's default (`evaluate_times`,
@@ -243,8 +243,7 @@ pub struct Judge<'a> {
     temperature: Option<f64>,
     pub procedure: JudgeProcedure,
     prompts: Prompts,
-    key: Option<String>,
-    agent: ureq::Agent,
+    client: Client,
     cache: Option<&'a dyn AnswerCache>,
 }
 
@@ -255,9 +254,7 @@ impl<'a> Judge<'a> {
         cfg: &JudgeConfig,
         cache: Option<&'a dyn AnswerCache>,
     ) -> Result<Judge<'a>, JudgeError> {
-        let key = std::env::var(&cfg.api_key_env)
-            .ok()
-            .filter(|k| !k.trim().is_empty());
+        let key = std::env::var(&cfg.api_key_env).ok();
         let prompts = match cfg.evaluator.trim() {
             "" => Prompts::Builtin,
             dir => Prompts::Folder(Box::new(EvaluatorFolder::load(std::path::Path::new(dir))?)),
@@ -276,16 +273,12 @@ impl<'a> Judge<'a> {
         };
         Ok(Judge {
             url: cfg.url.clone(),
-            endpoint: format!("{}/chat/completions", cfg.url.trim_end_matches('/')),
+            client: Client::new(&cfg.url, key, Duration::from_secs(cfg.timeout_s.max(1))),
             model,
             k,
             temperature,
             procedure: cfg.procedure,
             prompts,
-            key,
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(cfg.timeout_s.max(1)))
-                .build(),
             cache,
         })
     }
@@ -298,45 +291,10 @@ impl<'a> Judge<'a> {
         }
     }
 
-    /// Removes the API key from text that came back from the endpoint, in every spelling
-    /// it can come back in: as sent, JSON-escaped (inside a JSON string) and URL-encoded.
-    fn scrub(&self, text: &str) -> String {
-        let Some(k) = &self.key else {
-            return text.to_string();
-        };
-        let json = serde_json::to_string(k).unwrap_or_default();
-        let json = json.trim_matches('"').to_string();
-        let url: String = k
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let mut out = text.to_string();
-        for form in [k.clone(), json, url.clone(), url.to_lowercase()] {
-            if !form.is_empty() {
-                out = out.replace(&form, "[API key]");
-            }
-        }
-        out
-    }
-
-    /// A reply with the key scrubbed from every string in it: what is kept and shown.
-    fn scrub_value(&self, v: Value) -> Value {
-        match self.key {
-            Some(_) => serde_json::from_str(&self.scrub(&v.to_string())).unwrap_or(v),
-            None => v,
-        }
-    }
-
     fn endpoint_error(&self, message: String) -> JudgeError {
         JudgeError::Endpoint {
             url: self.url.clone(),
-            message: self.scrub(&message),
+            message: self.client.scrub(&message),
         }
     }
 
@@ -404,7 +362,7 @@ impl<'a> Judge<'a> {
             None => {
                 // Successful replies are scrubbed too: an endpoint may echo the key in
                 // any field, and this one is stored.
-                let v = self.scrub_value(self.request(function, &body)?);
+                let v = self.client.scrub_value(self.request(function, &body)?);
                 if let Some(c) = self.cache {
                     c.put(CachedAnswer {
                         key: key.clone(),
@@ -428,44 +386,24 @@ impl<'a> Judge<'a> {
     }
 
     fn request(&self, function: &str, body: &Value) -> Result<Value, JudgeError> {
-        let mut last = String::new();
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(500 << attempt));
-            }
-            let mut req = self
-                .agent
-                .post(&self.endpoint)
-                .set("Content-Type", "application/json");
-            if let Some(k) = &self.key {
-                req = req.set("Authorization", &format!("Bearer {k}"));
-            }
-            match req.send_json(body) {
-                Ok(resp) => {
-                    let v: Value = resp
-                        .into_json()
-                        .map_err(|e| self.endpoint_error(format!("unreadable reply: {e}")))?;
-                    return arguments(&v).ok_or_else(|| {
-                        let text: String = v.to_string().chars().take(300).collect();
-                        self.endpoint_error(format!(
-                            "{function}: no function call in the reply: {text}"
-                        ))
-                    });
+        self.client
+            .post(body, |v| match arguments(&v) {
+                Some(args) => Verdict::Use(args),
+                None => {
+                    let text: String = v.to_string().chars().take(300).collect();
+                    Verdict::Fail(format!("{function}: no function call in the reply: {text}"))
                 }
-                // 4xx other than rate limits will not get better by asking again.
-                Err(ureq::Error::Status(code, resp)) if code != 429 && code < 500 => {
-                    let text: String = resp
-                        .into_string()
-                        .unwrap_or_default()
-                        .chars()
-                        .take(300)
-                        .collect();
-                    return Err(self.endpoint_error(format!("HTTP {code}: {text}")));
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(self.endpoint_error(format!("3 attempts failed; the last: {last}")))
+            })
+            .map_err(|e| match e {
+                ChatError::Refused { message, .. } => JudgeError::Endpoint {
+                    url: self.url.clone(),
+                    message,
+                },
+                ChatError::Exhausted { attempts, last, .. } => JudgeError::Endpoint {
+                    url: self.url.clone(),
+                    message: format!("{attempts} attempts failed; the last: {last}"),
+                },
+            })
     }
 
     /// An answer status as the judge gave it, or an error naming the function.

@@ -2,6 +2,7 @@
 //! verdict per example; the pass rate is derived from the stored verdicts.
 
 pub mod llm_judge;
+pub mod signals;
 pub mod tooleval;
 
 use serde::Serialize;

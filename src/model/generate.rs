@@ -66,6 +66,38 @@ pub fn generate(
     opts: &GenerateOptions,
     stop: &dyn Fn(&[u32]) -> bool,
 ) -> Result<Vec<Vec<u32>>> {
+    Ok(generate_scored(model, prompts, opts, stop)?
+        .into_iter()
+        .map(|g| g.tokens)
+        .collect())
+}
+
+/// One row's decoding: its new tokens and the model's confidence in them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    /// The summed log-probability (natural log, under the model's own distribution before
+    /// any sampling temperature) of the tokens chosen, the EOS included when it ended the
+    /// row, and how many tokens that is.
+    pub logprob_sum: f64,
+    pub scored: usize,
+}
+
+impl Generated {
+    /// The mean token log-probability; None when nothing was chosen. A signal a router
+    /// can read at inference time.
+    pub fn mean_logprob(&self) -> Option<f64> {
+        (self.scored > 0).then(|| self.logprob_sum / self.scored as f64)
+    }
+}
+
+/// [`generate`], with each row's mean token log-probability.
+pub fn generate_scored(
+    model: &Opt,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    stop: &dyn Fn(&[u32]) -> bool,
+) -> Result<Vec<Generated>> {
     let b = prompts.len();
     if b == 0 {
         return Ok(vec![]);
@@ -95,6 +127,7 @@ pub fn generate(
     let mut cache = model.empty_cache();
     let mut input = Tensor::from_vec(ids, (b, len), dev)?;
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut logprob = vec![(0.0f64, 0usize); b];
     let mut done = vec![false; b];
     for _ in 0..opts.max_new_tokens {
         let logits = model.forward(&input, &mask, Some(&mut cache))?;
@@ -110,10 +143,17 @@ pub fn generate(
                 .map(|(i, s)| s.sample(&last.get(i)?))
                 .collect::<Result<_>>()?
         };
+        let chosen =
+            candle_nn::ops::log_softmax(&last.to_dtype(candle_core::DType::F32)?, D::Minus1)?
+                .gather(&Tensor::from_vec(next.clone(), (b, 1), dev)?, D::Minus1)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
         for (i, &tok) in next.iter().enumerate() {
             if done[i] {
                 continue;
             }
+            logprob[i].0 += chosen[i] as f64;
+            logprob[i].1 += 1;
             if tok == opts.eos {
                 done[i] = true;
             } else {
@@ -129,7 +169,15 @@ pub fn generate(
         }
         input = Tensor::from_vec(next, (b, 1), dev)?;
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .zip(logprob)
+        .map(|(tokens, (logprob_sum, scored))| Generated {
+            tokens,
+            logprob_sum,
+            scored,
+        })
+        .collect())
 }
 
 /// Greedy decoding to EOS or `max_new_tokens`.

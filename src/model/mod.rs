@@ -10,7 +10,9 @@ mod params;
 mod tokenizer;
 
 pub use dropout::{Dropout, Site};
-pub use generate::{generate, generate_greedy, Decoding, GenerateOptions};
+pub use generate::{
+    generate, generate_greedy, generate_scored, Decoding, GenerateOptions, Generated,
+};
 pub use opt::*;
 pub use params::Params;
 pub use tokenizer::{TokenizerFiles, TOKENIZER_FILES};

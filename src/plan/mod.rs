@@ -104,6 +104,11 @@ const ADDED_KEYS: &[(&str, &str, &str)] = &[
         "tools",
         r#"{"backends":["recorded"],"cache":"","key_env":"TOOLBENCH_KEY","simulator":{"api_key_env":"OPENAI_API_KEY","model":"","prompt":"","temperature":0.0,"timeout_s":60,"url":""},"timeout_s":60,"url":""}"#,
     ),
+    (
+        "model",
+        "endpoint",
+        r#"{"api_key_env":"OPENAI_API_KEY","timeout_s":120,"url":""}"#,
+    ),
     ("data", "template", r#""compact""#),
     ("data", "truncation", r#""keep_start""#),
     ("data", "val", r#""""#),
@@ -152,6 +157,9 @@ pub fn display_value(v: Option<&Value>) -> String {
 /// sweep does not fail run after run on a missing checkpoint.
 fn model_problem(name: &str, init: ModelInit) -> Option<(String, String)> {
     let problem = |m: String| Some(("model.name".to_string(), m));
+    if name.starts_with(crate::config::ENDPOINT_PREFIX) {
+        return None; // no weights: its endpoint is asked at run time
+    }
     match ModelSource::resolve(name) {
         // The key is already in front of the message.
         Err(crate::model::ModelError::NotFound { name, message }) => {

@@ -166,9 +166,15 @@ pub fn training_key(cfg: &RunConfig, left_out: Option<&str>, epochs: usize) -> V
     }
     let mut train = serde_json::to_value(&cfg.train).expect("config serializes");
     train["epochs"] = json!(epochs);
+    let mut model =
+        json!({"name": cfg.model.name, "init": cfg.model.init, "device": cfg.model.device});
+    // An endpoint's model is named by the server too (not by its key or timeout).
+    if cfg.model.endpoint_model().is_some() {
+        model["endpoint"] = json!(cfg.model.endpoint.url.trim_end_matches('/'));
+    }
     json!({
         "run_id_version": super::RUN_ID_VERSION,
-        "model": {"name": cfg.model.name, "init": cfg.model.init, "device": cfg.model.device},
+        "model": model,
         "data": data,
         "train": train,
         "left_out": left_out,

@@ -11,8 +11,12 @@ use super::{
     AgreementRow, Flip, JudgeRow, Plots, ReportData, ReportError, ReportOptions, RescoreRow,
     RunRow, RunSeries, SPIKE_FACTOR, SPIKE_WINDOW,
 };
-use crate::config::{HybridSpec, RunConfig};
+use crate::config::RunConfig;
 use crate::store::{Store, VerdictRow};
+
+mod hybrid;
+use hybrid::hybrid;
+pub use hybrid::HybridRow;
 
 /// A paired test of one set of outcomes against a reference on the same examples.
 #[derive(Debug, Clone, Serialize)]
@@ -118,25 +122,6 @@ pub struct Breakdown {
     pub gap: f64,
     /// The category the gap is to.
     pub reference: String,
-}
-
-/// The what-if of a router: the small model answers; whatever it fails by its rule checks
-/// goes to the large model.
-#[derive(Debug, Clone, Serialize)]
-pub struct HybridRow {
-    pub run_id: String,
-    pub group: String,
-    /// The large model: a run id, or `configured` for a configured pass rate.
-    pub large: String,
-    pub n: usize,
-    pub small_rate: f64,
-    pub large_rate: f64,
-    /// Share of queries sent to the large model.
-    pub routed: f64,
-    pub hybrid_rate: f64,
-    /// Cost per query of the hybrid, and of the large model alone.
-    pub hybrid_cost: f64,
-    pub large_cost: f64,
 }
 
 /// Everything read for one run.
@@ -530,87 +515,6 @@ fn breakdown(runs: &[Loaded]) -> Vec<Breakdown> {
     out
 }
 
-/// The large model for each small run: a configured run or rate, else the sweep's run with
-/// the most parameters among those with the same non-model axis values.
-fn hybrid(
-    store: &Store,
-    runs: &[Loaded],
-    spec: &HybridSpec,
-) -> Result<Vec<HybridRow>, ReportError> {
-    let configured_run = match &spec.large_run {
-        Some(prefix) => {
-            let id = resolve_run(store, prefix)?;
-            let axes = "{}";
-            Some(load_run(store, &id, &[], axes, false)?)
-        }
-        None => None,
-    };
-    let key_without_model = |r: &Loaded| {
-        r.row
-            .axes
-            .iter()
-            .filter(|(k, _)| *k != "model.name")
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let has_model_axis = runs.iter().any(|r| r.row.axes.contains_key("model.name"));
-    let mut out = Vec::new();
-    for small in runs {
-        if small.row.status != "done" {
-            continue;
-        }
-        let sv = small.primary();
-        if sv.is_empty() {
-            continue;
-        }
-        let n = sv.len();
-        let fails: Vec<(&str, &str)> = sv.iter().filter(|(_, &p)| !p).map(|(k, _)| *k).collect();
-        let small_rate = (n - fails.len()) as f64 / n as f64;
-        let routed = fails.len() as f64 / n as f64;
-        let (large, large_rate, rescued) = if let Some(rate) = spec.large_pass_rate {
-            ("configured".to_string(), rate, rate * fails.len() as f64)
-        } else {
-            let large = match &configured_run {
-                Some(l) => Some(l),
-                None if has_model_axis => runs
-                    .iter()
-                    .filter(|l| {
-                        l.row.status == "done" && key_without_model(l) == key_without_model(small)
-                    })
-                    .max_by(|a, b| a.row.params.partial_cmp(&b.row.params).unwrap()),
-                None => None,
-            };
-            let Some(large) = large else { continue };
-            if large.row.run_id == small.row.run_id || large.row.params <= small.row.params {
-                continue;
-            }
-            let lv = large.primary();
-            // Only examples both judged: the what-if is about the same queries.
-            let shared: Vec<_> = sv.keys().filter(|k| lv.contains_key(*k)).collect();
-            if shared.is_empty() {
-                continue;
-            }
-            let large_rate = shared.iter().filter(|k| lv[**k]).count() as f64 / shared.len() as f64;
-            let rescued = fails.iter().filter(|k| lv.get(*k) == Some(&true)).count() as f64;
-            (large.row.run_id.clone(), large_rate, rescued)
-        };
-        out.push(HybridRow {
-            run_id: small.row.run_id.clone(),
-            group: small.row.group.clone(),
-            large,
-            n,
-            small_rate,
-            large_rate,
-            routed,
-            hybrid_rate: small_rate + rescued / n as f64,
-            hybrid_cost: spec.small_cost + routed * spec.large_cost,
-            large_cost: spec.large_cost,
-        });
-    }
-    Ok(out)
-}
-
 fn agreement(store: &Store, sweep: &str) -> Result<Vec<AgreementRow>, ReportError> {
     let (_, pairs) = store.query(&format!(
         "SELECT a.run_id, a.dataset, a.evaluator_a, a.evaluator_b, a.n, a.agreement,
@@ -926,7 +830,7 @@ pub(crate) fn empty_for_tests() -> ReportData {
         breakdown: vec![],
         hybrid: vec![],
         hybrid_costs: {
-            let d = HybridSpec::default();
+            let d = crate::config::HybridSpec::default();
             (d.small_cost, d.large_cost)
         },
         plots: Plots::default(),

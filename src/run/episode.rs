@@ -11,14 +11,13 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
-use super::train::Loaded;
+use super::answer::{Answerer, Fit};
 use super::RunError;
 use crate::config::{RunConfig, ToolBackend};
-use crate::data::{self, Example, GoldCall, Source, Turn, EOS_ID};
+use crate::data::{self, Example, GoldCall, Source, Turn};
 use crate::eval::llm_judge::AnswerCache;
 use crate::eval::{parse_react, Prediction, PredictionKind};
 use crate::exec::{Event, RunContext};
-use crate::model::{self, Decoding, GenerateOptions};
 use crate::toolenv::simulate::{Simulator, SimulatorSettings, DEFAULT_PROMPT};
 use crate::toolenv::{backend, Env, Outcome, Task};
 use crate::train::TrainError;
@@ -26,38 +25,40 @@ use crate::train::TrainError;
 /// The agent: its next assistant turn for a prompt (`None` when the prompt does not fit).
 pub trait Policy {
     fn act(&mut self, prompt: &Example, seed: u64) -> Result<Option<String>, RunError>;
+
+    /// The mean token log-probability of everything this policy has said so far, where
+    /// it knows one (a model does; a script does not). A router reads it at inference
+    /// time.
+    fn mean_logprob(&self) -> Option<f64> {
+        None
+    }
 }
 
-/// The trained model as the agent, decoding as `eval` says.
+/// The run's model (local or behind an endpoint) as the agent, decoding as `eval` says.
 struct ModelPolicy<'a> {
-    m: &'a Loaded,
-    cfg: &'a RunConfig,
+    answerer: &'a mut dyn Answerer,
+    /// Summed log-probability of the tokens chosen in this episode, and their count.
+    logprob: (f64, usize),
 }
 
 impl Policy for ModelPolicy<'_> {
     fn act(&mut self, example: &Example, seed: u64) -> Result<Option<String>, RunError> {
-        let (cfg, tok) = (self.cfg, &self.m.tokenizer);
-        let prompt = data::encode_prompt(tok, example, cfg.data.template)?;
-        let max_positions = self.m.model.config().max_position_embeddings;
-        if prompt.len() + cfg.eval.max_new_tokens > max_positions {
-            return Ok(None);
-        }
-        let opts = GenerateOptions {
-            max_new_tokens: cfg.eval.max_new_tokens,
-            eos: EOS_ID,
-            decoding: if cfg.eval.temperature > 0.0 {
-                Decoding::Sample {
-                    temperature: cfg.eval.temperature,
-                    top_k: cfg.eval.top_k,
-                    top_p: cfg.eval.top_p,
-                    seed,
-                }
-            } else {
-                Decoding::Greedy
-            },
-        };
-        let gen = model::generate(&self.m.model, &[prompt], &opts, &|_| false)?;
-        Ok(Some(data::decode(tok, &gen[0])?))
+        let answer = self
+            .answerer
+            .answer(std::slice::from_ref(example), seed, Fit::Whole)?
+            .pop()
+            .flatten();
+        Ok(answer.map(|a| {
+            if let Some((sum, n)) = a.logprob {
+                self.logprob.0 += sum;
+                self.logprob.1 += n;
+            }
+            a.text
+        }))
+    }
+
+    fn mean_logprob(&self) -> Option<f64> {
+        (self.logprob.1 > 0).then(|| self.logprob.0 / self.logprob.1 as f64)
     }
 }
 
@@ -151,6 +152,8 @@ pub struct Episode {
     /// ToolEval's nodes, in order (chained by [`chain`]).
     pub nodes: Vec<Value>,
     pub backend_error: Option<String>,
+    /// The policy's mean token log-probability over the episode (see [`Policy`]).
+    pub mean_logprob: Option<f64>,
 }
 
 /// Runs one episode of `task` with `policy` in `env`.
@@ -172,6 +175,7 @@ pub fn run_episode(
             json!({"role": "user", "message": task.query}),
         ],
         backend_error: None,
+        mean_logprob: None,
     };
     let mut history: Vec<Turn> = Vec::new();
     for turn in 0..max_turns {
@@ -254,6 +258,7 @@ pub fn run_episode(
             }
         }
     }
+    ep.mean_logprob = policy.mean_logprob();
     Ok(ep)
 }
 
@@ -261,7 +266,7 @@ pub fn run_episode(
 /// answer, so that the generation is done again, with the same model, once it can.
 pub fn run_episodes(
     ctx: &RunContext,
-    m: &Loaded,
+    answerer: &mut dyn Answerer,
     tasks: &[Task],
 ) -> Result<Vec<Prediction>, RunError> {
     let (run_id, cfg, cancel, emit) = (ctx.run_id, ctx.config, ctx.cancel, ctx.emit);
@@ -270,7 +275,6 @@ pub fn run_episodes(
         phase: "episodes",
         total: tasks.len() as u64,
     });
-    let mut policy = ModelPolicy { m, cfg };
     let simulates = cfg.eval.tools.backends.contains(&ToolBackend::Simulate);
     let answers = Remembered {
         store: if simulates {
@@ -301,6 +305,11 @@ pub fn run_episodes(
             ),
         );
         let seed = cfg.train.seed.wrapping_add((n * 1000) as u64);
+        // A policy per episode: its confidence is the episode's own.
+        let mut policy = ModelPolicy {
+            answerer: &mut *answerer,
+            logprob: (0.0, 0),
+        };
         let ep = run_episode(task, &mut env, &mut policy, cfg.eval.max_turns, seed)?;
         passed += (ep.ending == "pass") as usize;
         if let Some(e) = &ep.backend_error {
@@ -373,6 +382,7 @@ pub fn prediction(task: &Task, ep: Episode) -> Prediction {
         gold,
         detail: Some(json!({
             "ending": ep.ending,
+            "mean_logprob": ep.mean_logprob,
             "final_answer": ep.final_answer,
             "finish_arguments": ep.finish_arguments,
             "query_id": task.query_id,

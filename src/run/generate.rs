@@ -2,12 +2,11 @@
 //! (test steps, decoded in batches; ToolBench episodes, turn by turn), so that any
 //! evaluator can judge them later without the model.
 
-use super::train::Loaded;
+use super::answer::{Answerer, Fit};
 use super::RunError;
-use crate::data::{self, Example, Source};
+use crate::data::{Example, Source};
 use crate::eval::{Prediction, PredictionKind};
 use crate::exec::{Event, RunContext};
-use crate::model::{self, Decoding, GenerateOptions};
 use crate::plan::stages::Kinds;
 use crate::store::Record;
 use crate::train::TrainError;
@@ -22,16 +21,20 @@ pub fn limited<'a>(cfg: &crate::config::RunConfig, eval: &'a [Example]) -> &'a [
 }
 
 /// Generates what the run's evaluators read, emitting each prediction as it is made.
-pub fn run(ctx: &RunContext, m: &Loaded, eval: &[Example]) -> Result<Vec<Prediction>, RunError> {
+pub fn run(
+    ctx: &RunContext,
+    answerer: &mut dyn Answerer,
+    eval: &[Example],
+) -> Result<Vec<Prediction>, RunError> {
     let cfg = ctx.config;
     let kinds = Kinds::of(cfg);
     let mut out = Vec::new();
     if kinds.steps {
-        out.extend(steps(ctx, m, limited(cfg, eval))?);
+        out.extend(steps(ctx, answerer, limited(cfg, eval))?);
     }
     if kinds.episodes {
         let tasks = super::episode::tasks(cfg)?;
-        out.extend(super::episode::run_episodes(ctx, m, &tasks)?);
+        out.extend(super::episode::run_episodes(ctx, answerer, &tasks)?);
     }
     Ok(out)
 }
@@ -43,67 +46,44 @@ pub(super) fn emit_prediction(ctx: &RunContext, p: &Prediction) {
     }));
 }
 
-/// Decodes the test prompts in batches of `eval.batch_size`.
-fn steps(ctx: &RunContext, m: &Loaded, examples: &[Example]) -> Result<Vec<Prediction>, RunError> {
+/// Answers the test prompts in batches.
+fn steps(
+    ctx: &RunContext,
+    answerer: &mut dyn Answerer,
+    examples: &[Example],
+) -> Result<Vec<Prediction>, RunError> {
     let (run_id, cfg, cancel, emit) = (ctx.run_id, ctx.config, ctx.cancel, ctx.emit);
-    let (model, tok) = (&m.model, &m.tokenizer);
     emit(Event::Phase {
         run_id: run_id.to_string(),
         phase: "generate",
         total: examples.len() as u64,
     });
     let dataset = cfg.data.eval.source().map_or("", Source::name);
-    let e = &cfg.eval;
-    let mut opts = GenerateOptions {
-        max_new_tokens: e.max_new_tokens,
-        eos: data::EOS_ID,
-        decoding: Decoding::Greedy,
-    };
-    // Stop strings are matched on the decoded text of the new tokens.
-    let stop = |ids: &[u32]| -> bool {
-        !e.stop.is_empty()
-            && data::decode(tok, ids).is_ok_and(|t| e.stop.iter().any(|s| t.contains(s.as_str())))
-    };
     let mut out = Vec::with_capacity(examples.len());
     let mut done = 0u64;
-    for chunk in examples.chunks(e.batch_size) {
-        if e.temperature > 0.0 {
-            // Seeded per example position, so a result does not depend on eval.batch_size
-            // beyond the batch's own composition.
-            opts.decoding = Decoding::Sample {
-                temperature: e.temperature,
-                top_k: e.top_k,
-                top_p: e.top_p,
-                seed: cfg.train.seed.wrapping_add(done),
-            };
-        }
+    for chunk in examples.chunks(answerer.batch()) {
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(TrainError::Interrupted.into());
         }
-        // A prompt that does not fit the model's positions with the decoding budget loses
-        // its oldest earlier steps; one that still does not fit is stored as a
-        // `context_overflow` ending instead of a generation (the run goes on).
-        let room = model
-            .config()
-            .max_position_embeddings
-            .saturating_sub(e.max_new_tokens);
-        let fitted = chunk
-            .iter()
-            .map(|ex| data::fit_prompt(tok, ex, cfg.data.template, room))
-            .collect::<Result<Vec<_>, _>>()?;
-        let prompts: Vec<Vec<u32>> = fitted.iter().flatten().cloned().collect();
-        let mut outs = if prompts.is_empty() {
-            Vec::new()
-        } else {
-            model::generate(model, &prompts, &opts, &stop)?
-        }
-        .into_iter();
-        for (ex, fit) in chunk.iter().zip(&fitted) {
-            let ids = fit
-                .as_ref()
-                .map(|_| outs.next().expect("one output per fitted prompt"));
-            let (text, detail) = match &ids {
-                Some(ids) => (data::decode(tok, ids)?, None),
+        // Sampling is seeded per example position, so a result does not depend on
+        // eval.batch_size beyond the batch's own composition. A prompt that does not fit
+        // the model's positions with the decoding budget loses its oldest earlier steps;
+        // one that still does not fit is stored as a `context_overflow` ending instead of
+        // a generation (the run goes on).
+        let seed = cfg.train.seed.wrapping_add(done);
+        let answers = answerer.answer(chunk, seed, Fit::DropOldestSteps)?;
+        for (ex, answer) in chunk.iter().zip(answers) {
+            let (text, detail) = match answer {
+                // What a router may read at inference time: the model's confidence, and
+                // whether the answer is a call to an offered function.
+                Some(a) => {
+                    let signals = crate::eval::signals::of_step(&a.text, &ex.tools);
+                    let detail = serde_json::json!({
+                        "mean_logprob": a.mean_logprob(),
+                        "signals": signals,
+                    });
+                    (a.text, Some(detail))
+                }
                 None => (
                     String::new(),
                     Some(serde_json::json!({"ending": "context_overflow"})),

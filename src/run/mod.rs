@@ -3,6 +3,7 @@
 //! executor found its identity not done. A stage emits events and returns; the executor
 //! decides what they mean for the store and the screen.
 
+mod answer;
 mod episode;
 mod generate;
 mod judge;
@@ -40,6 +41,9 @@ pub enum RunError {
     /// A tool backend could not answer episodes' calls.
     #[error("{0}")]
     Backend(String),
+    /// The endpoint of an `openai:<model>` could not answer.
+    #[error("{0}")]
+    Endpoint(String),
 }
 
 impl From<candle_core::Error> for RunError {
@@ -114,8 +118,10 @@ pub fn run_stages(ctx: &RunContext) -> Result<(), RunError> {
         serde_json::to_string_pretty(ctx.stages).expect("json"),
     )
     .map_err(io(&stages_path))?;
+    // An endpoint's model is neither trained nor loaded here.
+    let endpoint = cfg.model.endpoint_model();
     // Judging needs no model: a re-score runs wherever ablate runs.
-    let device = if ctx.needs.train || ctx.needs.generate {
+    let device = if endpoint.is_none() && (ctx.needs.train || ctx.needs.generate) {
         device_for(cfg.model.device)?
     } else {
         Device::Cpu
@@ -133,7 +139,9 @@ pub fn run_stages(ctx: &RunContext) -> Result<(), RunError> {
 
     // The training split is read only to train; the evaluation set is the same either way.
     let spec = cfg.data.split_spec()?;
-    let splits = ctx.needs.train.then(|| data::splits(&spec)).transpose()?;
+    let splits = (ctx.needs.train && endpoint.is_none())
+        .then(|| data::splits(&spec))
+        .transpose()?;
     let eval_only;
     let eval: &[data::Example] = match &splits {
         Some(s) => &s.eval,
@@ -149,18 +157,27 @@ pub fn run_stages(ctx: &RunContext) -> Result<(), RunError> {
         let t0 = Instant::now();
         trained = Some(train::run(ctx, splits, &training_dir, &device)?);
         finished(Stage::Train, &ctx.stages.training, t0);
+    } else if ctx.needs.train {
+        // An endpoint's model: its training stage is done with nothing to do (the config
+        // refuses train.epochs > 0 for it).
+        finished(Stage::Train, &ctx.stages.training, Instant::now());
     }
     let predictions: Vec<Prediction> = if ctx.needs.generate {
         let t0 = Instant::now();
-        // The model just trained when it is the run's own; else the stored one.
-        let loaded = match trained {
-            Some(m) if ctx.stages.checkpoint_epoch.is_none() => m,
-            _ => train::load(
-                &model_dir(&training_dir, ctx.stages.checkpoint_epoch),
-                &device,
-            )?,
+        let out = match endpoint {
+            Some(name) => generate::run(ctx, &mut answer::Endpoint::new(cfg, name), eval)?,
+            None => {
+                // The model just trained when it is the run's own; else the stored one.
+                let loaded = match trained {
+                    Some(m) if ctx.stages.checkpoint_epoch.is_none() => m,
+                    _ => train::load(
+                        &model_dir(&training_dir, ctx.stages.checkpoint_epoch),
+                        &device,
+                    )?,
+                };
+                generate::run(ctx, &mut answer::Local { m: &loaded, cfg }, eval)?
+            }
         };
-        let out = generate::run(ctx, &loaded, eval)?;
         finished(Stage::Generate, &ctx.stages.generation, t0);
         out
     } else {

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::data::pyliteral::{self, Py};
 use crate::data::toolbench::{TestQuery, Trajectory};
 use crate::data::ToolSpec;
+use crate::eval::signals::Signals;
 pub use backend::{Backend, BackendError, Reply};
 pub use functions::ApiRef;
 
@@ -89,6 +90,27 @@ pub mod status {
     pub const RATE_LIMIT: u8 = 10;
     pub const MESSAGE_ERROR: u8 = 11;
     pub const REQUEST_ERROR: u8 = 12;
+}
+
+/// What a router can read of a stored episode (its prediction's detail) without gold: its
+/// ending, and the statuses ToolBench's environment gave its steps.
+pub fn episode_signals(detail: &Value) -> Signals {
+    let ending = detail["ending"].as_str().unwrap_or_default();
+    let steps = detail["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let code = |st: &Value| st["status"].as_u64().map(|c| c as u8);
+    Signals {
+        format: steps.iter().any(|st| {
+            code(st) == Some(status::INPUT_ERROR)
+                || (code(st) == Some(status::NO_SUCH_FUNCTION)
+                    && st["action"].as_str().is_some_and(str::is_empty))
+        }),
+        hallucinated: steps.iter().any(|st| {
+            code(st) == Some(status::NO_SUCH_FUNCTION)
+                && st["action"].as_str().is_some_and(|a| !a.is_empty())
+        }),
+        gave_up: ending == "gave_up",
+        no_finish: matches!(ending, "no_finish" | "context_overflow" | "empty_answer"),
+    }
 }
 
 /// What one step of the agent produced.
@@ -413,5 +435,16 @@ mod tests {
             env.step("querykeywords_for_keyword_analysis", "{}"),
             Outcome::BackendError(_)
         ));
+    }
+
+    #[test]
+    fn episode_signals_come_from_statuses_and_ending() {
+        use serde_json::json;
+        let d = json!({"ending": "no_finish", "steps": [
+            {"action": "nope", "status": 1}, {"action": "", "status": 1}, {"action": "x", "status": 0}
+        ]});
+        let s = episode_signals(&d);
+        assert!(s.hallucinated && s.format && s.no_finish && !s.gave_up);
+        assert!(!episode_signals(&json!({"ending": "pass", "steps": []})).any());
     }
 }

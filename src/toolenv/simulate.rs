@@ -16,6 +16,7 @@ use super::backend::{
     cache_location, error_reply, input_parse_error, parse_tool_input, Backend, BackendError, Reply,
 };
 use super::{Call, Task};
+use crate::chat::{self, ChatError, Client, Verdict};
 use crate::data::pyliteral::{self, Py};
 use crate::eval::llm_judge::{AnswerCache, CachedAnswer};
 
@@ -32,12 +33,10 @@ const EXAMPLES: usize = 5;
 const EXAMPLES_CHARS: usize = 2048;
 
 pub struct Simulator<'a> {
-    endpoint: String,
+    client: Client,
     model: String,
     temperature: f64,
     system: String,
-    key: Option<String>,
-    agent: ureq::Agent,
     /// A `tool_response_cache/` folder to draw examples from.
     examples: Option<PathBuf>,
     task: &'a Task,
@@ -62,12 +61,10 @@ impl<'a> Simulator<'a> {
         cache: Option<&'a dyn AnswerCache>,
     ) -> Simulator<'a> {
         Simulator {
-            endpoint: format!("{}/chat/completions", s.url.trim_end_matches('/')),
+            client: Client::new(s.url, s.key, s.timeout),
             model: s.model.to_string(),
             temperature: s.temperature,
             system: s.system,
-            key: s.key.filter(|k| !k.trim().is_empty()),
-            agent: ureq::AgentBuilder::new().timeout(s.timeout).build(),
             examples: s.examples,
             task,
             cache,
@@ -118,7 +115,7 @@ impl<'a> Simulator<'a> {
     fn key_of(&self, question: &str) -> String {
         let mut h = Sha256::new();
         for part in [
-            self.endpoint.as_str(),
+            self.client.endpoint.as_str(),
             &self.model,
             &self.temperature.to_string(),
             &self.system,
@@ -141,52 +138,32 @@ impl<'a> Simulator<'a> {
             ],
             "response_format": {"type": "json_object"},
         });
-        const ATTEMPTS: usize = 3;
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(250 << attempt));
+        let reply = self.client.post(&body, |v| {
+            let content = chat::content(&v)
+                .unwrap_or_default()
+                .replace("```json", "")
+                .replace("```", "");
+            let content = self.client.scrub(content.trim());
+            // A reply that is not a JSON object is asked again, as upstream does.
+            match pyliteral::json_loads(&content) {
+                Ok(Py::Dict(_)) => Verdict::Use(content),
+                _ => Verdict::Again("the reply is not a JSON object".into()),
             }
-            let mut req = self.agent.post(&self.endpoint);
-            if let Some(k) = &self.key {
-                req = req.set("Authorization", &format!("Bearer {k}"));
-            }
-            match req.send_json(&body) {
-                Ok(resp) => {
-                    let v: Value = resp.into_json().unwrap_or_default();
-                    let content = v["choices"][0]["message"]["content"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .replace("```json", "")
-                        .replace("```", "");
-                    let content = match &self.key {
-                        Some(k) => content.replace(k.as_str(), "[key]"),
-                        None => content,
-                    };
-                    // A reply that is not a JSON object is asked again, as upstream does.
-                    if matches!(pyliteral::json_loads(content.trim()), Ok(Py::Dict(_))) {
-                        return Ok(Some(content.trim().to_string()));
-                    }
-                    last = "the reply is not a JSON object".into();
-                }
-                Err(ureq::Error::Status(code, _)) if code < 500 && code != 429 => {
-                    return Err(BackendError::Unreachable {
-                        url: self.endpoint.clone(),
-                        attempts: attempt + 1,
-                        last: format!("HTTP {code}"),
-                    })
-                }
-                Err(e) => last = e.to_string(),
-            }
+        });
+        match reply {
+            Ok(content) => Ok(Some(content)),
+            Err(ChatError::Exhausted { replied: true, .. }) => Ok(None),
+            Err(ChatError::Exhausted { attempts, last, .. }) => Err(BackendError::Unreachable {
+                url: self.client.endpoint.clone(),
+                attempts,
+                last,
+            }),
+            Err(ChatError::Refused { message, .. }) => Err(BackendError::Unreachable {
+                url: self.client.endpoint.clone(),
+                attempts: 1,
+                last: message,
+            }),
         }
-        if last == "the reply is not a JSON object" {
-            return Ok(None);
-        }
-        Err(BackendError::Unreachable {
-            url: self.endpoint.clone(),
-            attempts: ATTEMPTS,
-            last,
-        })
     }
 }
 
@@ -222,7 +199,7 @@ impl Backend for Simulator<'_> {
                 if let Some(c) = self.cache {
                     c.put(CachedAnswer {
                         key: key.clone(),
-                        endpoint: self.endpoint.clone(),
+                        endpoint: self.client.endpoint.clone(),
                         model: self.model.clone(),
                         function: "simulate".into(),
                         response: Value::String(content.clone()),

@@ -5,6 +5,7 @@ mod agent;
 mod bad_input;
 mod bfcl;
 mod cli;
+mod endpoint;
 mod hub;
 mod judge;
 mod layering;

@@ -51,13 +51,17 @@ fn a_schema_4_database_migrates_reports_unchanged_and_keeps_its_run_ids() {
             std::fs::read_to_string(tmp.path().join(format!("reports/v4-{name}.md"))).unwrap();
         let then = std::fs::read_to_string(repo().join(format!("{FIXTURE}/reports/v4-{name}.md")))
             .unwrap();
-        assert_eq!(in_v4_breakdown_format(&now), then, "v4-{name}.md changed");
+        assert_eq!(
+            in_v4_agreement_format(&in_v4_breakdown_format(&now)),
+            then,
+            "v4-{name}.md changed"
+        );
     }
     let c = Connection::open(&db).unwrap();
     let version: i64 = c
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     assert_eq!(rows(&db, summary), before, "run_summary changed");
     // Each finished run is one done training, generation and verdict set per evaluator.
     assert_eq!(
@@ -202,6 +206,43 @@ fn in_v4_breakdown_format(text: &str) -> String {
             // "rules (what it measures)" -> "rules"; the last cell ("G1 |") is dropped.
             cells[2] = cells[2].split(" (").next().unwrap().to_string();
             cells.pop();
+            out.push(format!("{} |", cells.join(" | ")));
+            continue;
+        }
+        in_table = false;
+        out.push(line.to_string());
+    }
+    out.join("\n")
+}
+
+/// The agreement table as schema 4's ablate wrote it: the kappa interval and the confusion
+/// counts came later, with human labels (issue 18).
+fn in_v4_agreement_format(text: &str) -> String {
+    const NEW_INTRO: &str =
+        "Evaluators that judged the same predictions (a person's labels among them): the share of
+examples on which they agree, Cohen's kappa (agreement beyond chance, with its 95% interval;
+empty when it is undefined) and the confusion table: both pass, only the first passes, only
+the second passes, both fail.";
+    const OLD_INTRO: &str =
+        "Evaluators that judged the same predictions: the share of examples on which they agree,
+and Cohen's kappa (agreement beyond chance; empty when it is undefined).";
+    const NEW_HEADER: &str = "| run | dataset | evaluators | n | agreement | kappa (95% CI) | both pass | only first | only second | both fail |";
+    let text = text.replace(NEW_INTRO, OLD_INTRO);
+    let mut out = Vec::new();
+    let mut in_table = false;
+    for line in text.split('\n') {
+        if line == NEW_HEADER {
+            in_table = true;
+            out.push("| run | dataset | evaluators | n | agreement | kappa |".to_string());
+            continue;
+        }
+        if in_table && line.starts_with("|---") {
+            out.push("|---|---|---|---:|---:|---:|".to_string());
+            continue;
+        }
+        if in_table && line.starts_with("| `") {
+            let mut cells: Vec<String> = line.split(" | ").take(6).map(str::to_string).collect();
+            cells[5] = cells[5].split(" (").next().unwrap().to_string();
             out.push(format!("{} |", cells.join(" | ")));
             continue;
         }

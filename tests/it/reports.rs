@@ -102,7 +102,7 @@ fn every_cpu_twin_runs_and_its_report_renders_with_intervals_tests_and_plots() {
     let stability = read("stability").unwrap();
     assert!(stability.contains("clip_lr_heatmap.svg"), "{stability}");
     let scaling = read("scaling").unwrap();
-    assert!(scaling.contains("pass_rate_by_size.svg") && scaling.contains("hybrid cost"));
+    assert!(scaling.contains("pass_rate_by_size.svg") && scaling.contains("oracle: hybrid"));
     let evaluators = read("evaluators").unwrap();
     assert!(evaluators.contains("| bfcl / rules |"), "{evaluators}");
 
