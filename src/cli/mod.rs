@@ -1065,6 +1065,7 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
             .collect::<Result<_, _>>()
             .map_err(|e| user(anyhow::anyhow!(e)))?;
         let cost = Cost::of(p, &previews, &data);
+        let detectable = Detectable::of(p, &data);
         let stale: Vec<&exec::preview::StaleStage> = {
             let mut seen = std::collections::HashSet::new();
             previews
@@ -1085,6 +1086,7 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
                 ),
             ];
             let after = [
+                ("detectable", serde_json::json!(detectable)),
                 ("stale", serde_json::json!(stale)),
                 ("to_run", serde_json::json!(cost)),
             ];
@@ -1142,6 +1144,9 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
             ));
             text.push_str(&ui::table(&headers, &rows));
             text.push_str(&format!("  to run: {cost}\n"));
+            if let Some(d) = &detectable {
+                text.push_str(&format!("  {d}\n"));
+            }
             // How a run to be trained gets its model (done runs need no note).
             for (r, v) in p.runs.iter().zip(&previews) {
                 if let Some(note) = v.sharing.as_ref().filter(|_| !v.will_run.is_empty()) {
@@ -1200,6 +1205,53 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
         println!("\n(* baseline)");
     }
     Ok(exit::OK)
+}
+
+/// The smallest difference in pass rate between two runs of a plan that its evaluation
+/// set can tell from noise, before anything runs (at a 50% rate, where it is largest).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Detectable {
+    /// Test examples a run (the fewest among the plan's runs, `eval.limit` applied).
+    examples: usize,
+    /// The minimum detectable effect at a 50% pass rate (0 to 1), if any.
+    difference: Option<f64>,
+}
+
+impl Detectable {
+    fn of(p: &plan::Plan, data: &[plan::DataSummary]) -> Option<Detectable> {
+        let examples = p
+            .runs
+            .iter()
+            .zip(data)
+            .map(|(r, d)| match r.config.eval.limit {
+                0 => d.eval,
+                limit => d.eval.min(limit),
+            })
+            .min()?;
+        Some(Detectable {
+            examples,
+            difference: crate::report::stats::mde(examples, 0.5),
+        })
+    }
+}
+
+impl std::fmt::Display for Detectable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.difference {
+            Some(d) => write!(
+                f,
+                "detectable: with {} test examples a run, pass rates closer than {:.1} points \
+                 read as noise (minimum detectable effect at a 50% rate: 80% power, α 0.05)",
+                self.examples,
+                100.0 * d
+            ),
+            None => write!(
+                f,
+                "detectable: {} test examples a run are too few to tell any two pass rates apart",
+                self.examples
+            ),
+        }
+    }
 }
 
 /// What a plan would cost: trainings (optimizer steps), generations (prompts decoded) and

@@ -289,6 +289,20 @@ impl DataSummaries {
             .split_spec()
             .and_then(|s| crate::data::splits(&s))
             .map_err(|e| e.to_string())?;
+        if cfg.model.endpoint_model().is_some() {
+            // An endpoint's model is not trained here: only its evaluation set counts.
+            let summary = DataSummary {
+                train: 0,
+                left_out: 0,
+                val: 0,
+                eval: s.eval.len(),
+                tokens: Default::default(),
+                truncated: 0,
+                dropped: 0,
+            };
+            self.done.insert(key, summary);
+            return Ok(summary);
+        }
         let source = ModelSource::resolve(&cfg.model.name).map_err(|e| e.to_string())?;
         let tok = match source.tokenizer().map_err(|e| e.to_string())? {
             Some(t) => t,

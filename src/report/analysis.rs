@@ -37,6 +37,9 @@ pub struct PairedTest {
     pub p_holm: f64,
     /// `better`, `worse` or `within noise` (Holm-adjusted p ≥ 0.05).
     pub verdict: String,
+    /// The smallest difference from the reference's rate that `n` examples detect (80%
+    /// power, α 0.05; see [`stats::mde`]); None when none would.
+    pub mde: Option<f64>,
 }
 
 impl PairedTest {
@@ -59,6 +62,7 @@ impl PairedTest {
             p_value: stats::mcnemar_exact(d.only_a, d.only_b),
             p_holm: 1.0,
             verdict: String::new(),
+            mde: stats::mde(n, rate(a)),
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct Comparison {
     pub run_ids: Vec<String>,
     #[serde(flatten)]
     pub test: PairedTest,
+    /// What kinds of failure the configuration removed and added.
+    pub error_types: Vec<ErrorTypeShift>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,7 +146,22 @@ impl Loaded {
             .map(|v| ((v.dataset.as_str(), v.example_id.as_str()), v.passed))
             .collect()
     }
+
+    /// The first evaluator's verdicts with what failed, keyed by (dataset, example id).
+    fn primary_verdicts(&self) -> BTreeMap<(&str, &str), Outcome<'_>> {
+        self.verdicts
+            .iter()
+            .filter(|v| v.evaluator == self.row.evaluator)
+            .map(|v| {
+                let key = (v.dataset.as_str(), v.example_id.as_str());
+                (key, (v.passed, v.verdict.as_str()))
+            })
+            .collect()
+    }
 }
+
+/// Whether an example passed, and its verdict (`pass` or what failed).
+type Outcome<'a> = (bool, &'a str);
 
 const SEED_AXIS: &str = "train.seed";
 
@@ -382,8 +403,10 @@ fn groups(runs: &[Loaded]) -> Vec<(String, Vec<&Loaded>)> {
 }
 
 /// Paired outcomes (baseline, this) over the examples both judged, matched by seed.
-fn paired(base: &[&Loaded], this: &[&Loaded]) -> (Vec<bool>, Vec<bool>) {
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+/// The baseline's and this configuration's outcomes on the same examples, runs matched by
+/// seed (else the baseline's first run).
+fn paired<'a>(base: &[&'a Loaded], this: &[&'a Loaded]) -> Vec<(Outcome<'a>, Outcome<'a>)> {
+    let mut out = Vec::new();
     for t in this {
         let Some(bl) = base
             .iter()
@@ -392,15 +415,59 @@ fn paired(base: &[&Loaded], this: &[&Loaded]) -> (Vec<bool>, Vec<bool>) {
         else {
             continue;
         };
-        let bv = bl.primary();
-        for (k, passed) in t.primary() {
-            if let Some(&bp) = bv.get(&k) {
-                a.push(bp);
-                b.push(passed);
+        let bv = bl.primary_verdicts();
+        for (k, this) in t.primary_verdicts() {
+            if let Some(&b) = bv.get(&k) {
+                out.push((b, this));
             }
         }
     }
-    (a, b)
+    out
+}
+
+/// How often each kind of failure occurs under the baseline and under this configuration,
+/// on the same examples: the examples that lost it (failed so under ★, not here) and
+/// gained it, with the exact McNemar test on those two counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorTypeShift {
+    pub error_type: String,
+    pub reference: usize,
+    pub this: usize,
+    pub removed: usize,
+    pub added: usize,
+    pub p_value: f64,
+}
+
+fn error_type_shifts(pairs: &[(Outcome, Outcome)]) -> Vec<ErrorTypeShift> {
+    let mut by: BTreeMap<&str, (usize, usize, usize, usize)> = BTreeMap::new();
+    for &((bp, bv), (tp, tv)) in pairs {
+        let (b_fail, t_fail) = ((!bp).then_some(bv), (!tp).then_some(tv));
+        if let Some(b) = b_fail {
+            let e = by.entry(b).or_default();
+            e.0 += 1;
+            e.2 += (t_fail != Some(b)) as usize;
+        }
+        if let Some(t) = t_fail {
+            let e = by.entry(t).or_default();
+            e.1 += 1;
+            e.3 += (b_fail != Some(t)) as usize;
+        }
+    }
+    let mut out: Vec<ErrorTypeShift> = by
+        .into_iter()
+        .filter(|(_, (_, _, removed, added))| removed + added > 0)
+        .map(|(t, (reference, this, removed, added))| ErrorTypeShift {
+            error_type: t.to_string(),
+            reference,
+            this,
+            removed,
+            added,
+            p_value: stats::mcnemar_exact(removed, added),
+        })
+        .collect();
+    // The largest net changes first.
+    out.sort_by_key(|s| std::cmp::Reverse(s.removed.abs_diff(s.added)));
+    out
 }
 
 fn comparisons(runs: &[Loaded], opts: &ReportOptions) -> Vec<Comparison> {
@@ -415,11 +482,13 @@ fn comparisons(runs: &[Loaded], opts: &ReportOptions) -> Vec<Comparison> {
         .iter()
         .filter(|(_, rs)| !rs.iter().any(|r| r.row.is_baseline))
         .filter_map(|(g, rs)| {
-            let (a, b) = paired(base, rs);
+            let pairs = paired(base, rs);
+            let (a, b): (Vec<bool>, Vec<bool>) = pairs.iter().map(|(a, b)| (a.0, b.0)).unzip();
             (!a.is_empty()).then(|| Comparison {
                 group: g.clone(),
                 run_ids: rs.iter().map(|r| r.row.run_id.clone()).collect(),
                 test: PairedTest::of(&a, &b, opts),
+                error_types: error_type_shifts(&pairs),
             })
         })
         .collect();
@@ -843,6 +912,67 @@ pub(crate) fn empty_for_tests() -> ReportData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_types_count_what_a_configuration_removed_and_added() {
+        let (pass, te, wf) = ((true, "pass"), (false, "type_error"), (false, "wrong_func"));
+        let mut pairs = vec![(te, pass); 3];
+        pairs.extend([(pass, wf); 2]);
+        pairs.push((te, te));
+        pairs.push((te, wf));
+        pairs.push((pass, pass));
+        let s = error_type_shifts(&pairs);
+        let got: Vec<_> = s
+            .iter()
+            .map(|x| {
+                (
+                    x.error_type.as_str(),
+                    x.reference,
+                    x.this,
+                    x.removed,
+                    x.added,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("type_error", 5, 1, 4, 0), ("wrong_func", 0, 3, 0, 3)]
+        );
+        assert!((s[0].p_value - 0.125).abs() < 1e-12);
+        assert!((s[1].p_value - 0.25).abs() < 1e-12);
+        // A type that moved nowhere is left out.
+        assert!(error_type_shifts(&[(te, te)]).is_empty());
+    }
+
+    #[test]
+    fn the_report_says_which_failures_a_configuration_removed_and_added() {
+        let (pass, te, wf) = ((true, "pass"), (false, "type_error"), (false, "wrong_func"));
+        let mut pairs = vec![(te, pass); 6];
+        pairs.extend([(pass, wf); 2]);
+        pairs.extend([(te, te); 4]);
+        let (a, b): (Vec<bool>, Vec<bool>) = pairs.iter().map(|(a, b)| (a.0, b.0)).unzip();
+        let mut data = empty_for_tests();
+        data.comparisons = vec![Comparison {
+            group: "train.clip_norm=0.3".into(),
+            run_ids: vec!["r1".into()],
+            test: PairedTest::of(&a, &b, &ReportOptions::default()),
+            error_types: error_type_shifts(&pairs),
+        }];
+        adjust(data.comparisons.iter_mut().map(|c| &mut c.test));
+        let text = super::super::templates::render(
+            &data,
+            &super::super::templates::TemplateSource::Builtin("sweep".into()),
+        )
+        .unwrap();
+        // The comparison (with its minimum detectable effect) and the failure kinds.
+        let from = text.find("| configuration | pairs |").unwrap();
+        let section: String = text[from..]
+            .lines()
+            .take_while(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        insta::assert_snapshot!(section);
+    }
 
     #[test]
     fn spikes_are_local_jumps_not_the_early_descent() {

@@ -88,6 +88,37 @@ pub fn cohens_kappa(
     ))
 }
 
+/// z of 80% power (the 0.8 quantile of the standard normal).
+const Z80: f64 = 0.841_621_233_572_914_3;
+
+/// The minimum detectable effect: the smallest difference in pass rate (0 to 1) from a
+/// rate `p` that a two-sided test at α = 0.05 finds with 80% power when each side has `n`
+/// examples (normal approximation of two independent proportions; pairing only narrows
+/// it, so for paired examples it is conservative). None when no difference would do.
+pub fn mde(n: usize, p: f64) -> Option<f64> {
+    if n == 0 || !(0.0..=1.0).contains(&p) {
+        return None;
+    }
+    let n = n as f64;
+    // Toward the side with room: from 0.2 a gain, from 0.9 a loss.
+    let room = p.max(1.0 - p);
+    let q = |d: f64| if p <= 0.5 { p + d } else { p - d };
+    let needed = |d: f64| (Z95 + Z80) * ((p * (1.0 - p) + q(d) * (1.0 - q(d))) / n).sqrt();
+    if needed(room) > room {
+        return None;
+    }
+    let (mut lo, mut hi) = (0.0, room);
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if needed(mid) <= mid {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Some(hi)
+}
+
 pub fn mcnemar_exact(only_a: usize, only_b: usize) -> f64 {
     let n = only_a + only_b;
     if n == 0 {
@@ -235,6 +266,25 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
+    }
+
+    #[test]
+    fn mde_solves_the_two_proportion_power_equation() {
+        // At p = 0.5 and n = 64: d = 2.8016 * sqrt((0.25 + q(1-q)) / 64) with q = 0.5 + d.
+        // Its root, 0.23371, put back into the textbook sample size of a two-proportion
+        // test, n = (z_a + z_b)^2 (p1 q1 + p2 q2) / (p2 - p1)^2, gives 64.0.
+        let d = mde(64, 0.5).unwrap();
+        let q = 0.5 + d;
+        let rhs = (Z95 + Z80) * ((0.25 + q * (1.0 - q)) / 64.0).sqrt();
+        assert!((d - rhs).abs() < 1e-9, "{d} {rhs}");
+        assert!((d - 0.233711).abs() < 1e-6, "{d}");
+        // More examples detect less; a rate near 0 detects a smaller gain than one at 0.5.
+        assert!(mde(1000, 0.5).unwrap() < d);
+        assert!(mde(64, 0.05).unwrap() < d);
+        // Symmetric in p and 1 - p.
+        assert!((mde(64, 0.2).unwrap() - mde(64, 0.8).unwrap()).abs() < 1e-9);
+        assert_eq!(mde(0, 0.5), None);
+        assert_eq!(mde(1, 0.5), None);
     }
 
     #[test]

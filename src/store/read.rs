@@ -12,6 +12,8 @@ pub struct VerdictRow {
     pub example_id: String,
     pub category: String,
     pub evaluator: String,
+    /// `pass`, or what failed: a rule name, BFCL's `error_type`, an episode's ending.
+    pub verdict: String,
     pub passed: bool,
 }
 
@@ -60,7 +62,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT dataset, example_id, category, evaluator, passed FROM eval_results
+                "SELECT dataset, example_id, category, evaluator, passed, verdict FROM eval_results
                  WHERE run_id = ?1 ORDER BY dataset, example_id, evaluator",
             )
             .map_err(err(&self.path))?;
@@ -72,6 +74,7 @@ impl Store {
                     category: r.get(2)?,
                     evaluator: r.get(3)?,
                     passed: r.get::<_, i64>(4)? != 0,
+                    verdict: r.get(5)?,
                 })
             })
             .map_err(err(&self.path))?;

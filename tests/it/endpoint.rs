@@ -95,6 +95,18 @@ fn an_endpoint_model_is_asked_the_studys_prompts_and_is_the_hybrids_large_model(
         EXPERIMENT.replace("URL", &url),
     )
     .unwrap();
+    // It plans like any model (nothing to train, eight prompts to send).
+    let out = ablate(d, &["plan", "experiments/routed.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("openai:big-llm") && text.contains("detectable: with 8 test examples"),
+        "{text}"
+    );
     let out = ablate(d, &["run", "experiments/routed.toml"]);
     assert!(
         out.status.success(),

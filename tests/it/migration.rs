@@ -52,7 +52,7 @@ fn a_schema_4_database_migrates_reports_unchanged_and_keeps_its_run_ids() {
         let then = std::fs::read_to_string(repo().join(format!("{FIXTURE}/reports/v4-{name}.md")))
             .unwrap();
         assert_eq!(
-            in_v4_agreement_format(&in_v4_breakdown_format(&now)),
+            in_v4_comparison_format(&in_v4_agreement_format(&in_v4_breakdown_format(&now))),
             then,
             "v4-{name}.md changed"
         );
@@ -207,6 +207,56 @@ fn in_v4_breakdown_format(text: &str) -> String {
             cells[2] = cells[2].split(" (").next().unwrap().to_string();
             cells.pop();
             out.push(format!("{} |", cells.join(" | ")));
+            continue;
+        }
+        in_table = false;
+        out.push(line.to_string());
+    }
+    out.join("\n")
+}
+
+/// The comparisons table as schema 4's ablate wrote it: the minimum detectable effect and
+/// the failure kinds came later (issue 21).
+fn in_v4_comparison_format(text: &str) -> String {
+    const NEW_INTRO: &str = " \"detectable\" is the minimum detectable effect: the
+smallest difference from ★'s rate that this many pairs find with 80% power at α 0.05
+(a smaller true difference is likely to read as noise).";
+    const NEW_HEADER: &str = "| configuration | pairs | ★ pass rate | pass rate | Δ (points) | 95% CI of Δ | ★ only / this only | p | p (Holm) | verdict | detectable (points) |";
+    let text = text.replace(NEW_INTRO, "");
+    let mut out = Vec::new();
+    let mut in_table = false;
+    // (in the failure-kind section, past its table's first line)
+    let mut in_shifts = (false, false);
+    for line in text.split('\n') {
+        if line.starts_with("What changed, by kind of failure") {
+            in_shifts = (true, false);
+        }
+        if in_shifts.0 {
+            // The section ends at the first blank line after its table.
+            in_shifts.1 |= line.starts_with('|');
+            if line.is_empty() && in_shifts.1 {
+                in_shifts = (false, false);
+            }
+            continue;
+        }
+        if line == NEW_HEADER {
+            in_table = true;
+            out.push(
+                NEW_HEADER
+                    .rsplit_once(" detectable (points) |")
+                    .unwrap()
+                    .0
+                    .to_string(),
+            );
+            continue;
+        }
+        if in_table && line.starts_with("|---") {
+            out.push("|---|---:|---:|---:|---:|---|---:|---:|---:|---|".to_string());
+            continue;
+        }
+        if in_table && line.starts_with("| ") {
+            let cut = line.trim_end_matches(" |").rsplit_once(" | ").unwrap().0;
+            out.push(format!("{cut} |"));
             continue;
         }
         in_table = false;
