@@ -33,12 +33,39 @@ fn palette(i: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
-fn label(r: &RunRow) -> String {
+/// An axis as a legend names it: `train.clip_norm` is `clip`, `model.name` is `model`,
+/// otherwise the key's last part (`lr`, `epochs`, `seed`).
+fn axis_short(axis: &str) -> &str {
+    match axis {
+        "train.clip_norm" => "clip",
+        "model.name" => "model",
+        _ => axis.rsplit('.').next().unwrap_or(axis),
+    }
+}
+
+/// `clip 0.3, lr 0.001`: axis values that say which axis they belong to.
+fn named_values<'a>(axes: impl Iterator<Item = &'a String>, values: &[String]) -> String {
+    axes.zip(values)
+        .map(|(a, v)| format!("{} {v}", axis_short(a)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn label(r: &RunRow, axes: &[String]) -> String {
     let short = &r.run_id[..r.run_id.len().min(8)];
     if r.axis_values.is_empty() {
         short.to_string()
     } else {
-        format!("{short} {}", r.axis_values.join(" "))
+        format!("{short}: {}", named_values(axes.iter(), &r.axis_values))
+    }
+}
+
+/// Tick labels of a step axis: whole steps only (no `20.0`), blank between them.
+fn step_label(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-9 {
+        format!("{}", x.round() as i64)
+    } else {
+        String::new()
     }
 }
 
@@ -123,13 +150,30 @@ fn loss_curves(data: &ReportData, path: &Path) -> DrawResult<bool> {
         }
     }
     let pad = ((y1 - y0) * 0.05).max(1e-3);
+    // Spike markers sit on the loss curve at the spike's step.
+    let spikes: Vec<(f64, f64)> = curves
+        .iter()
+        .flat_map(|(i, _)| {
+            let s = &data.series[*i];
+            s.loss
+                .iter()
+                .filter(|(step, v)| v.is_finite() && s.spike_steps.binary_search(step).is_ok())
+                .map(|&(step, v)| (step as f64, v))
+        })
+        .collect();
+    let title = if spikes.is_empty() {
+        format!("{}: training loss (no grad-norm spikes)", data.sweep)
+    } else {
+        format!(
+            "{}: training loss ({} grad-norm spikes, red ×)",
+            data.sweep,
+            spikes.len()
+        )
+    };
     let root = canvas(path);
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{}: training loss (× = grad-norm spike)", data.sweep),
-            ("sans-serif", 18),
-        )
+        .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)
@@ -138,25 +182,25 @@ fn loss_curves(data: &ReportData, path: &Path) -> DrawResult<bool> {
         .configure_mesh()
         .x_desc("optimizer step")
         .y_desc("loss")
+        .x_label_formatter(&step_label)
         .draw()?;
     for (i, c) in &curves {
         let color = palette(*i);
         chart
             .draw_series(LineSeries::new(c.iter().copied(), color.stroke_width(2)))?
-            .label(label(&data.rows[*i]))
+            .label(label(&data.rows[*i], &data.axes))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
-        let s = &data.series[*i];
-        let spikes: Vec<(f64, f64)> = s
-            .loss
-            .iter()
-            .filter(|(step, v)| v.is_finite() && s.spike_steps.binary_search(step).is_ok())
-            .map(|&(step, v)| (step as f64, v))
-            .collect();
-        chart.draw_series(
-            spikes
-                .into_iter()
-                .map(|p| Cross::new(p, 5, RED.stroke_width(2))),
-        )?;
+    }
+    // After every curve, so no line hides a marker.
+    if !spikes.is_empty() {
+        chart
+            .draw_series(
+                spikes
+                    .into_iter()
+                    .map(|p| Cross::new(p, 8, RED.stroke_width(3))),
+            )?
+            .label("grad-norm spike")
+            .legend(|(x, y)| Cross::new((x + 8, y), 5, RED.stroke_width(3)));
     }
     chart
         .configure_series_labels()
@@ -243,12 +287,7 @@ fn pass_rate_by_axis(data: &ReportData, axis: usize, path: &Path) -> DrawResult<
         let legend = if others.is_empty() {
             "pass rate".to_string()
         } else {
-            others
-                .iter()
-                .zip(key)
-                .map(|(a, v)| format!("{a}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            named_values(others.iter().copied(), key)
         };
         chart
             .draw_series(LineSeries::new(
@@ -320,10 +359,20 @@ fn heatmap(data: &ReportData, path: &Path) -> DrawResult<bool> {
         }
         cell.2 += (r.status == "diverged") as usize;
     }
+    // The colour scale spans the rates present, so neighbouring cells differ visibly.
+    let rates: Vec<f64> = cells
+        .values()
+        .filter(|c| c.1 > 0)
+        .map(|c| c.0 / c.1 as f64)
+        .collect();
+    let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = rates.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let scale = |r: f64| if hi > lo { (r - lo) / (hi - lo) } else { 0.5 };
     let root = canvas(path);
     root.fill(&WHITE)?;
+    let (main, bar) = root.split_horizontally(SIZE.0 - 110);
     let (nx, ny) = (lrs.len() as f64, clips.len() as f64);
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(&main)
         .caption(
             format!("{}: mean pass rate by clip norm and lr", data.sweep),
             ("sans-serif", 18),
@@ -345,15 +394,16 @@ fn heatmap(data: &ReportData, path: &Path) -> DrawResult<bool> {
         .draw()?;
     for (&(c, l), &(sum, n, diverged)) in &cells {
         let (x, y) = (l as f64, c as f64);
-        let (fill, text) = if n > 0 {
+        let (color, text) = if n > 0 {
             let rate = sum / n as f64;
             (
-                ViridisRGB::get_color(rate).filled(),
+                ViridisRGB::get_color(scale(rate)),
                 format!("{:.1}%", rate * 100.0),
             )
         } else {
-            (RGBColor(220, 220, 220).filled(), "-".into())
+            (RGBColor(220, 220, 220), "-".into())
         };
+        let fill = color.filled();
         chart.draw_series(std::iter::once(Rectangle::new(
             [(x, y), (x + 1.0, y + 1.0)],
             fill,
@@ -365,11 +415,54 @@ fn heatmap(data: &ReportData, path: &Path) -> DrawResult<bool> {
         chart.draw_series(std::iter::once(Text::new(
             text,
             (x + 0.3, y + 0.5),
-            ("sans-serif", 15).into_font().color(&BLACK),
+            ("sans-serif", 15).into_font().color(&text_on(color)),
         )))?;
+    }
+    if !rates.is_empty() {
+        colour_bar(&bar, lo, hi)?;
     }
     root.present()?;
     Ok(true)
+}
+
+/// Black on light cells, white on dark ones (by relative luminance).
+fn text_on(c: RGBColor) -> RGBColor {
+    let l = 0.2126 * c.0 as f64 + 0.7152 * c.1 as f64 + 0.0722 * c.2 as f64;
+    if l > 128.0 {
+        BLACK
+    } else {
+        WHITE
+    }
+}
+
+/// The heatmap's scale: viridis from `lo` (bottom) to `hi` (top), labelled in percent.
+fn colour_bar(area: &DrawingArea<SVGBackend<'_>, Shift>, lo: f64, hi: f64) -> DrawResult<()> {
+    const STEPS: usize = 50;
+    let (top, bottom) = (60i32, SIZE.1 as i32 - 60);
+    let (x0, x1) = (10i32, 34i32);
+    let h = (bottom - top) as f64 / STEPS as f64;
+    for k in 0..STEPS {
+        let t = k as f64 / (STEPS - 1) as f64;
+        let y = bottom as f64 - (k + 1) as f64 * h;
+        area.draw(&Rectangle::new(
+            [(x0, y.floor() as i32), (x1, (y + h).ceil() as i32)],
+            ViridisRGB::get_color(if hi > lo { t } else { 0.5 }).filled(),
+        ))?;
+    }
+    area.draw(&Rectangle::new([(x0, top), (x1, bottom)], BLACK))?;
+    let font = ("sans-serif", 14).into_font();
+    area.draw(&Text::new(
+        format!("{:.1}%", hi * 100.0),
+        (x1 + 6, top - 6),
+        font.clone(),
+    ))?;
+    area.draw(&Text::new(
+        format!("{:.1}%", lo * 100.0),
+        (x1 + 6, bottom - 6),
+        font.clone(),
+    ))?;
+    area.draw(&Text::new("pass rate", (x0 - 4, top - 30), font))?;
+    Ok(())
 }
 
 /// Labels at cell centres (k + 0.5) only.
@@ -426,4 +519,26 @@ fn by_size(data: &ReportData, path: &Path) -> DrawResult<bool> {
     )?;
     root.present()?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_tick_as_whole_numbers_and_legends_name_their_axes() {
+        assert_eq!(step_label(&20.0), "20");
+        assert_eq!(step_label(&2.5), "");
+        let axes = ["train.clip_norm".to_string(), "train.lr".to_string()];
+        assert_eq!(
+            named_values(axes.iter(), &["0.3".into(), "0.001".into()]),
+            "clip 0.3, lr 0.001"
+        );
+    }
+
+    #[test]
+    fn heatmap_text_is_light_on_dark_cells() {
+        assert_eq!(text_on(ViridisRGB::get_color(0.0)), WHITE);
+        assert_eq!(text_on(ViridisRGB::get_color(1.0)), BLACK);
+    }
 }

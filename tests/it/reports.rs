@@ -90,6 +90,32 @@ fn every_cpu_twin_runs_and_its_report_renders_with_intervals_tests_and_plots() {
         for l in &links {
             let svg = std::fs::read_to_string(tmp.path().join("reports").join(l)).unwrap();
             assert!(svg.starts_with("<svg") && svg.contains("<text"), "{l}");
+            // Rendered as a person sees it, kept for review beside the build.
+            let png = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("plots")
+                .join(l.replace(".svg", ".png"));
+            let (w, h, colours) = render_png(&svg, &png);
+            assert_eq!((w, h), (820, 480), "{l}");
+            assert!(colours > 2, "{l}: {colours} colours: nothing drawn?");
+            if l.ends_with("loss.svg") {
+                // The legend says which axis each value belongs to.
+                // The legend names each value's axis: `<run id>: <axis> <value>`.
+                let named = svg.match_indices(": ").any(|(i, _)| {
+                    let id = &svg[i.saturating_sub(8)..i];
+                    let rest = &svg[i + 2..];
+                    id.len() == 8
+                        && id.bytes().all(|b| b.is_ascii_hexdigit())
+                        && rest
+                            .split(['<', '\n'])
+                            .next()
+                            .is_some_and(|t| t.trim().contains(' '))
+                });
+                assert!(named, "{l}: the legend does not name the axes");
+            }
+            if l.ends_with("heatmap.svg") {
+                // The title says it once; the colour bar's label again.
+                assert!(svg.matches("pass rate").count() >= 2, "{l}: no colour bar");
+            }
         }
         insta::with_settings!({filters => filters(), snapshot_suffix => twin}, {
             insta::assert_snapshot!("twin_report", report);
@@ -330,4 +356,34 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Renders an SVG to a PNG file the way a browser would (resvg, system fonts); returns its
+/// size and how many distinct colours it has.
+fn render_png(svg: &str, png: &Path) -> (u32, u32, usize) {
+    use resvg::{tiny_skia, usvg};
+    let mut opt = usvg::Options::default();
+    let fonts = opt.fontdb_mut();
+    fonts.load_system_fonts();
+    // The plots ask for `sans-serif`; fontdb maps it to Arial, which Debian lacks.
+    let sans = fonts
+        .faces()
+        .flat_map(|f| f.families.iter().map(|(name, _)| name.clone()))
+        .find(|name| name.contains("Sans") && !name.contains("Mono"));
+    if let Some(family) = sans {
+        fonts.set_sans_serif_family(family);
+    }
+    let tree = usvg::Tree::from_str(svg, &opt).unwrap();
+    let size = tree.size().to_int_size();
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height()).unwrap();
+    resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    std::fs::create_dir_all(png.parent().unwrap()).unwrap();
+    pixmap.save_png(png).unwrap();
+    std::fs::write(png.with_extension("svg"), svg).unwrap();
+    let colours: std::collections::HashSet<[u8; 4]> = pixmap
+        .pixels()
+        .iter()
+        .map(|p| [p.red(), p.green(), p.blue(), p.alpha()])
+        .collect();
+    (size.width(), size.height(), colours.len())
 }
