@@ -22,6 +22,7 @@ pub mod model;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod store;
 pub mod toolenv;
 pub mod train;

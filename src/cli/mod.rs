@@ -280,6 +280,25 @@ pub enum Command {
     /// People's verdicts on stored predictions, compared with every evaluator's.
     #[command(subcommand)]
     Labels(LabelsCommand),
+    /// Browse the results database in a web browser (read-only).
+    ///
+    /// Pages: sweeps (with their question and run counts, and the markdown report), the
+    /// runs of a sweep (sortable, filterable, a toggle for only the columns that differ,
+    /// paired tests against the baseline), a run's examples (filter by verdict, evaluator
+    /// and category; `?vs=<run>` keeps the examples two runs judge differently, grouped by
+    /// the kind of failure), curves of any runs overlaid (smoothing, log scale, grad-norm
+    /// spikes), compare (differing config keys and paired tests), live (runs in progress,
+    /// refreshed). Every table has a CSV link; every page a stable URL.
+    ///
+    /// The database is opened read-only and never written (one of an older schema is
+    /// refused: `ablate report` migrates it); files are served from the reports folder
+    /// beside it only. Binds to 127.0.0.1 unless told otherwise. Prints the address, then
+    /// serves until interrupted.
+    Serve {
+        /// Address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:8765")]
+        addr: String,
+    },
     /// Run one read-only SQL statement against the results database.
     Query {
         /// The statement, e.g. "SELECT * FROM run_summary".
@@ -526,6 +545,7 @@ pub fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Status { sweeps, json } => cluster::cmd_status(&cli.db, &sweeps, json),
         Command::Report { inputs, template } => cmd_report(&cli.db, &inputs, template.as_deref()),
         Command::Query { sql, csv, json } => cmd_query(&cli.db, &sql, csv, json),
+        Command::Serve { addr } => cmd_serve(&cli.db, &addr),
         Command::Export {
             sweep,
             json,
@@ -1756,6 +1776,22 @@ fn cmd_compare(db: &Path, runs: &[String], json: bool) -> Result<u8, Failure> {
     } else {
         print!("{}", ui::comparison(&c));
     }
+    Ok(exit::OK)
+}
+
+fn cmd_serve(db: &Path, addr: &str) -> Result<u8, Failure> {
+    use std::io::Write;
+    let site = crate::serve::Site::open(db).map_err(|e| match e {
+        crate::serve::ServeError::Store(e) => store_failure(e),
+        e => user(e),
+    })?;
+    crate::serve::serve(&site, addr, |bound| {
+        // The first line is the address, for people and for scripts that start it.
+        println!("http://{bound}/");
+        eprintln!("serving {} read-only; Ctrl-C stops", db.display());
+        let _ = std::io::stdout().flush();
+    })
+    .map_err(user)?;
     Ok(exit::OK)
 }
 

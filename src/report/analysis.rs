@@ -281,7 +281,7 @@ fn load_run(
 /// Steps whose gradient norm is not finite or exceeds `SPIKE_FACTOR` times the median of
 /// the `SPIKE_WINDOW` steps before it. A local median, because norms fall steeply early in
 /// training: against the run's overall median every early step would count.
-fn spikes(grad_norm: &[(i64, f64)]) -> Vec<i64> {
+pub fn spikes(grad_norm: &[(i64, f64)]) -> Vec<i64> {
     let mut window: Vec<f64> = Vec::with_capacity(SPIKE_WINDOW);
     let mut out = Vec::new();
     for (i, &(step, v)) in grad_norm.iter().enumerate() {

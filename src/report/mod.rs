@@ -18,11 +18,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use analysis::{
-    compare_runs, Breakdown, Comparison, HybridRow, PairedTest, PairwiseComparison, RunComparison,
-    SeedGroup,
+    compare_runs, resolve_run, spikes, Breakdown, Comparison, HybridRow, PairedTest,
+    PairwiseComparison, RunComparison, SeedGroup,
 };
 pub use templates::{
-    builtin_template, render, TemplateSource, BUILTIN_TEMPLATES, DEFAULT_TEMPLATE,
+    builtin_template, register_filters, render, TemplateSource, BUILTIN_TEMPLATES, DEFAULT_TEMPLATE,
 };
 
 use crate::config::HybridSpec;

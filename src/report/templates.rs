@@ -98,12 +98,18 @@ fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(TEMPLATE_FUEL));
+    register_filters(&mut env);
+    env
+}
+
+/// The number filters of reports (`pct`, `num`, `signed_pts`, `pvalue`, `si`), for any
+/// page that shows the same numbers.
+pub fn register_filters(env: &mut Environment<'static>) {
     env.add_filter("pct", format::pct);
     env.add_filter("num", format::num);
     env.add_filter("signed_pts", format::signed_pts);
     env.add_filter("pvalue", format::pvalue);
     env.add_filter("si", format::si);
-    env
 }
 
 /// A template `name` from `dir`, if it is a regular file whose real path lies inside the

@@ -113,6 +113,12 @@ fn an_endpoint_model_is_asked_the_studys_prompts_and_is_the_hybrids_large_model(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(
+            !String::from_utf8_lossy(stream).contains(KEY),
+            "the key was printed"
+        );
+    }
 
     // Every example was asked once, with the study's prompt, the key and the decoding.
     let seen = stub.requests();

@@ -14,6 +14,7 @@ mod model;
 mod parity;
 mod reliability;
 mod reports;
+mod serve;
 mod slurm;
 mod stages;
 mod stub;

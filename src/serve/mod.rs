@@ -1,0 +1,618 @@
+//! `ablate serve`: a read-only web view of the results database. Pages are rendered on the
+//! server from the same numbers the reports use (minijinja, plotters); a few lines of
+//! script sort and filter tables, and every page reads fine without it.
+//!
+//! Safety: the database is opened read-only (SQLite refuses writes), nothing in a URL is
+//! run as SQL (ids are checked, names quoted), files are served only from the reports
+//! folder (plain names, resolved to real paths inside it), and a bad URL is a 404 page.
+//! A synchronous server (tiny_http) fits: one user, on 127.0.0.1, reading one database.
+
+mod plot;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use minijinja::{context, Environment};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::report::{self, ReportOptions};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "{0}: written by an older ablate; `ablate report` (or any command that writes) \
+         migrates it, and serve then reads it (serve itself never writes)"
+    )]
+    OldSchema(String),
+    #[error("cannot listen on {addr}: {message}")]
+    Listen { addr: String, message: String },
+}
+
+/// One HTTP answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+
+impl Page {
+    fn html(body: String) -> Page {
+        Page {
+            status: 200,
+            content_type: HTML,
+            body: body.into_bytes(),
+        }
+    }
+}
+
+pub struct Site {
+    store: Store,
+    /// `<results>/reports`, the only folder files are served from.
+    reports: PathBuf,
+    env: Environment<'static>,
+    db_label: String,
+}
+
+/// Rows shown on one examples page at most.
+const MAX_EXAMPLES: usize = 2000;
+
+impl Site {
+    /// Opens `db` read-only; a database of an older schema is refused (migrating writes).
+    pub fn open(db: &Path) -> Result<Site, ServeError> {
+        let store = Store::open_read_only(db)?;
+        if !store.is_current()? {
+            return Err(ServeError::OldSchema(db.display().to_string()));
+        }
+        let mut env = Environment::new();
+        for (name, text) in [
+            ("base.html.j2", include_str!("templates/base.html.j2")),
+            ("sweeps.html.j2", include_str!("templates/sweeps.html.j2")),
+            ("runs.html.j2", include_str!("templates/runs.html.j2")),
+            (
+                "examples.html.j2",
+                include_str!("templates/examples.html.j2"),
+            ),
+            ("compare.html.j2", include_str!("templates/compare.html.j2")),
+            ("curves.html.j2", include_str!("templates/curves.html.j2")),
+            ("live.html.j2", include_str!("templates/live.html.j2")),
+            ("error.html.j2", include_str!("templates/error.html.j2")),
+        ] {
+            env.add_template(name, text)
+                .expect("the built-in pages parse");
+        }
+        report::register_filters(&mut env);
+        let results = db.parent().unwrap_or(Path::new("."));
+        Ok(Site {
+            store,
+            reports: results.join("reports"),
+            env,
+            db_label: db.display().to_string(),
+        })
+    }
+
+    /// The page for a request target (`/path?query`), never panicking on any input.
+    pub fn respond(&self, target: &str) -> Page {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let q = parse_query(query);
+        let Some(segments) = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect::<Option<Vec<String>>>()
+        else {
+            return self.error(400, "The address is not valid UTF-8.");
+        };
+        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let result = match segs.as_slice() {
+            [] => self.sweeps(),
+            ["sweeps", name] => match name.strip_suffix(".csv") {
+                Some(name) => self.sweep_csv(name),
+                None => self.runs(name),
+            },
+            ["runs", id] => match id.strip_suffix(".csv") {
+                Some(id) => self.examples_csv(id),
+                None => self.examples(id, &q),
+            },
+            ["compare"] => self.compare(&q),
+            ["curves"] => self.curves(&q),
+            ["live"] => self.live(),
+            ["reports", rest @ ..] => self.report_file(rest),
+            _ => Err(Miss::NotFound(format!("No page at {path}."))),
+        };
+        match result {
+            Ok(page) => page,
+            Err(Miss::NotFound(m)) => self.error(404, &m),
+            Err(Miss::Bad(m)) => self.error(400, &m),
+            Err(Miss::Failed(m)) => self.error(500, &m),
+        }
+    }
+
+    fn render(&self, name: &str, ctx: minijinja::Value) -> Result<Page, Miss> {
+        let t = self.env.get_template(name).expect("built-in page");
+        let ctx = context! { db => self.db_label, ..ctx };
+        t.render(ctx)
+            .map(Page::html)
+            .map_err(|e| Miss::Failed(format!("rendering {name}: {e}")))
+    }
+
+    fn error(&self, status: u16, message: &str) -> Page {
+        let body = self
+            .env
+            .get_template("error.html.j2")
+            .and_then(|t| t.render(context! { code => status, message, db => self.db_label }))
+            .unwrap_or_else(|_| message.to_string());
+        Page {
+            status,
+            content_type: HTML,
+            body: body.into_bytes(),
+        }
+    }
+
+    fn rows(&self, sql: &str) -> Result<Vec<Vec<Value>>, Miss> {
+        self.store
+            .query(sql)
+            .map(|(_, rows)| rows)
+            .map_err(|e| Miss::Failed(e.to_string()))
+    }
+
+    fn sweeps(&self) -> Result<Page, Miss> {
+        #[derive(Serialize)]
+        struct Sweep {
+            name: String,
+            description: String,
+            updated_at: String,
+            runs: i64,
+            done: i64,
+            failed: i64,
+            running: i64,
+            pending: i64,
+            report: bool,
+        }
+        let rows = self.rows(
+            "SELECT s.name, s.description, s.updated_at, COUNT(r.id),
+                    COALESCE(SUM(r.status = 'done'), 0),
+                    COALESCE(SUM(r.status IN ('failed', 'diverged')), 0),
+                    COALESCE(SUM(r.status = 'running'), 0),
+                    COALESCE(SUM(r.status IN ('pending', 'interrupted')), 0)
+             FROM sweeps s LEFT JOIN sweep_runs sr ON sr.sweep = s.name
+             LEFT JOIN runs r ON r.id = sr.run_id
+             GROUP BY s.name ORDER BY s.updated_at DESC, s.name",
+        )?;
+        let sweeps: Vec<Sweep> = rows
+            .into_iter()
+            .map(|r| {
+                let name = text(&r[0]);
+                Sweep {
+                    report: safe_name(&name) && self.reports.join(format!("{name}.md")).is_file(),
+                    name,
+                    description: text(&r[1]),
+                    updated_at: text(&r[2]),
+                    runs: int(&r[3]),
+                    done: int(&r[4]),
+                    failed: int(&r[5]),
+                    running: int(&r[6]),
+                    pending: int(&r[7]),
+                }
+            })
+            .collect();
+        self.render("sweeps.html.j2", context! { sweeps })
+    }
+
+    fn sweep_data(&self, name: &str) -> Result<report::ReportData, Miss> {
+        let opts = ReportOptions {
+            bootstrap_iters: 500,
+            ..ReportOptions::default()
+        };
+        report::collect(&self.store, name, &opts).map_err(|e| match e {
+            report::ReportError::UnknownSweep(_) => Miss::NotFound(format!("No sweep {name}.")),
+            e => Miss::Failed(e.to_string()),
+        })
+    }
+
+    fn runs(&self, name: &str) -> Result<Page, Miss> {
+        let data = self.sweep_data(name)?;
+        // An axis whose value is the same in every run: hidden by the toggle.
+        let same: Vec<u8> = (0..data.axes.len())
+            .map(|i| {
+                let first = data.rows.first().map(|r| &r.axis_values[i]);
+                data.rows.iter().all(|r| Some(&r.axis_values[i]) == first) as u8
+            })
+            .collect();
+        let run_ids: Vec<&str> = data.rows.iter().map(|r| r.run_id.as_str()).collect();
+        self.render(
+            "runs.html.j2",
+            context! {
+                sweep => name, description => data.description, axes => data.axes,
+                rows => data.rows, same, run_ids, comparisons => data.comparisons,
+            },
+        )
+    }
+
+    fn sweep_csv(&self, name: &str) -> Result<Page, Miss> {
+        let data = self.sweep_data(name)?;
+        let mut body = Vec::new();
+        report::export::write_csv(&data, &mut body).map_err(|e| Miss::Failed(e.to_string()))?;
+        Ok(Page {
+            status: 200,
+            content_type: "text/csv; charset=utf-8",
+            body,
+        })
+    }
+
+    /// A run id from a URL: hex only, resolved as a unique prefix.
+    fn run_id(&self, id: &str) -> Result<String, Miss> {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Miss::NotFound(format!("{id:?} is not a run id.")));
+        }
+        report::resolve_run(&self.store, id).map_err(|e| Miss::NotFound(e.to_string()))
+    }
+
+    fn verdict_rows(&self, id: &str) -> Result<Vec<Example>, Miss> {
+        let rows = self.rows(&format!(
+            "SELECT dataset, example_id, category, evaluator, verdict, passed, prediction, gold
+             FROM eval_results WHERE run_id = '{id}' ORDER BY evaluator, dataset, example_id"
+        ))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Example {
+                dataset: text(&r[0]),
+                example_id: text(&r[1]),
+                category: text(&r[2]),
+                evaluator: text(&r[3]),
+                verdict: text(&r[4]),
+                passed: int(&r[5]) != 0,
+                prediction: text(&r[6]),
+                gold: text(&r[7]),
+                other_verdict: None,
+                other_passed: None,
+            })
+            .collect())
+    }
+
+    fn examples(&self, id: &str, q: &BTreeMap<String, String>) -> Result<Page, Miss> {
+        let id = self.run_id(id)?;
+        let status = self
+            .store
+            .run_info(&id)
+            .map_err(|e| Miss::Failed(e.to_string()))?
+            .map(|i| i.status)
+            .unwrap_or_default();
+        let mut all = self.verdict_rows(&id)?;
+        let pick = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+        let distinct = |f: fn(&Example) -> &str| {
+            let mut v: Vec<String> = all.iter().map(|e| f(e).to_string()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let (verdicts, evaluators, categories) = (
+            distinct(|e| &e.verdict),
+            distinct(|e| &e.evaluator),
+            distinct(|e| &e.category),
+        );
+        // Against another run: the examples they judge differently (the discordant pairs
+        // of the McNemar test), grouped by the kind of failure on the failing side.
+        let other = match pick("vs") {
+            "" => None,
+            vs => Some(self.run_id(vs)?),
+        };
+        let mut discordant = None;
+        if let Some(other) = &other {
+            let theirs: BTreeMap<(String, String, String), (String, bool)> = self
+                .verdict_rows(other)?
+                .into_iter()
+                .map(|e| {
+                    (
+                        (e.evaluator, e.dataset, e.example_id),
+                        (e.verdict, e.passed),
+                    )
+                })
+                .collect();
+            let mut kinds: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+            all.retain_mut(|e| {
+                let key = (e.evaluator.clone(), e.dataset.clone(), e.example_id.clone());
+                let Some((v, p)) = theirs.get(&key) else {
+                    return false;
+                };
+                if *p == e.passed {
+                    return false;
+                }
+                if e.passed {
+                    kinds.entry(v.clone()).or_default().0 += 1;
+                } else {
+                    kinds.entry(e.verdict.clone()).or_default().1 += 1;
+                }
+                e.other_verdict = Some(v.clone());
+                e.other_passed = Some(*p);
+                true
+            });
+            discordant = Some(
+                kinds
+                    .into_iter()
+                    .map(|(kind, (here, there))| {
+                        context! { kind, fixed_here => here, fixed_there => there }
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        all.retain(|e| {
+            [
+                ("verdict", &e.verdict),
+                ("evaluator", &e.evaluator),
+                ("category", &e.category),
+            ]
+            .iter()
+            .all(|(k, v)| pick(k).is_empty() || pick(k) == v.as_str())
+        });
+        let truncated = all.len() > MAX_EXAMPLES;
+        all.truncate(MAX_EXAMPLES);
+        let filters = context! {
+            verdict => pick("verdict"), evaluator => pick("evaluator"), category => pick("category"),
+        };
+        self.render(
+            "examples.html.j2",
+            context! {
+                run_id => id, status, examples => all, truncated, verdicts, evaluators,
+                categories, filters, other, discordant,
+            },
+        )
+    }
+
+    fn examples_csv(&self, id: &str) -> Result<Page, Miss> {
+        let id = self.run_id(id)?;
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let fail = |e: csv::Error| Miss::Failed(e.to_string());
+        w.write_record([
+            "dataset",
+            "example_id",
+            "category",
+            "evaluator",
+            "verdict",
+            "passed",
+            "prediction",
+            "gold",
+        ])
+        .map_err(fail)?;
+        for e in self.verdict_rows(&id)? {
+            w.write_record([
+                e.dataset.as_str(),
+                &e.example_id,
+                &e.category,
+                &e.evaluator,
+                &e.verdict,
+                if e.passed { "1" } else { "0" },
+                &e.prediction,
+                &e.gold,
+            ])
+            .map_err(fail)?;
+        }
+        let body = w.into_inner().map_err(|e| Miss::Failed(e.to_string()))?;
+        Ok(Page {
+            status: 200,
+            content_type: "text/csv; charset=utf-8",
+            body,
+        })
+    }
+
+    fn run_list(&self, q: &BTreeMap<String, String>) -> Result<Vec<String>, Miss> {
+        let ids: Vec<String> = q
+            .get("runs")
+            .map(|s| {
+                s.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return Err(Miss::Bad("Name the runs: ?runs=<id>,<id>".into()));
+        }
+        if ids.len() > 200 {
+            return Err(Miss::Bad("At most 200 runs at once.".into()));
+        }
+        ids.iter().map(|id| self.run_id(id)).collect()
+    }
+
+    fn compare(&self, q: &BTreeMap<String, String>) -> Result<Page, Miss> {
+        let ids = self.run_list(q)?;
+        if ids.len() < 2 {
+            return Err(Miss::Bad("Compare needs two runs or more.".into()));
+        }
+        let cmp = report::compare_runs(&self.store, &ids, &ReportOptions::default())
+            .map_err(|e| Miss::Failed(e.to_string()))?;
+        self.render("compare.html.j2", context! { cmp })
+    }
+
+    fn curves(&self, q: &BTreeMap<String, String>) -> Result<Page, Miss> {
+        let ids = self.run_list(q)?;
+        let metric = q.get("metric").map(String::as_str).unwrap_or("loss");
+        let Some(&(name, split)) = plot::METRICS.iter().find(|m| plot::key(m) == metric) else {
+            return Err(Miss::Bad(format!("No metric {metric:?}.")));
+        };
+        let smooth: f64 = q
+            .get("smooth")
+            .and_then(|s| s.parse().ok())
+            .filter(|s: &f64| (0.0..1.0).contains(s))
+            .unwrap_or(0.0);
+        let log = q.get("log").is_some_and(|v| v == "1");
+        let mut series = Vec::new();
+        for id in &ids {
+            let s = self
+                .store
+                .series(id, name, split)
+                .map_err(|e| Miss::Failed(e.to_string()))?;
+            series.push((id.clone(), s));
+        }
+        let svg =
+            plot::curves(&series, &plot::key(&(name, split)), smooth, log).map_err(Miss::Failed)?;
+        let metrics: Vec<String> = plot::METRICS.iter().map(plot::key).collect();
+        self.render(
+            "curves.html.j2",
+            context! { runs => ids, metric, metrics, smooth, log, svg },
+        )
+    }
+
+    fn live(&self) -> Result<Page, Miss> {
+        let rows = self.rows(
+            "SELECT r.id, r.started_at, r.host,
+                    (SELECT MAX(step) FROM metrics m WHERE m.run_id = r.id AND m.name = 'loss'
+                       AND m.split = 'train'),
+                    (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'loss'
+                       AND m.split = 'train' ORDER BY step DESC LIMIT 1),
+                    (SELECT AVG(value) FROM metrics m WHERE m.run_id = r.id
+                       AND m.name = 'step_time_s' AND m.split = 'train')
+             FROM runs r WHERE r.status = 'running' ORDER BY r.started_at",
+        )?;
+        let runs: Vec<minijinja::Value> = rows
+            .into_iter()
+            .map(|r| {
+                context! {
+                    run_id => text(&r[0]), started_at => text(&r[1]), host => text(&r[2]),
+                    step => r[3].as_i64(), loss => r[4].as_f64(), step_time => r[5].as_f64(),
+                }
+            })
+            .collect();
+        self.render("live.html.j2", context! { runs })
+    }
+
+    /// `/reports/<sweep>.md` or `/reports/<sweep>/<plot>.svg`: files of the reports
+    /// folder only, by plain names, resolved inside it.
+    fn report_file(&self, parts: &[&str]) -> Result<Page, Miss> {
+        let missing = || Miss::NotFound("No such report file.".into());
+        if parts.is_empty() || parts.len() > 2 || !parts.iter().all(|p| safe_name(p)) {
+            return Err(missing());
+        }
+        let content_type = match parts.last().and_then(|p| p.rsplit_once('.')) {
+            Some((_, "md")) if parts.len() == 1 => "text/markdown; charset=utf-8",
+            Some((_, "svg")) if parts.len() == 2 => "image/svg+xml",
+            _ => return Err(missing()),
+        };
+        let root = self.reports.canonicalize().map_err(|_| missing())?;
+        let file = parts
+            .iter()
+            .fold(root.clone(), |p, s| p.join(s))
+            .canonicalize()
+            .map_err(|_| missing())?;
+        if !file.starts_with(&root) || !file.is_file() {
+            return Err(missing());
+        }
+        let body = std::fs::read(&file).map_err(|_| missing())?;
+        Ok(Page {
+            status: 200,
+            content_type,
+            body,
+        })
+    }
+}
+
+/// Why a page could not be made.
+enum Miss {
+    NotFound(String),
+    Bad(String),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Example {
+    dataset: String,
+    example_id: String,
+    category: String,
+    evaluator: String,
+    verdict: String,
+    passed: bool,
+    prediction: String,
+    gold: String,
+    other_verdict: Option<String>,
+    other_passed: Option<bool>,
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        v => v.to_string(),
+    }
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+/// A file name a URL may name: no separators, no leading dot, no control characters.
+fn safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with('.')
+        && !s.contains(['/', '\\', '\0'])
+        && !s.chars().any(char::is_control)
+}
+
+/// `%xx` decoded; None when the bytes are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn parse_query(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let k = percent_decode(&k.replace('+', " "))?;
+            let v = percent_decode(&v.replace('+', " "))?;
+            (!k.is_empty()).then_some((k, v))
+        })
+        .collect()
+}
+
+/// Serves `site` on `addr` until the process ends; `ready` gets the bound address (port 0
+/// picks a free one).
+pub fn serve(site: &Site, addr: &str, ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
+    let server = tiny_http::Server::http(addr).map_err(|e| ServeError::Listen {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    })?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| ServeError::Listen {
+            addr: addr.to_string(),
+            message: "not an IP address".into(),
+        })?;
+    ready(bound);
+    for request in server.incoming_requests() {
+        let page = match request.method() {
+            tiny_http::Method::Get | tiny_http::Method::Head => site.respond(request.url()),
+            _ => site.error(405, "This server only reads: GET and HEAD."),
+        };
+        let header = tiny_http::Header::from_bytes("Content-Type", page.content_type)
+            .expect("a valid header");
+        let response = tiny_http::Response::from_data(page.body)
+            .with_status_code(page.status)
+            .with_header(header);
+        // A client that went away is its own business.
+        let _ = request.respond(response);
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! The curves page's chart: any runs' series of one metric overlaid, optionally smoothed
+//! and on a log scale, grad-norm spikes marked; an SVG string put inline in the page.
+
+use plotters::prelude::*;
+
+/// (metric, split) pairs the page offers.
+pub const METRICS: &[(&str, &str)] = &[
+    ("loss", "train"),
+    ("loss", "val"),
+    ("grad_norm", "train"),
+    ("lr", "train"),
+    ("tokens_per_s", "train"),
+];
+
+/// The name a metric goes by in URLs: `loss`, `val_loss`, `grad_norm`, ...
+pub fn key(m: &(&str, &str)) -> String {
+    match m {
+        (name, "train") => name.to_string(),
+        (name, split) => format!("{split}_{name}"),
+    }
+}
+
+const COLOURS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// An exponential moving average with weight `smooth` on the past (0: the raw series).
+fn smoothed(s: &[(i64, f64)], smooth: f64) -> Vec<(f64, f64)> {
+    let mut avg: Option<f64> = None;
+    s.iter()
+        .filter(|(step, v)| *step >= 0 && v.is_finite())
+        .map(|&(step, v)| {
+            let a = avg.map_or(v, |a| smooth * a + (1.0 - smooth) * v);
+            avg = Some(a);
+            (step as f64, a)
+        })
+        .collect()
+}
+
+pub fn curves(
+    series: &[(String, Vec<(i64, f64)>)],
+    metric: &str,
+    smooth: f64,
+    log: bool,
+) -> Result<String, String> {
+    let lines: Vec<(&str, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(id, s)| (id.as_str(), smoothed(s, smooth)))
+        .filter(|(_, s)| !s.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return Ok(format!("<p>No {metric} values for these runs.</p>"));
+    }
+    let pts = lines.iter().flat_map(|(_, s)| s.iter());
+    let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in pts {
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    let log = log && y0 > 0.0;
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 460)).into_drawing_area();
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let mut chart = ChartBuilder::on(&root);
+        chart
+            .caption(format!("{metric} by optimizer step"), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64);
+        let step_label = |x: &f64| {
+            if (x - x.round()).abs() < 1e-9 {
+                format!("{}", x.round() as i64)
+            } else {
+                String::new()
+            }
+        };
+        macro_rules! draw {
+            ($chart:expr) => {{
+                let mut c = $chart;
+                c.configure_mesh()
+                    .x_desc("optimizer step")
+                    .y_desc(metric)
+                    .x_label_formatter(&step_label)
+                    .draw()
+                    .map_err(|x| e(&x))?;
+                for (i, (id, s)) in lines.iter().enumerate() {
+                    let colour = COLOURS[i % COLOURS.len()];
+                    c.draw_series(LineSeries::new(s.iter().copied(), colour.stroke_width(2)))
+                        .map_err(|x| e(&x))?
+                        .label(id.to_string())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+                }
+                if metric == "grad_norm" {
+                    for (id, raw) in series {
+                        let steps = crate::report::spikes(raw);
+                        let marks: Vec<(f64, f64)> = raw
+                            .iter()
+                            .filter(|(s, v)| v.is_finite() && steps.binary_search(s).is_ok())
+                            .map(|&(s, v)| (s as f64, v))
+                            .collect();
+                        if marks.is_empty() {
+                            continue;
+                        }
+                        c.draw_series(
+                            marks
+                                .into_iter()
+                                .map(|p| Cross::new(p, 8, RED.stroke_width(3))),
+                        )
+                        .map_err(|x| e(&x))?
+                        .label(format!("{id}: spike"))
+                        .legend(|(x, y)| Cross::new((x + 8, y), 5, RED.stroke_width(3)));
+                    }
+                }
+                c.configure_series_labels()
+                    .border_style(BLACK)
+                    .background_style(WHITE.mix(0.85))
+                    .draw()
+                    .map_err(|x| e(&x))?;
+            }};
+        }
+        if log {
+            draw!(chart
+                .build_cartesian_2d(0f64..x1, (y0 / 1.2..y1 * 1.2).log_scale())
+                .map_err(|x| e(&x))?);
+        } else {
+            draw!(chart
+                .build_cartesian_2d(0f64..x1, (y0 - pad)..(y1 + pad))
+                .map_err(|x| e(&x))?);
+        }
+        root.present().map_err(|x| e(&x))?;
+    }
+    Ok(svg)
+}

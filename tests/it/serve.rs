@@ -1,0 +1,272 @@
+//! `ablate serve` over a database made by a CPU sweep: each page shows what the database
+//! holds, bad URLs get clear pages, and the database is never written. (Driving a real
+//! browser through the pages is the dashboard issue's next step; these tests read the HTML
+//! a browser would get.)
+
+use crate::WithoutAblateEnv;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn ablate(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ablate"));
+    c.args(args).without_ablate_env().stdin(Stdio::null());
+    c
+}
+
+/// The server, stopped by PID when dropped (also when an assertion fails).
+struct Served {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(db: &Path) -> Served {
+    let mut child = ablate(&[
+        "serve",
+        "--db",
+        db.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().trim_end_matches('/').to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+    Served { child, base }
+}
+
+/// (status, body) of a GET.
+fn get(s: &Served, path: &str) -> (u16, String) {
+    match ureq::get(&format!("{}{path}", s.base)).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{path}: {e}"),
+    }
+}
+
+fn digest(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+const SWEEP: &str = r#"
+[experiment]
+name = "served"
+description = "Does one epoch beat none?"
+baseline = { "train.epochs" = 0 }
+[model]
+name = "tiny"
+[data]
+n_train = 48
+n_test = 8
+vocab_size = 512
+max_seq_len = 128
+[train]
+lr = 3e-3
+batch_size = 16
+[eval]
+max_new_tokens = 16
+evaluators = ["rules"]
+[grid]
+"train.epochs" = [0, 1]
+"#;
+
+fn sweep_db(dir: &Path) -> PathBuf {
+    std::fs::write(dir.join("served.toml"), SWEEP).unwrap();
+    let db = dir.join("results/ablate.db");
+    let out = ablate(&["run", "served.toml", "--db", db.to_str().unwrap()])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    db
+}
+
+#[test]
+fn every_page_shows_the_database_and_nothing_writes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sweep_db(dir.path());
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let runs: Vec<(String, f64, i64)> = {
+        let mut st = c
+            .prepare(
+                "SELECT s.run_id, v.pass_rate, json_extract(s.axes_json, '$.\"train.epochs\"')
+                 FROM sweep_runs s JOIN run_summary v USING (run_id) ORDER BY s.position",
+            )
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(runs.len(), 2);
+    // Closed, checkpointed: the file as it stands before anything reads it.
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    drop(c);
+    let before = digest(&db);
+    let s = serve(&db);
+
+    let (code, home) = get(&s, "/");
+    assert_eq!(code, 200, "{home}");
+    assert!(
+        home.contains("served") && home.contains("Does one epoch beat none?"),
+        "{home}"
+    );
+    assert!(home.contains("/reports/served.md"), "the report is linked");
+
+    let (code, page) = get(&s, "/sweeps/served");
+    assert_eq!(code, 200, "{page}");
+    for (id, rate, _) in &runs {
+        assert!(page.contains(&format!("/runs/{id}")), "{id}");
+        assert!(
+            page.contains(&format!("{:.1}%", rate * 100.0)),
+            "{id} {rate}"
+        );
+    }
+    assert!(page.contains("id=\"differing\""), "the toggle");
+    let (code, csv) = get(&s, "/sweeps/served.csv");
+    assert_eq!(code, 200);
+    assert!(
+        csv.starts_with("run_id,status,is_baseline,train.epochs"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 3);
+    let (code, md) = get(&s, "/reports/served.md");
+    assert_eq!(code, 200);
+    assert!(md.starts_with("# "), "{md}");
+
+    // A run's examples, filtered; then the examples two runs judge differently.
+    let (a, b) = (&runs[0].0, &runs[1].0);
+    let c = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let count = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let n = count(&format!(
+        "SELECT COUNT(*) FROM eval_results WHERE run_id = '{a}'"
+    ));
+    let (code, page) = get(&s, &format!("/runs/{a}"));
+    assert_eq!(code, 200);
+    assert!(page.contains(&format!("{n} examples")), "{page}");
+    let failing = count(&format!(
+        "SELECT COUNT(*) FROM eval_results WHERE run_id = '{a}' AND verdict != 'pass'"
+    ));
+    let verdict: String = c
+        .query_row(
+            &format!("SELECT verdict FROM eval_results WHERE run_id = '{a}' LIMIT 1"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let with = count(&format!(
+        "SELECT COUNT(*) FROM eval_results WHERE run_id = '{a}' AND verdict = '{verdict}'"
+    ));
+    let (_, page) = get(&s, &format!("/runs/{a}?verdict={verdict}"));
+    assert!(
+        page.contains(&format!("{with} examples")),
+        "{verdict}: {page}"
+    );
+    assert!(failing <= n);
+    let discordant = count(&format!(
+        "SELECT COUNT(*) FROM eval_results x JOIN eval_results y
+           ON y.dataset = x.dataset AND y.example_id = x.example_id AND y.evaluator = x.evaluator
+         WHERE x.run_id = '{a}' AND y.run_id = '{b}' AND x.passed != y.passed"
+    ));
+    let (code, page) = get(&s, &format!("/runs/{a}?vs={b}"));
+    assert_eq!(code, 200);
+    assert!(page.contains(&format!("{discordant} examples")), "{page}");
+    assert!(page.contains("by kind of failure"));
+    let (code, csv) = get(&s, &format!("/runs/{a}.csv"));
+    assert_eq!(
+        (code, csv.lines().next()),
+        (
+            200,
+            Some("dataset,example_id,category,evaluator,verdict,passed,prediction,gold")
+        )
+    );
+
+    let (code, page) = get(&s, &format!("/compare?runs={a},{b}"));
+    assert_eq!(code, 200);
+    assert!(page.contains("train.epochs"), "{page}");
+    let (code, page) = get(
+        &s,
+        &format!("/curves?runs={a},{b}&metric=grad_norm&smooth=0.5&log=1"),
+    );
+    assert_eq!(code, 200);
+    assert!(page.contains("<svg") && page.contains(b.as_str()), "{page}");
+    assert_eq!(get(&s, "/live").0, 200);
+
+    // What a careless or hostile URL gets: a page that says so, never a file or a query.
+    for (path, want) in [
+        ("/nope", 404),
+        ("/reports/..%2F..%2Fetc%2Fpasswd", 404),
+        ("/reports/%2e%2e/ablate.db", 404),
+        ("/reports/../ablate.db", 404),
+        ("/reports/served/..%2F..%2Fablate.db", 404),
+        ("/runs/1;DROP%20TABLE%20runs", 404),
+        ("/sweeps/x'%20OR%20'1'='1", 404),
+        ("/compare?runs=abc'--", 404),
+        ("/compare", 400),
+        ("/curves?runs=", 400),
+        ("/runs/%ff%fe", 400),
+    ] {
+        let (code, body) = get(&s, path);
+        assert_eq!(code, want, "{path}: {body}");
+        assert!(
+            !body.contains("root:") && !body.contains("SQLite format"),
+            "{path}"
+        );
+    }
+    let post = ureq::post(&format!("{}/", s.base)).send_string("x");
+    assert!(matches!(post, Err(ureq::Error::Status(405, _))));
+    drop(s);
+    assert!(digest(&db) == before, "the database changed");
+}
+
+#[test]
+fn a_missing_or_old_database_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.db");
+    let out = ablate(&["serve", "--db", missing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!missing.exists());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.db"), "{err}");
+
+    let old = dir.path().join("old.db");
+    let sql = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/db-v4/ablate-v4.sql"),
+    )
+    .unwrap();
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch(&sql)
+        .unwrap();
+    let before = digest(&old);
+    let out = ablate(&["serve", "--db", old.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("older ablate") && err.contains("ablate report"),
+        "{err}"
+    );
+    assert!(digest(&old) == before);
+}
