@@ -3,7 +3,7 @@
 //! what-if, whose router reads only the small model's own signals.
 
 use crate::stub::Stub;
-use crate::WithoutAblateEnv;
+use crate::{assert_no_key, WithoutAblateEnv};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -237,27 +237,7 @@ fn an_endpoint_model_is_asked_the_studys_prompts_and_is_the_hybrids_large_model(
     assert!(report.contains("oracle: hybrid") && report.contains("not a router"));
 
     // The key reached the endpoint and nothing else.
-    for entry in walk(&d.join("results")) {
-        let bytes = std::fs::read(&entry).unwrap();
-        assert!(
-            !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
-            "the API key is in {}",
-            entry.display()
-        );
-    }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() && !p.is_symlink() {
-            out.extend(walk(&p));
-        } else if p.is_file() {
-            out.push(p);
-        }
-    }
-    out
+    assert_no_key(&d.join("results"), KEY);
 }
 
 #[test]

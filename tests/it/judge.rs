@@ -2,7 +2,7 @@
 //! call, the cache, and an API key that reaches the endpoint and nothing else.
 
 use crate::stub::Stub;
-use crate::WithoutAblateEnv;
+use crate::{assert_no_key, WithoutAblateEnv};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -295,31 +295,6 @@ fn run(dir: &Path, args: &[&str], key: Option<&str>) -> std::process::Output {
         c.env("ABLATE_TEST_JUDGE_KEY", k);
     }
     c.output().unwrap()
-}
-
-/// No file under `dir` holds `key`.
-fn assert_no_key(dir: &Path, key: &str) {
-    for entry in walk(dir) {
-        let bytes = std::fs::read(&entry).unwrap();
-        assert!(
-            !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
-            "the API key is in {}",
-            entry.display()
-        );
-    }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -96,3 +96,28 @@ pub(crate) fn text_rows(db: &std::path::Path, sql: &str) -> Vec<String> {
         .map(Result::unwrap)
         .collect()
 }
+
+/// No file under `dir` holds `key` (links to folders are not followed: what they point
+/// to is under `dir` too, or not ablate's to check).
+pub(crate) fn assert_no_key(dir: &std::path::Path, key: &str) {
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                out.extend(walk(&p));
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+        out
+    }
+    for entry in walk(dir) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+            "the API key is in {}",
+            entry.display()
+        );
+    }
+}
