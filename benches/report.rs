@@ -2,7 +2,8 @@
 //! `--steps` optimizer steps each (6 metrics a step, so 100 x 1,667 is about a million
 //! metric rows) and `--examples` verdicts per run. Times the full report (read, statistics
 //! with a 2,000-resample bootstrap per comparison, SVG plots, template) and two `ablate
-//! query`-style statements, and prints one JSON object. Target: under 2 s each.
+//! query`-style statements, and `ablate serve`'s runs, curves and examples pages, and prints
+//! one JSON object. Target: under 2 s each (the dashboard's pages: well under 1 s).
 //!
 //!   cargo bench --bench report -- --runs 100 --steps 1667 --examples 200
 
@@ -46,6 +47,18 @@ fn main() {
     let (agg_s, _) = time_query(
         "SELECT run_id, name, count(*), avg(value), max(value) FROM metrics GROUP BY run_id, name",
     );
+    // The dashboard's heaviest pages: the runs of the sweep, and the curves of 20 runs.
+    let site = ablate::serve::Site::open(&db).expect("serve");
+    let time_page = |path: &str| {
+        let t = Instant::now();
+        let page = site.respond(path);
+        assert_eq!(page.status, 200, "{path}");
+        t.elapsed().as_secs_f64()
+    };
+    let serve_runs_s = time_page("/sweeps/big");
+    let ids: Vec<String> = (0..runs.min(20)).map(|r| format!("{r:012x}")).collect();
+    let serve_curves_s = time_page(&format!("/curves?runs={}", ids.join(",")));
+    let serve_examples_s = time_page(&format!("/runs/{}?vs={}", ids[0], ids[ids.len() - 1]));
     report_s.sort_by(f64::total_cmp);
     println!(
         "{}",
@@ -59,6 +72,9 @@ fn main() {
             "query_run_summary_s": summary_s,
             "query_run_summary_rows": n_summary,
             "query_metrics_group_by_s": agg_s,
+            "serve_runs_page_s": serve_runs_s,
+            "serve_curves_20_runs_s": serve_curves_s,
+            "serve_examples_vs_s": serve_examples_s,
         })
     );
 }
