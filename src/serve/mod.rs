@@ -227,11 +227,36 @@ impl Site {
             })
             .collect();
         let run_ids: Vec<&str> = data.rows.iter().map(|r| r.run_id.as_str()).collect();
+        // Each run's stages: its training, its generation, its verdict sets done of all.
+        let stages: BTreeMap<String, String> = self
+            .rows(&format!(
+                "SELECT v.run_id, v.training_status, v.generation_status, v.verdict_sets_done,
+                        v.verdict_sets
+                 FROM run_stage_status v JOIN sweep_runs s ON s.run_id = v.run_id
+                 WHERE s.sweep = '{}'",
+                name.replace('\'', "''")
+            ))?
+            .into_iter()
+            .map(|r| {
+                let status = |v: &Value| match text(v).as_str() {
+                    "" => "-".to_string(),
+                    t => t.to_string(),
+                };
+                let line = format!(
+                    "train {} · generate {} · judge {} of {}",
+                    status(&r[1]),
+                    status(&r[2]),
+                    int(&r[3]),
+                    int(&r[4])
+                );
+                (text(&r[0]), line)
+            })
+            .collect();
         self.render(
             "runs.html.j2",
             context! {
                 sweep => name, description => data.description, axes => data.axes,
-                rows => data.rows, same, run_ids, comparisons => data.comparisons,
+                rows => data.rows, same, run_ids, comparisons => data.comparisons, stages,
             },
         )
     }

@@ -140,6 +140,13 @@ fn every_page_shows_the_database_and_nothing_writes_it() {
         );
     }
     assert!(page.contains("id=\"differing\""), "the toggle");
+    // Each run's stages, as run_stage_status has them.
+    assert_eq!(
+        page.matches("train done · generate done · judge 1 of 1")
+            .count(),
+        2,
+        "{page}"
+    );
     let (code, csv) = get(&s, "/sweeps/served.csv");
     assert_eq!(code, 200);
     assert!(
