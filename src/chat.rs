@@ -53,15 +53,6 @@ impl Client {
         }
     }
 
-    pub fn with_backoff(mut self, first: Duration) -> Client {
-        self.backoff = first;
-        self
-    }
-
-    pub fn key(&self) -> Option<&str> {
-        self.key.as_deref()
-    }
-
     /// `text` with the API key blanked, for anything stored or shown, in every spelling it
     /// can come back in: as sent, JSON-escaped (inside a JSON string) and URL-encoded.
     pub fn scrub(&self, text: &str) -> String {

@@ -83,14 +83,6 @@ pub struct Generated {
     pub scored: usize,
 }
 
-impl Generated {
-    /// The mean token log-probability; None when nothing was chosen. A signal a router
-    /// can read at inference time.
-    pub fn mean_logprob(&self) -> Option<f64> {
-        (self.scored > 0).then(|| self.logprob_sum / self.scored as f64)
-    }
-}
-
 /// [`generate`], with each row's mean token log-probability.
 pub fn generate_scored(
     model: &Opt,

@@ -22,10 +22,13 @@ pub struct Answer {
 
 impl Answer {
     pub fn mean_logprob(&self) -> Option<f64> {
-        self.logprob
-            .filter(|&(_, n)| n > 0)
-            .map(|(sum, n)| sum / n as f64)
+        self.logprob.and_then(mean)
     }
+}
+
+/// The mean of a (sum, count) of token log-probabilities; None over no tokens.
+pub fn mean((sum, n): (f64, usize)) -> Option<f64> {
+    (n > 0).then(|| sum / n as f64)
 }
 
 /// What to do with a prompt longer than the model's context.

@@ -58,7 +58,7 @@ impl Policy for ModelPolicy<'_> {
     }
 
     fn mean_logprob(&self) -> Option<f64> {
-        (self.logprob.1 > 0).then(|| self.logprob.0 / self.logprob.1 as f64)
+        super::answer::mean(self.logprob)
     }
 }
 

@@ -3,7 +3,7 @@
 //! browser through the pages is the dashboard issue's next step; these tests read the HTML
 //! a browser would get.)
 
-use crate::WithoutAblateEnv;
+use crate::{stdout_ok, WithoutAblateEnv};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,14 +86,11 @@ evaluators = ["rules"]
 fn sweep_db(dir: &Path) -> PathBuf {
     std::fs::write(dir.join("served.toml"), SWEEP).unwrap();
     let db = dir.join("results/ablate.db");
-    let out = ablate(&["run", "served.toml", "--db", db.to_str().unwrap()])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    stdout_ok(
+        &ablate(&["run", "served.toml", "--db", db.to_str().unwrap()])
+            .current_dir(dir)
+            .output()
+            .unwrap(),
     );
     db
 }
