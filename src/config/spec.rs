@@ -869,6 +869,17 @@ impl RunConfig {
                     ),
                 );
             }
+            // OpenAI's chat completions have no top-k: refused rather than dropped.
+            if self.eval.temperature > 0.0 && self.eval.top_k > 0 {
+                bad(
+                    "eval.top_k",
+                    format!(
+                        "model.name = \"{}\" is asked through OpenAI's chat completions, \
+                         which have no top-k; set eval.top_k = 0 (eval.top_p is passed on)",
+                        self.model.name
+                    ),
+                );
+            }
             // Refused rather than ignored: a sweep over training keys of an endpoint model
             // would evaluate one model many times under different names.
             if self.train.epochs > 0 {

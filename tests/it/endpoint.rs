@@ -3,7 +3,7 @@
 //! what-if, whose router reads only the small model's own signals.
 
 use crate::stub::Stub;
-use crate::{assert_no_key, WithoutAblateEnv};
+use crate::{assert_no_key, stdout_ok, WithoutAblateEnv};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -96,23 +96,13 @@ fn an_endpoint_model_is_asked_the_studys_prompts_and_is_the_hybrids_large_model(
     )
     .unwrap();
     // It plans like any model (nothing to train, eight prompts to send).
-    let out = ablate(d, &["plan", "experiments/routed.toml"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = stdout_ok(&ablate(d, &["plan", "experiments/routed.toml"]));
     assert!(
         text.contains("openai:big-llm") && text.contains("detectable: with 8 test examples"),
         "{text}"
     );
     let out = ablate(d, &["run", "experiments/routed.toml"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout_ok(&out);
     for stream in [&out.stdout, &out.stderr] {
         assert!(
             !String::from_utf8_lossy(stream).contains(KEY),
@@ -220,7 +210,7 @@ fn an_endpoint_model_is_asked_the_studys_prompts_and_is_the_hybrids_large_model(
     let routed = signalled.values().filter(|&&f| f).count() as f64 / sv.len() as f64;
 
     let out = ablate(d, &["report", "experiments/routed.toml"]);
-    assert!(out.status.success());
+    stdout_ok(&out);
     let report = std::fs::read_to_string(d.join("results/reports/routed.md")).unwrap();
     let pct = |x: f64| format!("{:.1}%", 100.0 * x);
     let row = report
@@ -246,7 +236,8 @@ fn an_endpoint_model_refuses_training_and_needs_a_url() {
     let d = dir.path();
     std::fs::write(
         d.join("e.toml"),
-        "[experiment]\nname = \"e\"\n[model]\nname = \"openai:gpt-4o-mini\"\n[train]\nepochs = 1\n",
+        "[experiment]\nname = \"e\"\n[model]\nname = \"openai:gpt-4o-mini\"\n[train]\nepochs = 1\n\
+         [eval]\ntemperature = 0.7\ntop_k = 40\n",
     )
     .unwrap();
     let out = ablate(d, &["plan", "e.toml"]);
@@ -257,4 +248,8 @@ fn an_endpoint_model_refuses_training_and_needs_a_url() {
         "{err}"
     );
     assert!(err.contains("model.endpoint.url"), "{err}");
+    assert!(
+        err.contains("eval.top_k") && err.contains("no top-k"),
+        "{err}"
+    );
 }
