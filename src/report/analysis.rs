@@ -140,10 +140,9 @@ struct Loaded {
 impl Loaded {
     /// The first evaluator's verdicts, keyed by (dataset, example id).
     fn primary(&self) -> BTreeMap<(&str, &str), bool> {
-        self.verdicts
-            .iter()
-            .filter(|v| v.evaluator == self.row.evaluator)
-            .map(|v| ((v.dataset.as_str(), v.example_id.as_str()), v.passed))
+        self.primary_verdicts()
+            .into_iter()
+            .map(|(k, (passed, _))| (k, passed))
             .collect()
     }
 

@@ -15,7 +15,7 @@ use super::{AxisPlot, Plots, ReportData, ReportError, RunRow};
 const MAX_POINTS: usize = 400;
 const SIZE: (u32, u32) = (820, 480);
 
-fn palette(i: usize) -> RGBColor {
+pub fn palette(i: usize) -> RGBColor {
     // Tableau 10: distinct, and readable on white.
     const C: [(u8, u8, u8); 10] = [
         (31, 119, 180),
@@ -61,7 +61,7 @@ fn label(r: &RunRow, axes: &[String]) -> String {
 }
 
 /// Tick labels of a step axis: whole steps only (no `20.0`), blank between them.
-fn step_label(x: &f64) -> String {
+pub fn step_label(x: &f64) -> String {
     if (x - x.round()).abs() < 1e-9 {
         format!("{}", x.round() as i64)
     } else {

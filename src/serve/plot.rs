@@ -3,6 +3,8 @@
 
 use plotters::prelude::*;
 
+use crate::report::plots;
+
 /// (metric, split) pairs the page offers.
 pub const METRICS: &[(&str, &str)] = &[
     ("loss", "train"),
@@ -19,17 +21,6 @@ pub fn key(m: &(&str, &str)) -> String {
         (name, split) => format!("{split}_{name}"),
     }
 }
-
-const COLOURS: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-];
 
 /// An exponential moving average with weight `smooth` on the past (0: the raw series).
 fn smoothed(s: &[(i64, f64)], smooth: f64) -> Vec<(f64, f64)> {
@@ -78,24 +69,17 @@ pub fn curves(
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(64);
-        let step_label = |x: &f64| {
-            if (x - x.round()).abs() < 1e-9 {
-                format!("{}", x.round() as i64)
-            } else {
-                String::new()
-            }
-        };
         macro_rules! draw {
             ($chart:expr) => {{
                 let mut c = $chart;
                 c.configure_mesh()
                     .x_desc("optimizer step")
                     .y_desc(metric)
-                    .x_label_formatter(&step_label)
+                    .x_label_formatter(&plots::step_label)
                     .draw()
                     .map_err(|x| e(&x))?;
                 for (i, (id, s)) in lines.iter().enumerate() {
-                    let colour = COLOURS[i % COLOURS.len()];
+                    let colour = plots::palette(i);
                     c.draw_series(LineSeries::new(s.iter().copied(), colour.stroke_width(2)))
                         .map_err(|x| e(&x))?
                         .label(id.to_string())
