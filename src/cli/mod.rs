@@ -936,6 +936,14 @@ fn cmd_score_bfcl(
 
 /// Loads and expands every experiment; all problems of all files are reported together.
 fn load_plans(inputs: &Inputs) -> Result<Vec<Plan>, Failure> {
+    Ok(load_expansions(inputs)?
+        .into_iter()
+        .map(plan::Expansion::into_plan)
+        .collect())
+}
+
+/// Loads and checks every experiment's grid, without holding its runs.
+fn load_expansions(inputs: &Inputs) -> Result<Vec<plan::Expansion>, Failure> {
     let exps = if inputs.paths.is_empty() {
         let default = Path::new("experiments/smoke.toml");
         if default.is_file() {
@@ -965,7 +973,7 @@ fn load_plans(inputs: &Inputs) -> Result<Vec<Plan>, Failure> {
     let mut problems = Vec::new();
     let mut plans = Vec::new();
     for e in exps {
-        match e.and_then(|e| plan::expand_at_most(&e, inputs.max_runs)) {
+        match e.and_then(|e| plan::Expansion::new(e, inputs.max_runs)) {
             Ok(p) => plans.push(p),
             Err(ConfigError::Invalid(ps)) => problems.extend(ps),
             Err(other) => return Err(user(other)),
@@ -1016,43 +1024,86 @@ fn write_pretty(
     Ok(())
 }
 
-/// One plan object of `plan --json`'s array, its fields in serde_json's (sorted) order and
-/// its runs written one by one, in the text `to_string_pretty` gives the whole array.
-fn write_plan_json(
-    out: &mut impl std::io::Write,
-    first: bool,
-    before: &[(&str, serde_json::Value)],
-    runs: impl Iterator<Item = serde_json::Value>,
-    after: &[(&str, serde_json::Value)],
-) -> std::io::Result<()> {
-    out.write_all(if first { b"[\n  {" } else { b",\n  {" })?;
-    let field =
-        |out: &mut dyn std::io::Write, k: &str| write!(out, "\n    {}: ", serde_json::json!(k));
-    for (k, v) in before {
-        field(out, k)?;
-        write_pretty(out, v, 4)?;
-        out.write_all(b",")?;
+/// `plan --json`'s array of plan objects, written a run at a time in the text that
+/// `to_string_pretty` gives the whole array: each object's fields in serde_json's (sorted)
+/// order, `runs` among them.
+#[derive(Default)]
+struct PlanJson {
+    plans: usize,
+    runs: usize,
+}
+
+impl PlanJson {
+    fn field(out: &mut impl std::io::Write, k: &str) -> std::io::Result<()> {
+        write!(out, "\n    {}: ", serde_json::json!(k))
     }
-    field(out, "runs")?;
-    let mut any = false;
-    for (n, r) in runs.enumerate() {
-        out.write_all(if n == 0 { b"[\n      " } else { b",\n      " })?;
-        write_pretty(out, &r, 6)?;
-        any = true;
+
+    /// A plan object's fields before `runs`, and the opening of `runs`.
+    fn begin(
+        &mut self,
+        out: &mut impl std::io::Write,
+        before: &[(&str, serde_json::Value)],
+    ) -> std::io::Result<()> {
+        out.write_all(if self.plans == 0 {
+            b"[\n  {"
+        } else {
+            b",\n  {"
+        })?;
+        self.plans += 1;
+        self.runs = 0;
+        for (k, v) in before {
+            Self::field(out, k)?;
+            write_pretty(out, v, 4)?;
+            out.write_all(b",")?;
+        }
+        Self::field(out, "runs")
     }
-    out.write_all(if any { b"\n    ]" } else { b"[]" })?;
-    for (k, v) in after {
-        out.write_all(b",")?;
-        field(out, k)?;
-        write_pretty(out, v, 4)?;
+
+    fn run(&mut self, out: &mut impl std::io::Write, r: &serde_json::Value) -> std::io::Result<()> {
+        out.write_all(if self.runs == 0 {
+            b"[\n      "
+        } else {
+            b",\n      "
+        })?;
+        self.runs += 1;
+        write_pretty(out, r, 6)
     }
-    out.write_all(b"\n  }")
+
+    /// The end of `runs`, the fields after it, and the end of the plan object.
+    fn end(
+        &mut self,
+        out: &mut impl std::io::Write,
+        after: &[(&str, serde_json::Value)],
+    ) -> std::io::Result<()> {
+        out.write_all(if self.runs > 0 { b"\n    ]" } else { b"[]" })?;
+        for (k, v) in after {
+            out.write_all(b",")?;
+            Self::field(out, k)?;
+            write_pretty(out, v, 4)?;
+        }
+        out.write_all(b"\n  }")
+    }
+
+    /// The end of the array.
+    fn finish(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(if self.plans == 0 { b"[]\n" } else { b"\n]\n" })
+    }
+}
+
+/// What `plan` prints after a plan's table, gathered as its runs stream by.
+#[derive(Default)]
+struct PlanNotes {
+    /// How a run to be trained gets its model (done runs need no note).
+    sharing: Vec<String>,
+    left_out: Vec<String>,
+    truncated: Vec<String>,
 }
 
 fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
-    let plans = load_plans(inputs)?;
-    for p in &plans {
-        template_of(p, None)?;
+    use std::io::Write;
+    let expansions = load_expansions(inputs)?;
+    for x in &expansions {
+        template_of(&x.experiment, None)?;
     }
     // Planning never creates or changes the database, so it does not migrate one either.
     let store = if db.exists() {
@@ -1070,161 +1121,178 @@ fn cmd_plan(db: &Path, inputs: &Inputs, json: bool) -> Result<u8, Failure> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut out_count = 0usize;
-    let mut text = String::new();
+    let writing = |e: std::io::Error| internal(anyhow::Error::new(e).context("writing the plan"));
+    let mut plan_json = PlanJson::default();
     let mut summaries = plan::DataSummaries::new(db.parent().unwrap_or(Path::new(".")));
-    for p in &plans {
-        let code = crate::run::provenance::Code::current();
-        let previews = exec::preview::preview(p, store.as_ref(), &|prov| code.differs_from(prov))
-            .map_err(store_failure)?;
-        let axes = p.axis_names();
-        let data: Vec<plan::DataSummary> = p
-            .runs
-            .iter()
-            .map(|r| summaries.of(&r.config))
-            .collect::<Result<_, _>>()
-            .map_err(|e| user(anyhow::anyhow!(e)))?;
-        let cost = Cost::of(p, &previews, &data);
-        let detectable = Detectable::of(p, &data);
-        let stale: Vec<&exec::preview::StaleStage> = {
-            let mut seen = std::collections::HashSet::new();
-            previews
-                .iter()
-                .flat_map(|v| &v.stale)
-                .filter(|s| seen.insert(&s.id))
-                .collect()
-        };
+    let code = crate::run::provenance::Code::current();
+    let differs = |prov: &serde_json::Value| code.differs_from(prov);
+    // A plan's runs are made, previewed and written a chunk at a time (a grid of a million
+    // runs is never held whole); only the text table's compact rows are kept.
+    for (n, x) in expansions.iter().enumerate() {
+        let exp = &x.experiment;
+        let axes = plan::axis_names(exp);
+        let mut previewer = exec::preview::Previewer::new(store.as_ref(), &differs);
+        let mut cost = Cost::default();
+        let mut fewest_examples: Option<usize> = None;
+        let mut stale: Vec<exec::preview::StaleStage> = Vec::new();
+        let mut stale_ids = std::collections::HashSet::new();
+        let mut pending = 0usize;
+        let mut headers = vec!["id".to_string()];
+        headers.extend(axes.iter().cloned());
+        headers.push("status".into());
+        headers.push("will run".into());
+        let mut table = ui::Table::new(headers);
+        let mut notes = PlanNotes::default();
         if json {
-            // One plan at a time, each run's object made and written in turn: the text of
-            // a pretty-printed array of plan objects, without holding it whole.
-            let fields = [
+            let before = [
                 ("axes", serde_json::json!(axes)),
-                ("experiment", serde_json::json!(p.experiment.name)),
-                (
-                    "file",
-                    serde_json::json!(p.experiment.file.display().to_string()),
-                ),
+                ("experiment", serde_json::json!(exp.name)),
+                ("file", serde_json::json!(exp.file.display().to_string())),
             ];
+            plan_json.begin(&mut out, &before).map_err(writing)?;
+        }
+        for runs in x.runs() {
+            let previews = previewer.next(&runs).map_err(store_failure)?;
+            let data: Vec<plan::DataSummary> = runs
+                .iter()
+                .map(|r| summaries.of(&r.config))
+                .collect::<Result<_, _>>()
+                .map_err(|e| user(anyhow::anyhow!(e)))?;
+            for ((r, v), d) in runs.iter().zip(&previews).zip(&data) {
+                cost.add(r, v, d);
+                let examples = match r.config.eval.limit {
+                    0 => d.eval,
+                    limit => d.eval.min(limit),
+                };
+                fewest_examples = Some(fewest_examples.map_or(examples, |m| m.min(examples)));
+                for s in &v.stale {
+                    if stale_ids.insert(s.id.clone()) {
+                        stale.push(s.clone());
+                    }
+                }
+                if !v.will_run.is_empty() {
+                    pending += 1;
+                }
+                if json {
+                    let run = serde_json::json!({
+                        "id": r.id, "axes": r.axes, "baseline": r.is_baseline,
+                        "status": v.status, "config": r.config, "data": d,
+                        "stages": {
+                            "training": r.stages.training,
+                            "generation": r.stages.generation,
+                            "verdict_sets": r.stages.verdicts,
+                            "checkpoint_epoch": r.stages.checkpoint_epoch,
+                            "will_run": v.will_run,
+                            "sharing": v.sharing,
+                        },
+                    });
+                    plan_json.run(&mut out, &run).map_err(writing)?;
+                } else {
+                    table.push(&plan_row(r, v, &axes));
+                    notes.add(r, v, d);
+                }
+            }
+        }
+        let detectable = fewest_examples.map(Detectable::of);
+        if json {
             let after = [
                 ("detectable", serde_json::json!(detectable)),
                 ("stale", serde_json::json!(stale)),
                 ("to_run", serde_json::json!(cost)),
             ];
-            let runs = p.runs.iter().zip(&data).zip(&previews).map(|((r, d), v)| {
-                serde_json::json!({
-                    "id": r.id, "axes": r.axes, "baseline": r.is_baseline,
-                    "status": v.status, "config": r.config, "data": d,
-                    "stages": {
-                        "training": r.stages.training,
-                        "generation": r.stages.generation,
-                        "verdict_sets": r.stages.verdicts,
-                        "checkpoint_epoch": r.stages.checkpoint_epoch,
-                        "will_run": v.will_run,
-                        "sharing": v.sharing,
-                    },
-                })
-            });
-            write_plan_json(&mut out, out_count == 0, &fields, runs, &after)
-                .context("writing the plan")
-                .map_err(internal)?;
-            out_count += 1;
-        } else {
-            let mut headers = vec!["id".to_string()];
-            headers.extend(axes.iter().cloned());
-            headers.push("status".into());
-            headers.push("will run".into());
-            let rows: Vec<Vec<String>> = p
-                .runs
-                .iter()
-                .zip(&previews)
-                .map(|(r, v)| {
-                    let mut row =
-                        vec![format!("{}{}", r.id, if r.is_baseline { " *" } else { "" })];
-                    row.extend(axes.iter().map(|a| plan::display_value(r.axes.get(a))));
-                    row.push(v.status.as_str().to_string());
-                    row.push(if v.will_run.is_empty() {
-                        "-".to_string()
-                    } else {
-                        v.will_run
-                            .iter()
-                            .map(|s| s.name())
-                            .collect::<Vec<_>>()
-                            .join(" + ")
-                    });
-                    row
-                })
-                .collect();
-            let pending = previews.iter().filter(|v| !v.will_run.is_empty()).count();
-            text.push_str(&format!(
-                "{} ({}): {} runs, {} to run\n",
-                p.experiment.name,
-                p.experiment.file.display(),
-                p.runs.len(),
-                pending
-            ));
-            text.push_str(&ui::table(&headers, &rows));
-            text.push_str(&format!("  to run: {cost}\n"));
-            if let Some(d) = &detectable {
-                text.push_str(&format!("  {d}\n"));
-            }
-            // How a run to be trained gets its model (done runs need no note).
-            for (r, v) in p.runs.iter().zip(&previews) {
-                if let Some(note) = v.sharing.as_ref().filter(|_| !v.will_run.is_empty()) {
-                    text.push_str(&format!("  {}: {note}\n", r.id));
-                }
-            }
-            if !stale.is_empty() {
-                let reasons: std::collections::BTreeSet<&str> =
-                    stale.iter().map(|s| s.reason.as_str()).collect();
-                text.push_str(&format!(
-                    "  warning: {} done stages were produced by other code ({}) than this \
-                     tree's; `ablate run --rerun-stale` redoes them\n",
-                    stale.len(),
-                    reasons.into_iter().collect::<Vec<_>>().join(", ")
-                ));
-            }
-            for (r, d) in p.runs.iter().zip(&data).filter(|(_, d)| d.left_out > 0) {
-                text.push_str(&format!(
-                    "  {}: {} of {} training examples left out: their query is in data.eval\n",
-                    r.id,
-                    d.left_out,
-                    d.left_out + d.train
-                ));
-            }
-            for (r, d) in p
-                .runs
-                .iter()
-                .zip(&data)
-                .filter(|(_, d)| d.truncated + d.dropped > 0)
-            {
-                text.push_str(&format!(
-                    "  {}: at data.max_seq_len = {}, {} training examples cut and {} dropped \
-                     (tokens: median {}, p95 {}, max {})\n",
-                    r.id,
-                    r.config.data.max_seq_len,
-                    d.truncated,
-                    d.dropped,
-                    d.tokens.median,
-                    d.tokens.p95,
-                    d.tokens.max
-                ));
-            }
-            text.push('\n');
+            plan_json.end(&mut out, &after).map_err(writing)?;
+            continue;
+        }
+        if n > 0 {
+            writeln!(out).map_err(writing)?;
+        }
+        writeln!(
+            out,
+            "{} ({}): {} runs, {} to run",
+            exp.name,
+            exp.file.display(),
+            x.len(),
+            pending
+        )
+        .map_err(writing)?;
+        table.write(&mut out).map_err(writing)?;
+        writeln!(out, "  to run: {cost}").map_err(writing)?;
+        if let Some(d) = &detectable {
+            writeln!(out, "  {d}").map_err(writing)?;
+        }
+        for note in &notes.sharing {
+            writeln!(out, "  {note}").map_err(writing)?;
+        }
+        if !stale.is_empty() {
+            let reasons: std::collections::BTreeSet<&str> =
+                stale.iter().map(|s| s.reason.as_str()).collect();
+            writeln!(
+                out,
+                "  warning: {} done stages were produced by other code ({}) than this \
+                 tree's; `ablate run --rerun-stale` redoes them",
+                stale.len(),
+                reasons.into_iter().collect::<Vec<_>>().join(", ")
+            )
+            .map_err(writing)?;
+        }
+        for note in notes.left_out.iter().chain(&notes.truncated) {
+            writeln!(out, "  {note}").map_err(writing)?;
         }
     }
     if json {
-        use std::io::Write;
-        let end: &[u8] = if out_count == 0 { b"[]\n" } else { b"\n]\n" };
-        out.write_all(end)
-            .and_then(|()| out.flush())
-            .context("writing the plan")
-            .map_err(internal)?;
+        plan_json.finish(&mut out).map_err(writing)?;
     } else {
-        drop(out);
-        print!("{}", text.trim_end_matches('\n'));
-        println!("\n(* baseline)");
+        writeln!(out, "(* baseline)").map_err(writing)?;
     }
+    out.flush().map_err(writing)?;
     Ok(exit::OK)
+}
+
+/// A run's row of `plan`'s table: id (starred when it is the baseline), axis values,
+/// status, and the stages it would run.
+fn plan_row(r: &plan::PlannedRun, v: &exec::preview::RunPreview, axes: &[String]) -> Vec<String> {
+    let mut row = vec![format!("{}{}", r.id, if r.is_baseline { " *" } else { "" })];
+    row.extend(axes.iter().map(|a| plan::display_value(r.axes.get(a))));
+    row.push(v.status.as_str().to_string());
+    row.push(if v.will_run.is_empty() {
+        "-".to_string()
+    } else {
+        v.will_run
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    });
+    row
+}
+
+impl PlanNotes {
+    fn add(&mut self, r: &plan::PlannedRun, v: &exec::preview::RunPreview, d: &plan::DataSummary) {
+        if let Some(note) = v.sharing.as_ref().filter(|_| !v.will_run.is_empty()) {
+            self.sharing.push(format!("{}: {note}", r.id));
+        }
+        if d.left_out > 0 {
+            self.left_out.push(format!(
+                "{}: {} of {} training examples left out: their query is in data.eval",
+                r.id,
+                d.left_out,
+                d.left_out + d.train
+            ));
+        }
+        if d.truncated + d.dropped > 0 {
+            self.truncated.push(format!(
+                "{}: at data.max_seq_len = {}, {} training examples cut and {} dropped \
+                 (tokens: median {}, p95 {}, max {})",
+                r.id,
+                r.config.data.max_seq_len,
+                d.truncated,
+                d.dropped,
+                d.tokens.median,
+                d.tokens.p95,
+                d.tokens.max
+            ));
+        }
+    }
 }
 
 /// The smallest difference in pass rate between two runs of a plan that its evaluation
@@ -1238,20 +1306,12 @@ struct Detectable {
 }
 
 impl Detectable {
-    fn of(p: &plan::Plan, data: &[plan::DataSummary]) -> Option<Detectable> {
-        let examples = p
-            .runs
-            .iter()
-            .zip(data)
-            .map(|(r, d)| match r.config.eval.limit {
-                0 => d.eval,
-                limit => d.eval.min(limit),
-            })
-            .min()?;
-        Some(Detectable {
+    /// At the fewest test examples any run of the plan has.
+    fn of(examples: usize) -> Detectable {
+        Detectable {
             examples,
             difference: crate::report::stats::mde(examples, 0.5),
-        })
+        }
     }
 }
 
@@ -1286,31 +1346,24 @@ struct Cost {
 }
 
 impl Cost {
-    fn of(
-        p: &plan::Plan,
-        previews: &[exec::preview::RunPreview],
-        data: &[plan::DataSummary],
-    ) -> Cost {
-        let mut c = Cost::default();
-        for ((r, v), d) in p.runs.iter().zip(previews).zip(data) {
-            if v.will_run.contains(&crate::store::Stage::Train) {
-                let epochs = r.stages.train_epochs;
-                c.trainings += 1;
-                c.train_steps +=
-                    (d.train - d.dropped).div_ceil(r.config.train.batch_size.max(1)) * epochs;
-            }
-            if v.will_run.contains(&crate::store::Stage::Generate) {
-                c.generations += 1;
-                c.prompts += match r.config.eval.limit {
-                    0 => d.eval,
-                    n => n.min(d.eval),
-                };
-            }
-            if v.will_run.contains(&crate::store::Stage::Judge) {
-                c.verdict_sets += 1;
-            }
+    /// Counts what a run would run.
+    fn add(&mut self, r: &plan::PlannedRun, v: &exec::preview::RunPreview, d: &plan::DataSummary) {
+        if v.will_run.contains(&crate::store::Stage::Train) {
+            let epochs = r.stages.train_epochs;
+            self.trainings += 1;
+            self.train_steps +=
+                (d.train - d.dropped).div_ceil(r.config.train.batch_size.max(1)) * epochs;
         }
-        c
+        if v.will_run.contains(&crate::store::Stage::Generate) {
+            self.generations += 1;
+            self.prompts += match r.config.eval.limit {
+                0 => d.eval,
+                n => n.min(d.eval),
+            };
+        }
+        if v.will_run.contains(&crate::store::Stage::Judge) {
+            self.verdict_sets += 1;
+        }
     }
 }
 
@@ -1361,7 +1414,7 @@ fn cmd_run(
     // A template typo fails now, not after the sweep has trained.
     let templates = plans
         .iter()
-        .map(|p| template_of(p, None))
+        .map(|p| template_of(&p.experiment, None))
         .collect::<Result<Vec<_>, _>>()?;
     let mut store = Store::open(db).map_err(store_failure)?;
     let opts = ExecOptions {
@@ -1441,13 +1494,13 @@ fn check_devices(plans: &[Plan], devices: &[usize]) -> Result<(), Failure> {
 
 /// The report template: `--template`, else the experiment's `[experiment] report` (beside
 /// the file, in ./report-templates/, a path, or a built-in name), else the general one.
-fn template_of(p: &Plan, flag: Option<&Path>) -> Result<TemplateSource, Failure> {
+fn template_of(exp: &config::Experiment, flag: Option<&Path>) -> Result<TemplateSource, Failure> {
     if let Some(f) = flag {
         return TemplateSource::resolve(Some(&f.display().to_string()), None)
             .map_err(|m| user(anyhow::anyhow!("--template: {m}")));
     }
-    let file = &p.experiment.file;
-    TemplateSource::resolve(p.experiment.meta.report.as_deref(), file.parent()).map_err(|m| {
+    let file = &exp.file;
+    TemplateSource::resolve(exp.meta.report.as_deref(), file.parent()).map_err(|m| {
         user(anyhow::anyhow!(
             "{}: experiment.report: {m}",
             file.display()
@@ -1475,7 +1528,7 @@ fn cmd_report(db: &Path, inputs: &Inputs, template: Option<&Path>) -> Result<u8,
     let plans = load_plans(inputs)?;
     let templates = plans
         .iter()
-        .map(|p| template_of(p, template))
+        .map(|p| template_of(&p.experiment, template))
         .collect::<Result<Vec<_>, _>>()?;
     let store = Store::open_for_reading(db).map_err(store_failure)?;
     for (p, t) in plans.iter().zip(&templates) {

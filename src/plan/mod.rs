@@ -1,20 +1,20 @@
 //! Grid expansion and run identity. A run's id is a hash of its canonical resolved
 //! configuration, so the same run in two sweeps is the same row and is trained once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{
-    set_path, ConfigError, ConfigProblem, Evaluator, Experiment, ModelInit, RunConfig,
-};
+use crate::config::{ConfigError, ConfigProblem, Experiment, ModelInit, RunConfig};
 use crate::data::Template;
 use crate::model::ModelSource;
 
+mod expand;
 pub mod stages;
+
+pub use expand::Expansion;
 
 /// Bumped when a code change makes old results incomparable (it is hashed into every id).
 /// v2: training data is fitted, split and guarded (examples whose target was cut away are
@@ -62,13 +62,18 @@ pub struct Plan {
 impl Plan {
     /// The axes that vary in this plan, in display order.
     pub fn axis_names(&self) -> Vec<String> {
-        let g = &self.experiment.grid;
-        g.axes
-            .keys()
-            .chain(g.zips.iter().flat_map(|z| z.keys()))
-            .cloned()
-            .collect()
+        axis_names(&self.experiment)
     }
+}
+
+/// The axes that vary in an experiment's grid, in display order.
+pub fn axis_names(exp: &Experiment) -> Vec<String> {
+    let g = &exp.grid;
+    g.axes
+        .keys()
+        .chain(g.zips.iter().flat_map(|z| z.keys()))
+        .cloned()
+        .collect()
 }
 
 /// The canonical form hashed into a run id: keys sorted, numbers in their shortest
@@ -344,222 +349,10 @@ pub fn expand(exp: &Experiment) -> Result<Plan, ConfigError> {
 /// Grids larger than this are refused before they are expanded (`--max-runs` raises it).
 pub const DEFAULT_MAX_RUNS: u64 = 500_000;
 
-/// [`expand`], refusing a grid of more than `max_runs` grid points before expanding it
-/// (its size is the product of the axis lengths, counted without overflow).
+/// [`expand`], refusing a grid of more than `max_runs` grid points before expanding it.
 pub fn expand_at_most(exp: &Experiment, max_runs: u64) -> Result<Plan, ConfigError> {
-    let size = exp
-        .grid
-        .axes
-        .values()
-        .map(|v| v.len() as u64)
-        .chain(
-            exp.grid
-                .zips
-                .iter()
-                .map(|z| z.values().next().map_or(0, |v| v.len() as u64)),
-        )
-        .try_fold(1u64, |n, k| n.checked_mul(k));
-    if size.is_none_or(|n| n > max_runs) {
-        return Err(ConfigError::Invalid(vec![ConfigProblem {
-            origin: exp.file.display().to_string(),
-            key: "grid".into(),
-            message: format!(
-                "{} grid points (before exclusions), more than the {max_runs} allowed: \
-                 narrow the grid, or raise the limit with --max-runs",
-                size.map_or("more than 2^64".to_string(), |n| n.to_string())
-            ),
-        }]));
-    }
-    // Each factor is a list of alternatives; each alternative sets one or more keys.
-    let mut factors: Vec<Vec<Vec<(String, Value)>>> = Vec::new();
-    for (k, vals) in &exp.grid.axes {
-        factors.push(vals.iter().map(|v| vec![(k.clone(), v.clone())]).collect());
-    }
-    for z in &exp.grid.zips {
-        let n = z.values().next().map_or(0, Vec::len);
-        factors.push(
-            (0..n)
-                .map(|i| z.iter().map(|(k, v)| (k.clone(), v[i].clone())).collect())
-                .collect(),
-        );
-    }
-    let baseline: BTreeMap<String, Value> = exp
-        .meta
-        .baseline
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(Value::Null)))
-        .collect();
-
-    let total: usize = factors.iter().map(Vec::len).product();
-    let mut combos: Vec<BTreeMap<String, Value>> = Vec::with_capacity(total);
-    let mut idx = vec![0usize; factors.len()];
-    for _ in 0..total {
-        let axes: BTreeMap<String, Value> = factors
-            .iter()
-            .zip(&idx)
-            .flat_map(|(f, &i)| f[i].iter().cloned())
-            .collect();
-        // Odometer increment, last factor fastest.
-        for d in (0..factors.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < factors[d].len() {
-                break;
-            }
-            idx[d] = 0;
-        }
-        let excluded = exp.grid.exclude.iter().any(|e| {
-            e.iter()
-                .all(|(k, v)| axes.get(k).is_some_and(|a| values_equal(a, v)))
-        });
-        if !excluded {
-            combos.push(axes);
-        }
-    }
-    // `train.dropout = "checkpoint"` is the model's own rate, read once per model.
-    let base_model = exp.base["model"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let dropout_of: BTreeMap<String, f64> = combos
-        .iter()
-        .map(|axes| {
-            axes.get("model.name")
-                .and_then(Value::as_str)
-                .map_or(base_model.clone(), String::from)
-        })
-        .collect::<BTreeSet<String>>()
-        .into_iter()
-        .filter_map(|name| {
-            let rate = ModelSource::resolve(&name).ok()?.config().ok()?.dropout;
-            Some((name, rate))
-        })
-        .collect();
-    // Resolving, validating and hashing each configuration is independent of the others:
-    // in parallel, in order (a 100,000-run grid plans in well under a second).
-    let built: Vec<Result<Resolved, String>> = combos
-        .par_iter()
-        .map(|axes| {
-            let mut json = exp.base.clone();
-            for (k, v) in axes {
-                set_path(&mut json, k, v.clone());
-            }
-            let devices = devices_needed(&exp.resources, &json);
-            let mut config: RunConfig = serde_json::from_value(json).map_err(|e| e.to_string())?;
-            if let Some(&rate) = dropout_of.get(&config.model.name) {
-                config.train.dropout = config.train.dropout.resolved(rate);
-            }
-            let problems = config.problems();
-            let id = run_id(&config);
-            Ok((config, problems, id, devices))
-        })
-        .collect();
-
-    let mut runs = Vec::with_capacity(combos.len());
-    let mut seen = BTreeSet::new();
-    let mut models = BTreeMap::new();
-    let mut datasets = BTreeMap::new();
-    let mut judges = BTreeMap::new();
-    let mut problems = Vec::new();
-    let origin = exp.file.display().to_string();
-    for (axes, b) in combos.into_iter().zip(built) {
-        let (config, config_problems, id, devices) = match b {
-            Ok(x) => x,
-            Err(message) => {
-                problems.push(ConfigProblem {
-                    origin: origin.clone(),
-                    key: "grid".into(),
-                    message,
-                });
-                continue;
-            }
-        };
-        // Files are checked once per distinct source and model, not once per run.
-        let data_problems: Vec<(String, String)> = [
-            ("data.train", &config.data.train),
-            ("data.eval", &config.data.eval),
-            ("data.val", &config.data.val),
-        ]
-        .into_iter()
-        .filter(|(_, spec)| !spec.is_empty())
-        .filter_map(|(k, spec)| {
-            let template = config.data.template;
-            datasets
-                .entry((k, spec.to_string(), template))
-                .or_insert_with(|| data_problem(k, spec, template))
-                .clone()
-        })
-        .collect();
-        let judge_problem = if config.eval.evaluators.contains(&Evaluator::LlmJudge) {
-            judges
-                .entry((
-                    config.eval.judge.evaluator.clone(),
-                    config.eval.judge.model.clone(),
-                ))
-                .or_insert_with(|| judge_problem(&config.eval.judge))
-                .clone()
-        } else {
-            None
-        };
-        let model_problem = models
-            .entry((config.model.name.clone(), config.model.init))
-            .or_insert_with(|| model_problem(&config.model.name, config.model.init))
-            .clone();
-        for (k, m) in config_problems
-            .into_iter()
-            .chain(model_problem)
-            .chain(judge_problem)
-            .chain(data_problems)
-        {
-            let p = ConfigProblem {
-                origin: origin.clone(),
-                key: if axes.contains_key(&k) {
-                    format!("grid.\"{k}\"")
-                } else {
-                    k
-                },
-                message: m,
-            };
-            if !problems.contains(&p) {
-                problems.push(p);
-            }
-        }
-        if !seen.insert(id.clone()) {
-            continue;
-        }
-        let is_baseline = !baseline.is_empty()
-            && baseline
-                .iter()
-                .all(|(k, v)| axes.get(k).is_some_and(|a| values_equal(a, v)));
-        runs.push(PlannedRun {
-            id,
-            axes,
-            is_baseline,
-            devices,
-            config,
-            stages: stages::StageIds::default(),
-            sharing: Sharing::Alone,
-        });
-    }
-    if problems.is_empty() {
-        if let Err(p) = assign_stages(&mut runs, &origin) {
-            problems.push(p);
-        }
-    }
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid(problems));
-    }
-    // With no declared baseline, the first run is the reference row.
-    if baseline.is_empty() {
-        if let Some(r) = runs.first_mut() {
-            r.is_baseline = true;
-        }
-    }
-    Ok(Plan {
-        experiment: exp.clone(),
-        runs,
-    })
+    Ok(Expansion::new(exp.clone(), max_runs)?.into_plan())
 }
-
 /// Gives each run its stage ids. Runs that differ only in `train.epochs` share the longest
 /// one's training when the schedule makes a shorter run its exact prefix (see
 /// [`stages::prefix_exact`]); their models are that training's checkpoints at their epochs.
@@ -588,40 +381,30 @@ pub fn assign_stages(runs: &mut [PlannedRun], origin: &str) -> Result<(), Config
         }
     }
     for ((r, lo), g) in runs.iter_mut().zip(&left_out).zip(&groups) {
-        let own = r.config.train.epochs;
-        let max = longest.get(g.as_str()).copied().unwrap_or(own);
-        let (train_epochs, sharing) = if own == 0 || max == own {
-            (own, Sharing::Alone)
-        } else {
-            match stages::prefix_exact(&r.config) {
-                Ok(()) => (max, Sharing::PrefixOf(max)),
-                Err(why) => (own, Sharing::Refused(why)),
-            }
-        };
-        r.stages = stages::stage_ids(&r.config, lo.as_deref(), train_epochs);
-        r.sharing = sharing;
+        let longest = longest.get(g.as_str()).copied();
+        (r.stages, r.sharing) = stages_sharing(&r.config, lo.as_deref(), longest);
     }
     Ok(())
 }
 
-/// One grid point resolved: its config, the config's own problems, its run id and the
-/// devices it takes.
-type Resolved = (RunConfig, Vec<(String, String)>, String, usize);
-
-/// The devices of the first `[[resources]]` entry whose `where` matches the config (as
-/// JSON), else 1.
-fn devices_needed(rules: &[crate::config::ResourceRule], config: &Value) -> usize {
-    rules
-        .iter()
-        .find(|rule| {
-            rule.when.iter().all(|(k, v)| {
-                let want = serde_json::to_value(v).unwrap_or(Value::Null);
-                k.split('.')
-                    .try_fold(config, |node, part| node.get(part))
-                    .is_some_and(|have| values_equal(have, &want))
-            })
-        })
-        .map_or(1, |rule| rule.devices)
+/// A run's stage ids and how it gets its model, given the longest `train.epochs` among the
+/// runs of its training keys (None: no run of them trains).
+fn stages_sharing(
+    config: &RunConfig,
+    left_out: Option<&str>,
+    longest: Option<usize>,
+) -> (stages::StageIds, Sharing) {
+    let own = config.train.epochs;
+    let max = longest.unwrap_or(own);
+    let (train_epochs, sharing) = if own == 0 || max == own {
+        (own, Sharing::Alone)
+    } else {
+        match stages::prefix_exact(config) {
+            Ok(()) => (max, Sharing::PrefixOf(max)),
+            Err(why) => (own, Sharing::Refused(why)),
+        }
+    };
+    (stages::stage_ids(config, left_out, train_epochs), sharing)
 }
 
 /// Grid values compare as numbers when both are numbers (`1` equals `1.0`).
@@ -727,7 +510,7 @@ mod tests {
         );
         // 2 epochs x 3 seeds x 2 zipped pairs = 12, minus (epochs 3, seed 2) x 2 pairs.
         assert_eq!(p.runs.len(), 10);
-        let ids: BTreeSet<_> = p.runs.iter().map(|r| r.id.clone()).collect();
+        let ids: std::collections::BTreeSet<_> = p.runs.iter().map(|r| r.id.clone()).collect();
         assert_eq!(ids.len(), 10);
         for r in &p.runs {
             let lr = r.axes["train.lr"].as_f64().unwrap();

@@ -52,11 +52,18 @@ fn named_values<'a>(axes: impl Iterator<Item = &'a String>, values: &[String]) -
 }
 
 fn label(r: &RunRow, axes: &[String]) -> String {
-    let short = &r.run_id[..r.run_id.len().min(8)];
-    if r.axis_values.is_empty() {
+    run_label(&r.run_id, axes, &r.axis_values)
+}
+
+/// A run as a legend names it: `1a2b3c4d: clip 0.3, lr 0.001` (its id's first 8 characters
+/// and its axis values). Its colour is [`palette`] of its position in its sweep, in the
+/// report's plots and on the dashboard alike.
+pub fn run_label(run_id: &str, axes: &[String], values: &[String]) -> String {
+    let short = &run_id[..run_id.len().min(8)];
+    if values.is_empty() {
         short.to_string()
     } else {
-        format!("{short}: {}", named_values(axes.iter(), &r.axis_values))
+        format!("{short}: {}", named_values(axes.iter(), values))
     }
 }
 

@@ -469,12 +469,20 @@ impl Site {
             .unwrap_or(0.0);
         let log = q.get("log").is_some_and(|v| v == "1");
         let mut series = Vec::new();
-        for id in &ids {
-            let s = self
+        for (k, id) in ids.iter().enumerate() {
+            let points = self
                 .store
                 .series(id, name, split)
                 .map_err(|e| Miss::Failed(e.to_string()))?;
-            series.push((id.clone(), s));
+            // Named and coloured as its sweep's report names and colours it (a run of no
+            // sweep: by its id and its place in the list).
+            let (label, colour) = self.legend(id)?.unwrap_or_else(|| (id.clone(), k));
+            series.push(plot::Curve {
+                run_id: id.clone(),
+                label,
+                colour,
+                points,
+            });
         }
         let svg =
             plot::curves(&series, &plot::key(&(name, split)), smooth, log).map_err(Miss::Failed)?;
@@ -483,6 +491,29 @@ impl Site {
             "curves.html.j2",
             context! { runs => ids, metric, metrics, smooth, log, svg },
         )
+    }
+
+    /// A run's legend label and colour: its axis values and position in the first sweep
+    /// that has it.
+    fn legend(&self, id: &str) -> Result<Option<(String, usize)>, Miss> {
+        // `id` is a resolved run id: hex digits only.
+        let rows = self.rows(&format!(
+            "SELECT position, axes_json FROM sweep_runs WHERE run_id = '{id}'
+             ORDER BY sweep LIMIT 1"
+        ))?;
+        Ok(rows.first().map(|r| {
+            let axes: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&text(&r[1])).unwrap_or_default();
+            let (names, values): (Vec<String>, Vec<String>) = axes
+                .iter()
+                .map(|(k, v)| (k.clone(), crate::plan::display_value(Some(v))))
+                .unzip();
+            let position = r[0].as_i64().unwrap_or(0).max(0) as usize;
+            (
+                crate::report::plots::run_label(id, &names, &values),
+                position,
+            )
+        }))
     }
 
     fn live(&self) -> Result<Page, Miss> {

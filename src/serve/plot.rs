@@ -35,15 +35,20 @@ fn smoothed(s: &[(i64, f64)], smooth: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
-pub fn curves(
-    series: &[(String, Vec<(i64, f64)>)],
-    metric: &str,
-    smooth: f64,
-    log: bool,
-) -> Result<String, String> {
-    let lines: Vec<(&str, Vec<(f64, f64)>)> = series
+/// One run's series of the metric, as the chart names and colours it.
+pub struct Curve {
+    pub run_id: String,
+    /// The legend's name for it: its id and axis values.
+    pub label: String,
+    /// Its [`plots::palette`] index: its position in its sweep, as in the report's plots.
+    pub colour: usize,
+    pub points: Vec<(i64, f64)>,
+}
+
+pub fn curves(series: &[Curve], metric: &str, smooth: f64, log: bool) -> Result<String, String> {
+    let lines: Vec<(&Curve, Vec<(f64, f64)>)> = series
         .iter()
-        .map(|(id, s)| (id.as_str(), smoothed(s, smooth)))
+        .map(|c| (c, smoothed(&c.points, smooth)))
         .filter(|(_, s)| !s.is_empty())
         .collect();
     if lines.is_empty() {
@@ -78,15 +83,20 @@ pub fn curves(
                     .x_label_formatter(&plots::step_label)
                     .draw()
                     .map_err(|x| e(&x))?;
-                for (i, (id, s)) in lines.iter().enumerate() {
-                    let colour = plots::palette(i);
+                for (curve, s) in &lines {
+                    let colour = plots::palette(curve.colour);
                     c.draw_series(LineSeries::new(s.iter().copied(), colour.stroke_width(2)))
                         .map_err(|x| e(&x))?
-                        .label(id.to_string())
+                        .label(curve.label.clone())
                         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
                 }
                 if metric == "grad_norm" {
-                    for (id, raw) in series {
+                    for Curve {
+                        run_id: id,
+                        points: raw,
+                        ..
+                    } in series
+                    {
                         let steps = crate::report::spikes(raw);
                         let marks: Vec<(f64, f64)> = raw
                             .iter()

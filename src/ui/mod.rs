@@ -239,14 +239,65 @@ impl Reporter for JsonReporter {
 
 /// An aligned text table.
 pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
-    let layout = TableLayout::fit(headers, rows);
-    let mut out = layout.line(headers);
-    out.push('\n');
+    let mut t = Table::new(headers.to_vec());
     for r in rows {
-        out.push_str(&layout.line(r));
-        out.push('\n');
+        t.push(r);
     }
-    out
+    let mut out = Vec::new();
+    t.write(&mut out).expect("writing to memory");
+    String::from_utf8(out).expect("the cells' text")
+}
+
+/// An aligned text table built a row at a time, its cells kept in one buffer rather than a
+/// string each: a table of a million runs (`plan`) costs little more than its text.
+pub struct Table {
+    headers: Vec<String>,
+    layout: TableLayout,
+    cells: String,
+    /// Where each cell ends in `cells`.
+    ends: Vec<usize>,
+    /// Where each row's cells start in `ends`.
+    rows: Vec<usize>,
+}
+
+impl Table {
+    pub fn new(headers: Vec<String>) -> Table {
+        Table {
+            layout: TableLayout::fit(&headers, &[]),
+            headers,
+            cells: String::new(),
+            ends: Vec::new(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn push<S: AsRef<str>>(&mut self, row: &[S]) {
+        self.rows.push(self.ends.len());
+        for (i, c) in row.iter().enumerate() {
+            let c = c.as_ref();
+            if let Some(w) = self.layout.widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+            self.cells.push_str(c);
+            self.ends.push(self.cells.len());
+        }
+    }
+
+    /// The table's text, a line at a time.
+    pub fn write(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "{}", self.layout.line(&self.headers))?;
+        for (n, &first) in self.rows.iter().enumerate() {
+            let last = self.rows.get(n + 1).copied().unwrap_or(self.ends.len());
+            let cells: Vec<&str> = (first..last)
+                .map(|k| {
+                    let start = if k == 0 { 0 } else { self.ends[k - 1] };
+                    &self.cells[start..self.ends[k]]
+                })
+                .collect();
+            writeln!(out, "{}", self.layout.line(&cells))?;
+        }
+        Ok(())
+    }
 }
 
 /// The column widths of a table: each column as wide as its widest cell among those
@@ -256,8 +307,8 @@ pub struct TableLayout {
 }
 
 impl TableLayout {
-    pub fn fit(headers: &[String], rows: &[Vec<String>]) -> TableLayout {
-        let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    pub fn fit<S: AsRef<str>>(headers: &[S], rows: &[Vec<String>]) -> TableLayout {
+        let mut widths: Vec<usize> = headers.iter().map(|h| h.as_ref().chars().count()).collect();
         for r in rows {
             for (i, c) in r.iter().enumerate() {
                 if i < widths.len() {
@@ -269,9 +320,10 @@ impl TableLayout {
     }
 
     /// One line of the table (no newline), trailing spaces trimmed.
-    pub fn line(&self, cells: &[String]) -> String {
+    pub fn line<S: AsRef<str>>(&self, cells: &[S]) -> String {
         cells
             .iter()
+            .map(AsRef::as_ref)
             .enumerate()
             // Padded by hand: `format!`'s width is limited to u16 and panics beyond it,
             // and a cell (a query result, an axis value) can be any length.

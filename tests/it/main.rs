@@ -4,6 +4,7 @@
 mod agent;
 mod bad_input;
 mod bfcl;
+mod browser;
 mod cli;
 mod endpoint;
 mod hub;

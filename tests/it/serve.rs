@@ -1,23 +1,22 @@
 //! `ablate serve` over a database made by a CPU sweep: each page shows what the database
-//! holds, bad URLs get clear pages, and the database is never written. (Driving a real
-//! browser through the pages is the dashboard issue's next step; these tests read the HTML
-//! a browser would get.)
+//! holds, bad URLs get clear pages, and the database is never written. These read the HTML
+//! a browser gets; `browser.rs` drives a real one through the same pages.
 
 use crate::{stdout_ok, WithoutAblateEnv};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-fn ablate(args: &[&str]) -> Command {
+pub(crate) fn ablate(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ablate"));
     c.args(args).without_ablate_env().stdin(Stdio::null());
     c
 }
 
 /// The server, stopped by PID when dropped (also when an assertion fails).
-struct Served {
+pub(crate) struct Served {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Drop for Served {
@@ -27,7 +26,7 @@ impl Drop for Served {
     }
 }
 
-fn serve(db: &Path) -> Served {
+pub(crate) fn serve(db: &Path) -> Served {
     let mut child = ablate(&[
         "serve",
         "--db",
