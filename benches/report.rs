@@ -47,7 +47,7 @@ fn main() {
     let (agg_s, _) = time_query(
         "SELECT run_id, name, count(*), avg(value), max(value) FROM metrics GROUP BY run_id, name",
     );
-    // The dashboard's heaviest pages: the runs of the sweep, and the curves of 20 runs.
+    // The dashboard's heaviest pages: the runs of the sweep, and curves of 20 and of all runs.
     let site = ablate::serve::Site::open(&db).expect("serve");
     let time_page = |path: &str| {
         let t = Instant::now();
@@ -58,6 +58,10 @@ fn main() {
     let serve_runs_s = time_page("/sweeps/big");
     let ids: Vec<String> = (0..runs.min(20)).map(|r| format!("{r:012x}")).collect();
     let serve_curves_s = time_page(&format!("/curves?runs={}", ids.join(",")));
+    // One chart of every run's loss (the page takes 200 runs at most).
+    let all: Vec<String> = (0..runs.min(200)).map(|r| format!("{r:012x}")).collect();
+    let serve_curves_all_s = time_page(&format!("/curves?runs={}", all.join(",")));
+    let curve_points = all.len() * steps;
     let serve_examples_s = time_page(&format!("/runs/{}?vs={}", ids[0], ids[ids.len() - 1]));
     report_s.sort_by(f64::total_cmp);
     println!(
@@ -74,6 +78,9 @@ fn main() {
             "query_metrics_group_by_s": agg_s,
             "serve_runs_page_s": serve_runs_s,
             "serve_curves_20_runs_s": serve_curves_s,
+            "serve_curves_all_runs": all.len(),
+            "serve_curves_all_runs_points": curve_points,
+            "serve_curves_all_runs_s": serve_curves_all_s,
             "serve_examples_vs_s": serve_examples_s,
         })
     );

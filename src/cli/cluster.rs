@@ -426,6 +426,31 @@ pub fn cmd_collect(db: &Path, json: bool) -> Result<u8, Failure> {
     Ok(if bad > 0 { exit::RUNS_FAILED } else { exit::OK })
 }
 
+/// A local run in progress: `local: step 12 of 60, loss 3.1024, ETA 1m 20s`.
+fn local_detail(p: Option<&crate::store::Progress>) -> String {
+    let Some(p) = p else {
+        return "local".into();
+    };
+    let mut parts = Vec::new();
+    if let Some(step) = p.step {
+        parts.push(match p.total_steps {
+            Some(t) => format!("step {step} of {t}"),
+            None => format!("step {step}"),
+        });
+    }
+    if let Some(loss) = p.loss {
+        parts.push(format!("loss {loss:.4}"));
+    }
+    if let Some(eta) = p.eta_s() {
+        parts.push(format!("ETA {}", crate::report::format::duration(eta)));
+    }
+    if parts.is_empty() {
+        "local".into()
+    } else {
+        format!("local: {}", parts.join(", "))
+    }
+}
+
 pub fn cmd_status(db: &Path, sweeps: &[String], json: bool) -> Result<u8, Failure> {
     let mut store = Store::open_for_reading(db).map_err(store_failure)?;
     let sweeps = if sweeps.is_empty() {
@@ -445,6 +470,13 @@ pub fn cmd_status(db: &Path, sweeps: &[String], json: bool) -> Result<u8, Failur
             .into_iter()
             .map(|r| (r.task.run_id.clone(), r))
             .collect();
+    // Where each local run in progress stands (the live page's data).
+    let progress: HashMap<String, crate::store::Progress> = store
+        .progress()
+        .map_err(store_failure)?
+        .into_iter()
+        .map(|p| (p.run_id.clone(), p))
+        .collect();
     let mut out = Vec::new();
     let mut text = String::new();
     for sweep in &sweeps {
@@ -469,7 +501,7 @@ pub fn cmd_status(db: &Path, sweeps: &[String], json: bool) -> Result<u8, Failur
                     Some(r),
                 ),
                 (_, Some(r)) => (r.state.name(), r.state.detail(), Some(r)),
-                (RunStatus::Running, None) => ("running", "local".to_string(), None),
+                (RunStatus::Running, None) => ("running", local_detail(progress.get(id)), None),
                 (s, None) => (s.as_str(), String::new(), None),
             };
             *counts.entry(state).or_default() += 1;

@@ -39,10 +39,34 @@ pub fn si(v: Option<f64>) -> String {
 }
 
 /// A JSON value as a CSV cell: empty for null, strings without quotes.
+/// A duration as a person reads a wait: `45s`, `3m 20s`, `2h 05m`.
+pub fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
 pub fn csv_cell(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_waits() {
+        assert_eq!(duration(0.4), "0s");
+        assert_eq!(duration(59.4), "59s");
+        assert_eq!(duration(200.0), "3m 20s");
+        assert_eq!(duration(7500.0), "2h 05m");
+        assert_eq!(duration(-3.0), "0s");
     }
 }

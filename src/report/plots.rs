@@ -123,8 +123,9 @@ pub fn write_all(data: &ReportData, dir: &Path, prefix: &str) -> Result<Plots, R
     Ok(plots)
 }
 
-/// Thins a series to at most `MAX_POINTS`, keeping the first, last and `keep` steps.
-fn thin(series: &[(i64, f64)], keep: &[i64]) -> Vec<(f64, f64)> {
+/// Thins a series to at most `MAX_POINTS`, keeping the first, last and `keep` steps (a
+/// chart of a million points draws no better than one of a few hundred, and far slower).
+pub fn thin(series: &[(i64, f64)], keep: &[i64]) -> Vec<(f64, f64)> {
     let stride = series.len().div_ceil(MAX_POINTS).max(1);
     series
         .iter()

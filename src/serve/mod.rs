@@ -517,22 +517,16 @@ impl Site {
     }
 
     fn live(&self) -> Result<Page, Miss> {
-        let rows = self.rows(
-            "SELECT r.id, r.started_at, r.host,
-                    (SELECT MAX(step) FROM metrics m WHERE m.run_id = r.id AND m.name = 'loss'
-                       AND m.split = 'train'),
-                    (SELECT value FROM metrics m WHERE m.run_id = r.id AND m.name = 'loss'
-                       AND m.split = 'train' ORDER BY step DESC LIMIT 1),
-                    (SELECT AVG(value) FROM metrics m WHERE m.run_id = r.id
-                       AND m.name = 'step_time_s' AND m.split = 'train')
-             FROM runs r WHERE r.status = 'running' ORDER BY r.started_at",
-        )?;
-        let runs: Vec<minijinja::Value> = rows
+        let runs: Vec<minijinja::Value> = self
+            .store
+            .progress()
+            .map_err(|e| Miss::Failed(e.to_string()))?
             .into_iter()
-            .map(|r| {
+            .map(|p| {
                 context! {
-                    run_id => text(&r[0]), started_at => text(&r[1]), host => text(&r[2]),
-                    step => r[3].as_i64(), loss => r[4].as_f64(), step_time => r[5].as_f64(),
+                    run_id => p.run_id, started_at => p.started_at, host => p.host,
+                    step => p.step, total => p.total_steps, loss => p.loss,
+                    step_time => p.step_time_s, eta => p.eta_s().map(crate::report::format::duration),
                 }
             })
             .collect();

@@ -22,17 +22,25 @@ pub fn key(m: &(&str, &str)) -> String {
     }
 }
 
-/// An exponential moving average with weight `smooth` on the past (0: the raw series).
-fn smoothed(s: &[(i64, f64)], smooth: f64) -> Vec<(f64, f64)> {
+/// An exponential moving average with weight `smooth` on the past (0: the raw series),
+/// thinned for drawing with its grad-norm spike steps kept.
+fn smoothed(s: &[(i64, f64)], smooth: f64, metric: &str) -> Vec<(f64, f64)> {
     let mut avg: Option<f64> = None;
-    s.iter()
+    let averaged: Vec<(i64, f64)> = s
+        .iter()
         .filter(|(step, v)| *step >= 0 && v.is_finite())
         .map(|&(step, v)| {
             let a = avg.map_or(v, |a| smooth * a + (1.0 - smooth) * v);
             avg = Some(a);
-            (step as f64, a)
+            (step, a)
         })
-        .collect()
+        .collect();
+    let spikes = if metric == "grad_norm" {
+        crate::report::spikes(s)
+    } else {
+        Vec::new()
+    };
+    plots::thin(&averaged, &spikes)
 }
 
 /// One run's series of the metric, as the chart names and colours it.
@@ -48,7 +56,7 @@ pub struct Curve {
 pub fn curves(series: &[Curve], metric: &str, smooth: f64, log: bool) -> Result<String, String> {
     let lines: Vec<(&Curve, Vec<(f64, f64)>)> = series
         .iter()
-        .map(|c| (c, smoothed(&c.points, smooth)))
+        .map(|c| (c, smoothed(&c.points, smooth, metric)))
         .filter(|(_, s)| !s.is_empty())
         .collect();
     if lines.is_empty() {

@@ -31,7 +31,69 @@ pub struct RunInfo {
     pub n_eval: Option<i64>,
 }
 
+/// A run in progress: where its training stands and how long the rest should take.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Progress {
+    pub run_id: String,
+    pub started_at: String,
+    pub host: String,
+    /// The last optimizer step logged, if any.
+    pub step: Option<i64>,
+    /// The training's length in steps (steps an epoch times its epochs), once known.
+    pub total_steps: Option<i64>,
+    pub loss: Option<f64>,
+    /// Mean seconds an optimizer step so far.
+    pub step_time_s: Option<f64>,
+}
+
+impl Progress {
+    /// Seconds until the training ends at the mean step time so far.
+    pub fn eta_s(&self) -> Option<f64> {
+        let left = (self.total_steps? - self.step.unwrap_or(0)).max(0);
+        Some(left as f64 * self.step_time_s?)
+    }
+}
+
 impl Store {
+    /// The runs in progress (status `running`), oldest first, with their training's step,
+    /// length, last loss and mean step time: what `ablate status` and the live page show.
+    pub fn progress(&self) -> Result<Vec<Progress>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                // A run's metrics are its training's until the run is done.
+                "SELECT r.id, r.started_at, r.host,
+                   (SELECT MAX(step) FROM training_metrics m WHERE m.training_id = s.training_id
+                      AND m.name = 'loss' AND m.split = 'train'),
+                   (SELECT value FROM training_metrics m WHERE m.training_id = s.training_id
+                      AND m.name = 'steps_per_epoch' AND m.split = 'train' AND m.step = -1)
+                   * json_extract(t.key_json, '$.train.epochs'),
+                   (SELECT value FROM training_metrics m WHERE m.training_id = s.training_id
+                      AND m.name = 'loss' AND m.split = 'train' ORDER BY step DESC LIMIT 1),
+                   (SELECT AVG(value) FROM training_metrics m WHERE m.training_id = s.training_id
+                      AND m.name = 'step_time_s' AND m.split = 'train')
+                 FROM runs r LEFT JOIN run_stages s ON s.run_id = r.id
+                 LEFT JOIN trainings t ON t.id = s.training_id
+                 WHERE r.status = 'running' ORDER BY r.started_at",
+            )
+            .map_err(err(&self.path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Progress {
+                    run_id: r.get(0)?,
+                    started_at: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    host: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    step: r.get(3)?,
+                    total_steps: r.get::<_, Option<f64>>(4)?.map(|t| t as i64),
+                    loss: r.get(5)?,
+                    step_time_s: r.get(6)?,
+                })
+            })
+            .map_err(err(&self.path))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(err(&self.path))
+    }
+
     /// (step, value) of one metric of one run, in step order.
     pub fn series(&self, run_id: &str, name: &str, split: &str) -> Result<Vec<(i64, f64)>> {
         let mut stmt = self

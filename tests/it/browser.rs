@@ -88,7 +88,10 @@ fn large_model() -> Stub {
                     "message": {"role": "assistant", "content": a}}]})
                 .to_string(),
             ),
-            None => (400, json!({"error": {"message": "unknown prompt"}}).to_string()),
+            None => (
+                400,
+                json!({"error": {"message": "unknown prompt"}}).to_string(),
+            ),
         }
     })
 }
@@ -119,7 +122,10 @@ fn installed() -> Option<(String, String)> {
         return None;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/chromium-local.sh");
-    let out = Command::new(&script).arg("install").output().expect("bash runs");
+    let out = Command::new(&script)
+        .arg("install")
+        .output()
+        .expect("bash runs");
     match out.status.code() {
         Some(0) => {
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -167,7 +173,10 @@ impl Browser {
         let base = format!("http://127.0.0.1:{port}");
         let t0 = Instant::now();
         while ureq::get(&format!("{base}/status")).call().is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(30), "chromedriver answers");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "chromedriver answers"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let mut b = Browser {
@@ -208,7 +217,10 @@ impl Browser {
         let v: Value = match reply {
             Ok(r) => r.into_json().unwrap(),
             Err(ureq::Error::Status(code, r)) => {
-                panic!("{method} {path}: {code} {}", r.into_string().unwrap_or_default())
+                panic!(
+                    "{method} {path}: {code} {}",
+                    r.into_string().unwrap_or_default()
+                )
             }
             Err(e) => panic!("{method} {path}: {e}"),
         };
@@ -221,7 +233,11 @@ impl Browser {
 
     /// The value of a script run in the page (its `return`).
     fn js(&self, script: &str) -> Value {
-        self.call("POST", "/execute/sync", json!({"script": script, "args": []}))
+        self.call(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
     }
 
     fn click(&self, css: &str) {
@@ -405,7 +421,7 @@ fn a_person_browses_every_page_in_chromium() {
         "const f = document.getElementById('filter'); f.value = '{third}';
          f.dispatchEvent(new Event('input')); return null;"
     ));
-    assert_eq!(ids(&browser), [third.clone()]);
+    assert_eq!(ids(&browser), [third]);
 
     // Curves: each trained run's line is named by its configuration in the legend.
     let all: Vec<&str> = runs.iter().map(|r| r[0].as_str()).collect();
@@ -420,7 +436,8 @@ fn a_person_browses_every_page_in_chromium() {
             "the {epochs}-epoch run's line is named: {legend:?}"
         );
     }
-    let lines = browser.js("return document.querySelectorAll('#plot svg polyline, #plot svg path').length;");
+    let lines = browser
+        .js("return document.querySelectorAll('#plot svg polyline, #plot svg path').length;");
     assert!(lines.as_u64().unwrap() >= 2, "{lines}");
     browser.screenshot("curves", &shots);
 
@@ -468,7 +485,10 @@ fn a_person_browses_every_page_in_chromium() {
              ORDER BY x.example_id"
         ),
     );
-    assert!(!discordant.is_empty(), "the sweep's runs disagree somewhere");
+    assert!(
+        !discordant.is_empty(),
+        "the sweep's runs disagree somewhere"
+    );
     browser.go(&url(&format!("/runs/{a}?vs={b}")));
     let mut shown: Vec<Vec<String>> = browser
         .table("examples")
@@ -494,7 +514,10 @@ fn a_person_browses_every_page_in_chromium() {
 
     drop(browser);
     drop(server);
-    assert!(std::fs::read(&db).unwrap() == before, "the database changed");
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "the database changed"
+    );
     for name in ["sweeps", "runs", "curves", "compare", "examples-vs", "live"] {
         assert!(d.join(format!("results/screenshots/{name}.png")).is_file());
     }

@@ -273,3 +273,97 @@ fn a_missing_or_old_database_is_refused_and_left_as_it_was() {
     );
     assert!(digest(&old) == before);
 }
+
+/// 30 epochs of 3 steps: long enough to be watched while it trains.
+const LONG: &str = r#"
+[experiment]
+name = "watched"
+[model]
+name = "tiny"
+[data]
+n_train = 48
+n_test = 6
+vocab_size = 512
+max_seq_len = 128
+[train]
+lr = 3e-3
+batch_size = 16
+epochs = 30
+[eval]
+max_new_tokens = 10
+"#;
+
+#[test]
+fn the_live_page_and_status_show_a_training_run_with_its_eta() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("watched.toml"), LONG).unwrap();
+    let db = d.join("results/ablate.db");
+    // Stopped by PID however the test ends.
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut run = Kill(
+        ablate(&["run", "watched.toml", "--db", db.to_str().unwrap()])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let steps_logged = || -> i64 {
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM training_metrics WHERE name = 'loss' AND split = 'train'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap_or(0)
+    };
+    let t0 = std::time::Instant::now();
+    while steps_logged() < 2 {
+        assert!(
+            run.0.try_wait().unwrap().is_none(),
+            "the run ended before it was watched"
+        );
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "no training step in 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // 48 examples less the leak guard's, in batches of 16: 3 steps an epoch, 30 epochs.
+    let s = serve(&db);
+    let (code, page) = get(&s, "/live");
+    assert_eq!(code, 200);
+    assert!(page.contains(" of 90</td>"), "{page}");
+    assert!(shows_an_eta(&page), "an ETA: {page}");
+    let out = ablate(&["--db", db.to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    let text = stdout_ok(&out);
+    assert!(
+        text.contains("running") && text.contains(" of 90, loss ") && text.contains("ETA "),
+        "{text}"
+    );
+    drop(s);
+    drop(run);
+}
+
+/// Whether a live page shows an ETA cell (`45s`, `3m 20s`, `1h 05m`).
+fn shows_an_eta(page: &str) -> bool {
+    page.split("<td class=\"num\">").any(|cell| {
+        let cell = cell.split('<').next().unwrap_or("");
+        !cell.is_empty()
+            && cell.ends_with('s')
+            && cell
+                .split(' ')
+                .all(|w| w.len() >= 2 && w[..w.len() - 1].chars().all(|c| c.is_ascii_digit()))
+    })
+}
