@@ -279,11 +279,21 @@ impl Store {
     }
 
     fn open_read_only_as_is(path: &Path) -> Result<Store> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(err(path))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(path, flags).map_err(err(path))?;
+        // A WAL database wants a `-shm` file beside it, which a read-only folder (an
+        // archive, a mount) cannot take: such a database is opened immutable instead, as
+        // nothing can write it there either.
+        let probe = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
+        if let Err(rusqlite::Error::SqliteFailure(e, _)) = &probe {
+            if e.extended_code == rusqlite::ffi::SQLITE_READONLY_DIRECTORY
+                || e.code == rusqlite::ErrorCode::CannotOpen
+            {
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                conn = Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
+                    .map_err(err(path))?;
+            }
+        }
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(err(path))?;
         conn.pragma_update(None, "query_only", "ON")
@@ -797,6 +807,21 @@ pub(crate) fn owner_alive(pid: i64, owner: Option<&str>) -> bool {
 
 fn process_alive(pid: i64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A file path as an SQLite URI's path: `%`, `?` and `#` (and anything not printable
+/// ASCII) percent-encoded, relative paths made absolute.
+fn uri_path(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = String::new();
+    for b in abs.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
+            0x21..=0x7e => out.push(*b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -469,3 +469,89 @@ fn query_streams_a_large_result_in_bounded_memory() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An archived database in a read-only folder, where SQLite cannot make the `-shm` file a
+/// WAL database wants, is still read by every read command (opened immutable), and left
+/// byte for byte as it was. As root, which may write anywhere, the commands run as
+/// `nobody` (setpriv), who may not write the folder.
+#[test]
+fn a_database_in_a_read_only_folder_is_read_by_every_read_command() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("archived.toml"),
+        "[experiment]\nname = \"archived\"\n[model]\nname = \"tiny\"\n[data]\nn_train = 48\n\
+         n_test = 4\nvocab_size = 512\nmax_seq_len = 128\n[train]\nepochs = 0\n[eval]\n\
+         max_new_tokens = 4\n",
+    )
+    .unwrap();
+    let made = d.join("results/ablate.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .args(["run", "archived.toml", "--db", made.to_str().unwrap()])
+        .current_dir(d)
+        .without_ablate_env()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Checkpointed and closed: no -wal or -shm travels with the archive.
+    let c = Connection::open(&made).unwrap();
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    drop(c);
+    let archive = d.join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let db = archive.join("ablate.db");
+    std::fs::copy(&made, &db).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let run = |args: &[&str]| {
+        let mut c = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_ablate"));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_ablate"))
+        };
+        c.arg("--db")
+            .arg(&db)
+            .args(args)
+            .current_dir(&archive)
+            .without_ablate_env()
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["query", "SELECT COUNT(*) AS n FROM runs"][..],
+        &["status"],
+        &["export", "archived"],
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.trim().is_empty(), "{args:?}");
+    }
+    assert!(
+        String::from_utf8_lossy(&run(&["query", "SELECT COUNT(*) AS n FROM runs"]).stdout)
+            .contains('1')
+    );
+    assert!(std::fs::read(&db).unwrap() == before, "the archive changed");
+    let beside: Vec<_> = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside, ["ablate.db"], "nothing was written beside it");
+    // So that the temporary folder can be removed.
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
