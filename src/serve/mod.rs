@@ -318,10 +318,11 @@ impl Site {
             v.dedup();
             v
         };
-        let (verdicts, evaluators, categories) = (
+        let (verdicts, evaluators, categories, datasets) = (
             distinct(|e| &e.verdict),
             distinct(|e| &e.evaluator),
             distinct(|e| &e.category),
+            distinct(|e| &e.dataset),
         );
         // Against another run: the examples they judge differently (the discordant pairs
         // of the McNemar test), grouped by the kind of failure on the failing side.
@@ -373,6 +374,7 @@ impl Site {
                 ("verdict", &e.verdict),
                 ("evaluator", &e.evaluator),
                 ("category", &e.category),
+                ("dataset", &e.dataset),
             ]
             .iter()
             .all(|(k, v)| pick(k).is_empty() || pick(k) == v.as_str())
@@ -381,12 +383,13 @@ impl Site {
         all.truncate(MAX_EXAMPLES);
         let filters = context! {
             verdict => pick("verdict"), evaluator => pick("evaluator"), category => pick("category"),
+            dataset => pick("dataset"),
         };
         self.render(
             "examples.html.j2",
             context! {
                 run_id => id, status, examples => all, truncated, verdicts, evaluators,
-                categories, filters, other, discordant,
+                categories, datasets, filters, other, discordant,
             },
         )
     }

@@ -240,6 +240,16 @@ impl Browser {
         )
     }
 
+    /// Waits (up to 10 s) until a script condition holds, such as a page loaded after a
+    /// click that submits a form.
+    fn wait_for(&self, condition: &str) {
+        let t0 = Instant::now();
+        while self.js(&format!("return !!({condition});")) != Value::Bool(true) {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never: {condition}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn click(&self, css: &str) {
         let el = self.call(
             "POST",
@@ -505,7 +515,22 @@ fn a_person_browses_every_page_in_chromium() {
     assert_eq!(by_kind, discordant.len());
     browser.screenshot("examples-vs", &shots);
 
+    // Filtering a run's examples by kind of verdict, through the form.
     browser.go(&url(&format!("/runs/{b}")));
+    browser.js("document.querySelector('select[name=verdict]').value = 'pass'; return null;");
+    browser.click("form.filters button");
+    browser
+        .wait_for("location.search.includes('verdict=pass') && document.readyState === 'complete'");
+    let passes = browser.table("examples");
+    let want: Vec<Vec<i64>> = query(
+        &db,
+        &format!("SELECT COUNT(*) FROM eval_results WHERE run_id = '{b}' AND verdict = 'pass'"),
+    );
+    assert_eq!(passes.len() as i64, want[0][0]);
+    assert!(
+        !passes.is_empty() && passes.iter().all(|r| r[4] == "pass"),
+        "{passes:?}"
+    );
     browser.screenshot("examples", &shots);
     browser.go(&url("/live"));
     let text = browser.js("return document.body.innerText;");

@@ -165,6 +165,8 @@ fn every_page_shows_the_database_and_nothing_writes_it() {
     let (code, page) = get(&s, &format!("/runs/{a}"));
     assert_eq!(code, 200);
     assert!(page.contains(&format!("{n} examples")), "{page}");
+    // An empty field of the filter form is empty, not "None" (a 404 once submitted).
+    assert!(page.contains("<input name=\"vs\" value=\"\""), "{page}");
     let failing = count(&format!(
         "SELECT COUNT(*) FROM eval_results WHERE run_id = '{a}' AND verdict != 'pass'"
     ));
