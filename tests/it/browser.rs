@@ -8,7 +8,7 @@
 //! root, no apt-get) the test says so and skips; `ABLATE_SKIP_BROWSER=1` skips it on
 //! purpose.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,8 +19,6 @@ use serde_json::{json, Value};
 
 use crate::serve::{ablate, serve};
 use crate::stdout_ok;
-use crate::stub::Stub;
-use ablate::config::RunConfig;
 
 /// Four runs: the tiny model untrained and trained for 1 and 2 epochs, and a model behind
 /// an endpoint (a stub that knows the gold answer of every other example), so that runs
@@ -57,44 +55,6 @@ evaluators = ["rules"]
 "model.name" = "openai:big-llm"
 "train.epochs" = 2
 "#;
-
-/// A chat-completions stub that answers every other synthetic test prompt with its gold
-/// call and the rest with a function nobody offered.
-fn large_model() -> Stub {
-    let mut cfg = RunConfig::default();
-    cfg.data.n_train = 48;
-    cfg.data.n_test = 8;
-    let examples = ablate::data::eval_examples(&cfg.data.split_spec().unwrap()).unwrap();
-    let template = cfg.data.template;
-    let answers: BTreeMap<String, String> = examples
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let answer = if i % 2 == 0 {
-                template.completion(e).unwrap()
-            } else {
-                "Thought: x\nAction: no_such_function\nAction Input: {}".into()
-            };
-            (template.prompt(e).unwrap(), answer)
-        })
-        .collect();
-    Stub::start(0, move |_, body| {
-        let v: Value = serde_json::from_str(body).unwrap();
-        let prompt = v["messages"][0]["content"].as_str().unwrap_or_default();
-        match answers.get(prompt) {
-            Some(a) => (
-                200,
-                json!({"choices": [{"index": 0, "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": a}}]})
-                .to_string(),
-            ),
-            None => (
-                400,
-                json!({"error": {"message": "unknown prompt"}}).to_string(),
-            ),
-        }
-    })
-}
 
 /// ChromeDriver and its browser session, stopped when dropped: the session is closed (the
 /// browser exits) and ChromeDriver's process group is killed by its PID.
@@ -317,7 +277,7 @@ fn a_person_browses_every_page_in_chromium() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let stub = large_model();
+    let stub = crate::endpoint::half_gold_stub();
     let sweep = SWEEP.replace("URL", &format!("{}/v1", stub.base));
     std::fs::write(d.join("browsed.toml"), sweep).unwrap();
     let db = d.join("results/ablate.db");

@@ -47,10 +47,11 @@ evaluators = ["rules"]
 "model.name" = ["tiny", "openai:big-llm"]
 "#;
 
-#[test]
-fn an_endpoint_model_is_asked_the_studys_prompts_and_is_the_hybrids_large_model() {
-    // The endpoint knows the gold answer of every other example, by its prompt, and
-    // names a function nobody offered for the rest.
+/// A chat-completions endpoint that knows the gold answer of every other synthetic test
+/// example (48 training, 8 test), by its prompt, and names a function nobody offered for
+/// the rest; each answer has two tokens' log-probabilities (mean -1.0). A prompt it does
+/// not know gets a 400.
+pub(crate) fn half_gold_stub() -> Stub {
     let mut cfg = RunConfig::default();
     cfg.data.n_train = 48;
     cfg.data.n_test = 8;
@@ -68,7 +69,7 @@ fn an_endpoint_model_is_asked_the_studys_prompts_and_is_the_hybrids_large_model(
             (template.prompt(e).unwrap(), answer)
         })
         .collect();
-    let stub = Stub::start(0, move |_, body| {
+    Stub::start(0, move |_, body| {
         let v: Value = serde_json::from_str(body).unwrap();
         let prompt = v["messages"][0]["content"].as_str().unwrap_or_default();
         match answers.get(prompt) {
@@ -85,7 +86,12 @@ fn an_endpoint_model_is_asked_the_studys_prompts_and_is_the_hybrids_large_model(
                 json!({"error": {"message": "unknown prompt"}}).to_string(),
             ),
         }
-    });
+    })
+}
+
+#[test]
+fn an_endpoint_model_is_asked_the_studys_prompts_and_is_the_hybrids_large_model() {
+    let stub = half_gold_stub();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir(d.join("experiments")).unwrap();

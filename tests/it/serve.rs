@@ -276,30 +276,12 @@ fn a_missing_or_old_database_is_refused_and_left_as_it_was() {
     assert!(digest(&old) == before);
 }
 
-/// 30 epochs of 3 steps: long enough to be watched while it trains.
-const LONG: &str = r#"
-[experiment]
-name = "watched"
-[model]
-name = "tiny"
-[data]
-n_train = 48
-n_test = 6
-vocab_size = 512
-max_seq_len = 128
-[train]
-lr = 3e-3
-batch_size = 16
-epochs = 30
-[eval]
-max_new_tokens = 10
-"#;
-
 #[test]
 fn the_live_page_and_status_show_a_training_run_with_its_eta() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("watched.toml"), LONG).unwrap();
+    // 30 epochs of 3 steps: long enough to be watched while it trains.
+    std::fs::write(d.join("watched.toml"), crate::slurm::LONG).unwrap();
     let db = d.join("results/ablate.db");
     // Stopped by PID however the test ends.
     struct Kill(Child);

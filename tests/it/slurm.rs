@@ -15,8 +15,8 @@ use crate::cli::MICRO;
 use crate::reliability::content;
 
 /// One run of 30 epochs of 3 steps with a checkpoint every 2 steps: long enough to be
-/// cancelled mid-training.
-const LONG: &str = r#"
+/// cancelled (or watched) mid-training.
+pub(crate) const LONG: &str = r#"
 [experiment]
 name = "long"
 
