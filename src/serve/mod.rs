@@ -83,6 +83,7 @@ impl Site {
             ("compare.html.j2", include_str!("templates/compare.html.j2")),
             ("curves.html.j2", include_str!("templates/curves.html.j2")),
             ("live.html.j2", include_str!("templates/live.html.j2")),
+            ("report.html.j2", include_str!("templates/report.html.j2")),
             ("error.html.j2", include_str!("templates/error.html.j2")),
         ] {
             env.add_template(name, text)
@@ -124,6 +125,7 @@ impl Site {
             ["compare"] => self.compare(&q),
             ["curves"] => self.curves(&q),
             ["live"] => self.live(),
+            ["reports", name] if !name.ends_with(".md") => self.report_page(name),
             ["reports", rest @ ..] => self.report_file(rest),
             _ => Err(Miss::NotFound(format!("No page at {path}."))),
         };
@@ -534,6 +536,22 @@ impl Site {
             })
             .collect();
         self.render("live.html.j2", context! { runs })
+    }
+
+    /// `/reports/<sweep>`: the sweep's markdown report as HTML, its tables as tables and
+    /// its plots as images (their relative links resolve under `/reports/<sweep>/`). HTML
+    /// written in the markdown is shown as text, not run.
+    fn report_page(&self, sweep: &str) -> Result<Page, Miss> {
+        use pulldown_cmark::{Event, Options, Parser};
+        let md = self.report_file(&[&format!("{sweep}.md")])?;
+        let text = String::from_utf8_lossy(&md.body);
+        let events = Parser::new_ext(&text, Options::ENABLE_TABLES).map(|e| match e {
+            Event::Html(t) | Event::InlineHtml(t) => Event::Text(t),
+            e => e,
+        });
+        let mut html = String::new();
+        pulldown_cmark::html::push_html(&mut html, events);
+        self.render("report.html.j2", context! { sweep, html })
     }
 
     /// `/reports/<sweep>.md` or `/reports/<sweep>/<plot>.svg`: files of the reports

@@ -313,6 +313,29 @@ fn a_person_browses_every_page_in_chromium() {
     );
     browser.screenshot("sweeps", &shots);
 
+    // The sweep's report, as HTML: its runs table as a table, its plots as images.
+    browser.click("a[href='/reports/browsed']");
+    browser
+        .wait_for("location.pathname === '/reports/browsed' && document.readyState === 'complete'");
+    let shown = browser.js(
+        "return { tables: document.querySelectorAll('article table').length,
+                  images: Array.from(document.querySelectorAll('article img'))
+                      .map(i => [i.getAttribute('src'), i.naturalWidth]) };",
+    );
+    assert!(shown["tables"].as_u64().unwrap() >= 1, "{shown}");
+    let images = shown["images"].as_array().unwrap();
+    assert!(
+        images.iter().any(|i| i[0] == "browsed/loss.svg"),
+        "the loss plot: {shown}"
+    );
+    for i in images {
+        assert!(
+            i[1].as_u64().unwrap() > 0,
+            "an image that did not load: {i}"
+        );
+    }
+    browser.screenshot("report", &shots);
+
     // Runs: every row's id, axis values and pass rate as the database has them.
     let runs: Vec<Vec<String>> = query(
         &db,
@@ -503,7 +526,15 @@ fn a_person_browses_every_page_in_chromium() {
         std::fs::read(&db).unwrap() == before,
         "the database changed"
     );
-    for name in ["sweeps", "runs", "curves", "compare", "examples-vs", "live"] {
+    for name in [
+        "sweeps",
+        "report",
+        "runs",
+        "curves",
+        "compare",
+        "examples-vs",
+        "live",
+    ] {
         assert!(d.join(format!("results/screenshots/{name}.png")).is_file());
     }
 }

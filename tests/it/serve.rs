@@ -153,6 +153,14 @@ fn every_page_shows_the_database_and_nothing_writes_it() {
     let (code, md) = get(&s, "/reports/served.md");
     assert_eq!(code, 200);
     assert!(md.starts_with("# "), "{md}");
+    // The same report as HTML: tables, and plots under the sweep's folder.
+    let (code, html) = get(&s, "/reports/served");
+    assert_eq!(code, 200, "{html}");
+    assert!(
+        html.contains("<table>") && html.contains("<img src=\"served/loss.svg\""),
+        "{html}"
+    );
+    assert_eq!(get(&s, "/reports/served/loss.svg").0, 200);
 
     // A run's examples, filtered; then the examples two runs judge differently.
     let (a, b) = (&runs[0].0, &runs[1].0);
@@ -220,6 +228,9 @@ fn every_page_shows_the_database_and_nothing_writes_it() {
         ("/nope", 404),
         ("/reports/..%2F..%2Fetc%2Fpasswd", 404),
         ("/reports/%2e%2e/ablate.db", 404),
+        ("/reports/.served", 404),
+        ("/reports/..%2Fablate", 404),
+        ("/reports/nope", 404),
         ("/reports/../ablate.db", 404),
         ("/reports/served/..%2F..%2Fablate.db", 404),
         ("/runs/1;DROP%20TABLE%20runs", 404),
