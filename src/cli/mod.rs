@@ -493,6 +493,11 @@ fn store_failure(e: StoreError) -> Failure {
             source: rusqlite::Error::SqlInputError { .. },
             ..
         } => user(e),
+        // `--db` names a file that is not SQLite's: the user's file, not ablate's failure.
+        StoreError::Sqlite {
+            source: rusqlite::Error::SqliteFailure(f, _),
+            ..
+        } if f.code == rusqlite::ErrorCode::NotADatabase => user(e),
         _ => internal(e),
     }
 }

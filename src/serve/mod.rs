@@ -29,6 +29,8 @@ pub enum ServeError {
          migrates it, and serve then reads it (serve itself never writes)"
     )]
     OldSchema(String),
+    #[error("{0}: not an ablate results database (it has no `runs` table); name one with --db")]
+    NotAblate(String),
     #[error("cannot listen on {addr}: {message}")]
     Listen { addr: String, message: String },
 }
@@ -69,7 +71,14 @@ impl Site {
     pub fn open(db: &Path) -> Result<Site, ServeError> {
         let store = Store::open_read_only(db)?;
         if !store.is_current()? {
-            return Err(ServeError::OldSchema(db.display().to_string()));
+            let (_, tables) = store.query(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name = 'runs'",
+            )?;
+            return Err(if tables[0][0] == serde_json::json!(0) {
+                ServeError::NotAblate(db.display().to_string())
+            } else {
+                ServeError::OldSchema(db.display().to_string())
+            });
         }
         let mut env = Environment::new();
         for (name, text) in [

@@ -285,6 +285,26 @@ fn a_missing_or_old_database_is_refused_and_left_as_it_was() {
         "{err}"
     );
     assert!(digest(&old) == before);
+
+    // Not ablate's database, or not a database at all: exit 2, saying which, unchanged.
+    for (name, bytes, says) in [
+        ("empty.db", &b""[..], "not an ablate results database"),
+        (
+            "garbage.db",
+            &b"not sqlite at all, just text\n"[..],
+            "not a database",
+        ),
+    ] {
+        let f = dir.path().join(name);
+        std::fs::write(&f, bytes).unwrap();
+        let out = ablate(&["serve", "--db", f.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(name) && err.contains(says), "{err}");
+        assert_eq!(std::fs::read(&f).unwrap(), bytes, "{name}");
+    }
 }
 
 #[test]
