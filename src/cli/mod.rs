@@ -487,7 +487,8 @@ fn store_failure(e: StoreError) -> Failure {
         | StoreError::NotReadOnly
         | StoreError::MultipleStatements(_)
         | StoreError::BadQuery(_)
-        | StoreError::TooNew { .. } => user(e),
+        | StoreError::TooNew { .. }
+        | StoreError::UnreadableLog(_) => user(e),
         // A statement SQLite cannot prepare is the user's SQL.
         StoreError::Sqlite {
             source: rusqlite::Error::SqlInputError { .. },

@@ -81,6 +81,12 @@ pub enum StoreError {
     /// The result could not be written where it was going.
     #[error("writing the result: {0}")]
     Output(std::io::Error),
+    /// A WAL database whose log holds changes, in a folder where SQLite cannot make the
+    /// `-shm` file it needs to read them: opened without the log, it would look older.
+    #[error(
+        "database {0}: its write-ahead log ({0}-wal) holds changes that cannot be read in          this read-only folder; copy the database and its -wal file to a writable folder"
+    )]
+    UnreadableLog(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -289,6 +295,11 @@ impl Store {
             if e.extended_code == rusqlite::ffi::SQLITE_READONLY_DIRECTORY
                 || e.code == rusqlite::ErrorCode::CannotOpen
             {
+                let mut wal = path.as_os_str().to_owned();
+                wal.push("-wal");
+                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                    return Err(StoreError::UnreadableLog(path.display().to_string()));
+                }
                 let uri = format!("file:{}?immutable=1", uri_path(path));
                 conn = Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
                     .map_err(err(path))?;

@@ -552,6 +552,19 @@ fn a_database_in_a_read_only_folder_is_read_by_every_read_command() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(beside, ["ablate.db"], "nothing was written beside it");
+    // A log with changes beside it cannot be read there: refused, not silently ignored.
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        archive.join("ablate.db-wal"),
+        b"changes not yet in the database",
+    )
+    .unwrap();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let out = run(&["query", "SELECT COUNT(*) AS n FROM runs"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("write-ahead log"), "{stderr}");
+    assert!(std::fs::read(&db).unwrap() == before);
     // So that the temporary folder can be removed.
     std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
