@@ -38,7 +38,6 @@ pub fn si(v: Option<f64>) -> String {
     }
 }
 
-/// A JSON value as a CSV cell: empty for null, strings without quotes.
 /// A duration as a person reads a wait: `45s`, `3m 20s`, `2h 05m`.
 pub fn duration(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
@@ -49,6 +48,7 @@ pub fn duration(seconds: f64) -> String {
     }
 }
 
+/// A JSON value as a CSV cell: empty for null, strings without quotes.
 pub fn csv_cell(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
