@@ -271,6 +271,8 @@ fn query<T: rusqlite::types::FromSql>(db: &Path, sql: &str) -> Vec<Vec<T>> {
 }
 
 #[test]
+#[ignore = "flaky: headless Chromium's renderer sometimes stops answering ChromeDriver for \
+            300 s on a navigation; run with `cargo test --test it browser -- --ignored`"]
 fn a_person_browses_every_page_in_chromium() {
     let Some((chromium, driver)) = installed() else {
         return;
