@@ -1844,7 +1844,7 @@ fn cmd_serve(db: &Path, addr: &str) -> Result<u8, Failure> {
         crate::serve::ServeError::Store(e) => store_failure(e),
         e => user(e),
     })?;
-    crate::serve::serve(&site, addr, |bound| {
+    crate::serve::serve(site, addr, |bound| {
         // The first line is the address, for people and for scripts that start it.
         println!("http://{bound}/");
         eprintln!("serving {} read-only; Ctrl-C stops", db.display());

@@ -5,12 +5,15 @@
 //! Safety: the database is opened read-only (SQLite refuses writes), nothing in a URL is
 //! run as SQL (ids are checked, names quoted), files are served only from the reports
 //! folder (plain names, resolved to real paths inside it), and a bad URL is a 404 page.
-//! A synchronous server (tiny_http) fits: one user, on 127.0.0.1, reading one database.
+//! Pages are rendered one at a time (one database connection); connections are served by
+//! axum on tokio (`http`), so an idle keep-alive socket never holds up a request.
 
+mod http;
 mod plot;
 
+pub use http::serve;
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use minijinja::{context, Environment};
@@ -664,35 +667,4 @@ fn parse_query(q: &str) -> BTreeMap<String, String> {
             (!k.is_empty()).then_some((k, v))
         })
         .collect()
-}
-
-/// Serves `site` on `addr` until the process ends; `ready` gets the bound address (port 0
-/// picks a free one).
-pub fn serve(site: &Site, addr: &str, ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
-    let server = tiny_http::Server::http(addr).map_err(|e| ServeError::Listen {
-        addr: addr.to_string(),
-        message: e.to_string(),
-    })?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| ServeError::Listen {
-            addr: addr.to_string(),
-            message: "not an IP address".into(),
-        })?;
-    ready(bound);
-    for request in server.incoming_requests() {
-        let page = match request.method() {
-            tiny_http::Method::Get | tiny_http::Method::Head => site.respond(request.url()),
-            _ => site.error(405, "This server only reads: GET and HEAD."),
-        };
-        let header = tiny_http::Header::from_bytes("Content-Type", page.content_type)
-            .expect("a valid header");
-        let response = tiny_http::Response::from_data(page.body)
-            .with_status_code(page.status)
-            .with_header(header);
-        // A client that went away is its own business.
-        let _ = request.respond(response);
-    }
-    Ok(())
 }

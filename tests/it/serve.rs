@@ -382,3 +382,74 @@ fn shows_an_eta(page: &str) -> bool {
                 .all(|w| w.len() >= 2 && w[..w.len() - 1].chars().all(|c| c.is_ascii_digit()))
     })
 }
+
+/// Browsers keep sockets open between requests and open new ones in bursts (a page and
+/// its plots). Every new connection must be answered while others sit idle: the first
+/// server (tiny_http) could queue one behind an idle socket, and Chromium then waited 300 s
+/// for a plot. Here three idle keep-alive sockets stay open while bursts of new ones each
+/// ask for a page; that server left one unanswered in the first trial, every time.
+#[test]
+fn idle_keep_alive_sockets_never_hold_up_a_new_request() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ablate.db");
+    ablate::store::Store::open(&db).unwrap();
+    let server = serve(&db);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let ask = |s: &mut TcpStream| {
+        s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+    };
+    // One whole response (its head and Content-Length bytes), or what went wrong.
+    let answer = |s: &mut TcpStream| -> Result<String, String> {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .ok_or_else(|| format!("no content-length: {head}"))?;
+                if body.len() >= len {
+                    return Ok(head.lines().next().unwrap_or_default().to_string());
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) => return Err("closed before the answer".into()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(format!("no answer in 5 s: {e}")),
+            }
+        }
+    };
+    for trial in 0..40 {
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            ask(&mut s);
+            assert_eq!(answer(&mut s).unwrap(), "HTTP/1.1 200 OK");
+            idle.push(s);
+        }
+        let mut burst: Vec<TcpStream> =
+            (0..4).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+        for s in &mut burst {
+            ask(s);
+        }
+        for (i, s) in burst.iter_mut().enumerate() {
+            let got = answer(s);
+            assert_eq!(
+                got.as_deref(),
+                Ok("HTTP/1.1 200 OK"),
+                "trial {trial}, new socket {i}, beside 3 idle ones"
+            );
+        }
+    }
+}
