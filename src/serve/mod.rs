@@ -295,21 +295,21 @@ impl Site {
     }
 
     fn verdict_rows(&self, id: &str) -> Result<Vec<Example>, Miss> {
-        let rows = self.rows(&format!(
-            "SELECT dataset, example_id, category, evaluator, verdict, passed, prediction, gold
-             FROM eval_results WHERE run_id = '{id}' ORDER BY evaluator, dataset, example_id"
-        ))?;
+        let rows = self
+            .store
+            .examples(id)
+            .map_err(|e| Miss::Failed(e.to_string()))?;
         Ok(rows
             .into_iter()
             .map(|r| Example {
-                dataset: text(&r[0]),
-                example_id: text(&r[1]),
-                category: text(&r[2]),
-                evaluator: text(&r[3]),
-                verdict: text(&r[4]),
-                passed: int(&r[5]) != 0,
-                prediction: text(&r[6]),
-                gold: text(&r[7]),
+                dataset: r.verdict.dataset,
+                example_id: r.verdict.example_id,
+                category: r.verdict.category,
+                evaluator: r.verdict.evaluator,
+                verdict: r.verdict.verdict,
+                passed: r.verdict.passed,
+                prediction: r.prediction,
+                gold: r.gold,
                 other_verdict: None,
                 other_passed: None,
             })
@@ -510,27 +510,30 @@ impl Site {
         )
     }
 
-    /// A run's legend label and colour: its axis values and position in the first sweep
-    /// that has it.
+    /// A run's legend label and colour, as its sweep's report has them: its axis values in
+    /// the sweep's axis order, and its position in the sweep (the first sweep, by name,
+    /// that has it).
     fn legend(&self, id: &str) -> Result<Option<(String, usize)>, Miss> {
-        // `id` is a resolved run id: hex digits only.
-        let rows = self.rows(&format!(
-            "SELECT position, axes_json FROM sweep_runs WHERE run_id = '{id}'
-             ORDER BY sweep LIMIT 1"
-        ))?;
-        Ok(rows.first().map(|r| {
-            let axes: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&text(&r[1])).unwrap_or_default();
-            let (names, values): (Vec<String>, Vec<String>) = axes
-                .iter()
-                .map(|(k, v)| (k.clone(), crate::plan::display_value(Some(v))))
-                .unzip();
-            let position = r[0].as_i64().unwrap_or(0).max(0) as usize;
-            (
-                crate::report::plots::run_label(id, &names, &values),
-                position,
-            )
-        }))
+        let failed = |e: crate::store::StoreError| Miss::Failed(e.to_string());
+        let Some((sweep, position, axes_json)) = self.store.sweep_of(id).map_err(failed)? else {
+            return Ok(None);
+        };
+        let axes = self
+            .store
+            .sweep_meta(&sweep)
+            .map_err(failed)?
+            .map(|(_, _, axes)| axes)
+            .unwrap_or_default();
+        let values: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(&axes_json).unwrap_or_default();
+        let shown: Vec<String> = axes
+            .iter()
+            .map(|a| crate::plan::display_value(values.get(a)))
+            .collect();
+        Ok(Some((
+            crate::report::plots::run_label(id, &axes, &shown),
+            position,
+        )))
     }
 
     fn live(&self) -> Result<Page, Miss> {

@@ -17,6 +17,14 @@ pub struct VerdictRow {
     pub passed: bool,
 }
 
+/// A per-example verdict with the prediction and the gold answer it judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExampleRow {
+    pub verdict: VerdictRow,
+    pub prediction: String,
+    pub gold: String,
+}
+
 /// A run's summary metrics and identity, as `run_summary` and `runs` hold them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunInfo {
@@ -141,6 +149,52 @@ impl Store {
             })
             .map_err(err(&self.path))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(err(&self.path))
+    }
+
+    /// Every per-example verdict of a run with its prediction and gold answer, by
+    /// evaluator, dataset and example (what the dashboard's examples page lists).
+    pub fn examples(&self, run_id: &str) -> Result<Vec<ExampleRow>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT dataset, example_id, category, evaluator, passed, verdict, prediction,
+                        gold
+                 FROM eval_results WHERE run_id = ?1 ORDER BY evaluator, dataset, example_id",
+            )
+            .map_err(err(&self.path))?;
+        let rows = stmt
+            .query_map(params![run_id], |r| {
+                Ok(ExampleRow {
+                    verdict: VerdictRow {
+                        dataset: r.get(0)?,
+                        example_id: r.get(1)?,
+                        category: r.get(2)?,
+                        evaluator: r.get(3)?,
+                        passed: r.get::<_, i64>(4)? != 0,
+                        verdict: r.get(5)?,
+                    },
+                    prediction: r.get(6)?,
+                    gold: r.get(7)?,
+                })
+            })
+            .map_err(err(&self.path))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(err(&self.path))
+    }
+
+    /// The first sweep (by name) that has a run: (sweep, the run's position in it, its
+    /// axes JSON).
+    pub fn sweep_of(&self, run_id: &str) -> Result<Option<(String, usize, String)>> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row(
+                "SELECT sweep, position, axes_json FROM sweep_runs WHERE run_id = ?1
+                 ORDER BY sweep LIMIT 1",
+                params![run_id],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as usize, r.get(2)?)),
+            )
+            .optional()
             .map_err(err(&self.path))
     }
 
