@@ -56,6 +56,23 @@ fn get(s: &Served, path: &str) -> (u16, String) {
     }
 }
 
+/// A CSV page's header and rows.
+fn csv_of(s: &Served, path: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let (code, body) = get(s, path);
+    assert_eq!(code, 200, "{path}: {body}");
+    let mut r = csv::Reader::from_reader(body.as_bytes());
+    let header = r.headers().unwrap().iter().map(String::from).collect();
+    let rows = r
+        .records()
+        .map(|rec| rec.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+fn col(header: &[String], name: &str) -> usize {
+    header.iter().position(|h| h == name).expect(name)
+}
+
 fn digest(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
@@ -150,6 +167,16 @@ fn every_page_shows_the_database_and_nothing_writes_it() {
         "{csv}"
     );
     assert_eq!(csv.lines().count(), 3);
+    // The paired test of the one configuration against the baseline, on the 8 examples.
+    assert!(page.contains("href=\"/sweeps/served.csv?table=comparisons\""));
+    let (header, rows) = csv_of(&s, "/sweeps/served.csv?table=comparisons");
+    assert_eq!(rows.len(), 1, "{header:?} {rows:?}");
+    assert_eq!(rows[0][col(&header, "run_ids")], runs[1].0);
+    assert_eq!(rows[0][col(&header, "pairs")], "8");
+    assert_eq!(
+        rows[0][col(&header, "rate")].parse::<f64>().unwrap(),
+        runs[1].1
+    );
     let (code, md) = get(&s, "/reports/served.md");
     assert_eq!(code, 200);
     assert!(md.starts_with("# "), "{md}");
@@ -211,10 +238,64 @@ fn every_page_shows_the_database_and_nothing_writes_it() {
             Some("dataset,example_id,category,evaluator,verdict,passed,prediction,gold")
         )
     );
+    // Every table links its CSV, which holds the rows the table shows.
+    assert!(
+        page.contains(&format!("href=\"/runs/{a}.csv?vs={b}\"")),
+        "{page}"
+    );
+    assert!(page.contains(&format!(
+        "href=\"/runs/{a}.csv?vs={b}&amp;table=discordant\""
+    )));
+    let (header, rows) = csv_of(&s, &format!("/runs/{a}.csv?vs={b}"));
+    assert_eq!(rows.len() as i64, discordant);
+    let (theirs, passed) = (col(&header, "other_passed"), col(&header, "passed"));
+    assert!(rows.iter().all(|r| r[passed] != r[theirs]), "{rows:?}");
+    let (_, kinds) = csv_of(&s, &format!("/runs/{a}.csv?vs={b}&table=discordant"));
+    let by_kind: i64 = kinds
+        .iter()
+        .map(|r| r[1].parse::<i64>().unwrap() + r[2].parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(by_kind, discordant);
+    let (header, rows) = csv_of(&s, &format!("/runs/{a}.csv?verdict={verdict}"));
+    assert_eq!(rows.len() as i64, with);
+    let v = col(&header, "verdict");
+    assert!(rows.iter().all(|r| r[v] == verdict));
+    let (code, _) = get(&s, &format!("/runs/{a}.csv?table=discordant"));
+    assert_eq!(code, 400, "a discordant table needs vs");
+    let (header, rows) = csv_of(&s, "/sweeps.csv");
+    assert_eq!(
+        rows,
+        [[
+            "served",
+            "Does one epoch beat none?",
+            "2",
+            "2",
+            "0",
+            "0",
+            "0"
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .chain([rows[0][7].clone()])
+        .collect::<Vec<_>>()],
+        "{header:?}"
+    );
+    assert!(home.contains("href=\"/sweeps.csv\""));
+    let (_, rows) = csv_of(&s, "/live.csv");
+    assert!(rows.is_empty(), "no run is in progress: {rows:?}");
 
     let (code, page) = get(&s, &format!("/compare?runs={a},{b}"));
     assert_eq!(code, 200);
     assert!(page.contains("train.epochs"), "{page}");
+    assert!(page.contains(&format!("href=\"/compare.csv?runs={a}%2C{b}\"")));
+    let (header, rows) = csv_of(&s, &format!("/compare.csv?runs={a},{b}"));
+    assert_eq!(header, ["key", a.as_str(), b.as_str()]);
+    assert!(rows.contains(&vec!["train.epochs".into(), "0".into(), "1".into()]));
+    let rates: Vec<String> = runs.iter().map(|r| r.1.to_string()).collect();
+    assert_eq!(rows.last().unwrap()[1..], rates[..], "{rows:?}");
+    let (header, rows) = csv_of(&s, &format!("/compare.csv?runs={a},{b}&table=pairs"));
+    assert_eq!(rows.len(), 1);
+    assert_eq!((&rows[0][0], &rows[0][1]), (b, a), "{header:?}");
     let (code, page) = get(
         &s,
         &format!("/curves?runs={a},{b}&metric=grad_norm&smooth=0.5&log=1"),
@@ -247,6 +328,37 @@ fn every_page_shows_the_database_and_nothing_writes_it() {
             "{path}"
         );
     }
+    // What each page shows, as a snapshot: its content without the shared style and
+    // script, with ids, numbers, times and per-example text (which the tiny model's
+    // training decides) filtered; the values themselves are checked against SQL above.
+    let content = |path: &str| {
+        let (_, page) = get(&s, path);
+        let start = page.find("</nav>").expect("a page") + "</nav>".len();
+        let end = page.rfind("<script>").expect("a page");
+        page[start..end].trim().to_string()
+    };
+    let filters = vec![
+        // No \b before: an id also follows an encoded comma (`%2C`).
+        (r"[0-9a-f]{12}\b", "[id]"),
+        (r"\d{4}-\d\d-\d\dT[\d:.]+Z?", "[time]"),
+        (r"(?s)<pre>.*?</pre>", "<pre>[text]</pre>"),
+        (r"(<option[^>]*>[^<]*</option>)+", "[options]"),
+        (
+            r#"<td class="(pass|fail)">[^<]*</td>"#,
+            "<td>[verdict]</td>",
+        ),
+        (r"\b(within noise|better|worse)\b", "[verdict]"),
+        (r"[+-]?\b\d+(\.\d+)?(e-?\d+)?\b", "[n]"),
+    ];
+    insta::with_settings!({filters => filters}, {
+        insta::assert_snapshot!("serve_sweeps", content("/"));
+        insta::assert_snapshot!("serve_runs", content("/sweeps/served"));
+        insta::assert_snapshot!("serve_examples", content(&format!("/runs/{a}")));
+        insta::assert_snapshot!("serve_compare", content(&format!("/compare?runs={a},{b}")));
+        insta::assert_snapshot!("serve_live", content("/live"));
+        insta::assert_snapshot!("serve_not_found", content("/nope"));
+    });
+
     let post = ureq::post(&format!("{}/", s.base)).send_string("x");
     assert!(matches!(post, Err(ureq::Error::Status(405, _))));
     drop(s);
