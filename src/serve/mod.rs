@@ -265,27 +265,16 @@ impl Site {
         let run_ids: Vec<&str> = data.rows.iter().map(|r| r.run_id.as_str()).collect();
         // Each run's stages: its training, its generation, its verdict sets done of all.
         let stages: BTreeMap<String, String> = self
-            .rows(&format!(
-                "SELECT v.run_id, v.training_status, v.generation_status, v.verdict_sets_done,
-                        v.verdict_sets
-                 FROM run_stage_status v JOIN sweep_runs s ON s.run_id = v.run_id
-                 WHERE s.sweep = '{}'",
-                name.replace('\'', "''")
-            ))?
+            .store
+            .sweep_stages(name)
+            .map_err(|e| Miss::Failed(e.to_string()))?
             .into_iter()
             .map(|r| {
-                let status = |v: &Value| match text(v).as_str() {
-                    "" => "-".to_string(),
-                    t => t.to_string(),
-                };
                 let line = format!(
                     "train {} · generate {} · judge {} of {}",
-                    status(&r[1]),
-                    status(&r[2]),
-                    int(&r[3]),
-                    int(&r[4])
+                    r.training, r.generation, r.verdict_sets_done, r.verdict_sets
                 );
-                (text(&r[0]), line)
+                (r.run_id, line)
             })
             .collect();
         self.render(

@@ -15,7 +15,7 @@ pub mod labels;
 mod read;
 mod shard;
 pub mod stages;
-pub use read::{ExampleRow, Progress, RunInfo, VerdictRow};
+pub use read::{ExampleRow, Progress, RunInfo, RunStages, VerdictRow};
 pub use shard::{Merge, SlurmTask};
 pub use stages::{Stage, StageClaim, StageNeeds};
 

@@ -25,6 +25,16 @@ pub struct ExampleRow {
     pub gold: String,
 }
 
+/// Where a run's stages stand, as `run_stage_status` has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunStages {
+    pub run_id: String,
+    pub training: String,
+    pub generation: String,
+    pub verdict_sets_done: usize,
+    pub verdict_sets: usize,
+}
+
 /// A run's summary metrics and identity, as `run_summary` and `runs` hold them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunInfo {
@@ -176,6 +186,32 @@ impl Store {
                     },
                     prediction: r.get(6)?,
                     gold: r.get(7)?,
+                })
+            })
+            .map_err(err(&self.path))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(err(&self.path))
+    }
+
+    /// The stages of each run of a sweep that has them registered.
+    pub fn sweep_stages(&self, sweep: &str) -> Result<Vec<RunStages>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT v.run_id, v.training_status, v.generation_status, v.verdict_sets_done,
+                        v.verdict_sets
+                 FROM run_stage_status v JOIN sweep_runs s ON s.run_id = v.run_id
+                 WHERE s.sweep = ?1 ORDER BY s.position",
+            )
+            .map_err(err(&self.path))?;
+        let rows = stmt
+            .query_map(params![sweep], |r| {
+                Ok(RunStages {
+                    run_id: r.get(0)?,
+                    training: r.get(1)?,
+                    generation: r.get(2)?,
+                    verdict_sets_done: r.get::<_, i64>(3)?.max(0) as usize,
+                    verdict_sets: r.get::<_, i64>(4)?.max(0) as usize,
                 })
             })
             .map_err(err(&self.path))?;
