@@ -15,9 +15,12 @@ use super::{AxisPlot, Plots, ReportData, ReportError, RunRow};
 const MAX_POINTS: usize = 400;
 const SIZE: (u32, u32) = (820, 480);
 
+/// How many distinct colours [`palette`] has before it repeats.
+pub const PALETTE_LEN: usize = 10;
+
 pub fn palette(i: usize) -> RGBColor {
     // Tableau 10: distinct, and readable on white.
-    const C: [(u8, u8, u8); 10] = [
+    const C: [(u8, u8, u8); PALETTE_LEN] = [
         (31, 119, 180),
         (255, 127, 14),
         (44, 160, 44),

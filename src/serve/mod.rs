@@ -610,6 +610,7 @@ impl Site {
                 points,
             });
         }
+        plot::distinct_colours(&mut series);
         let svg =
             plot::curves(&series, &plot::key(&(name, split)), smooth, log).map_err(Miss::Failed)?;
         let metrics: Vec<String> = plot::METRICS.iter().map(plot::key).collect();

@@ -53,6 +53,27 @@ pub struct Curve {
     pub points: Vec<(i64, f64)>,
 }
 
+/// Runs of different sweeps (or ten places apart in one) can have the same colour: each
+/// later one takes the first colour no earlier run on the chart has, while one is left, so
+/// a chart of up to ten runs never shows two lines alike. The others keep their report's.
+pub fn distinct_colours(series: &mut [Curve]) {
+    let mut used = [false; plots::PALETTE_LEN];
+    // First every run whose colour no earlier run took keeps it, then the rest take the
+    // free ones in order.
+    let clashing: Vec<usize> = (0..series.len())
+        .filter(|&i| {
+            let own = series[i].colour % plots::PALETTE_LEN;
+            std::mem::replace(&mut used[own], true)
+        })
+        .collect();
+    for i in clashing {
+        if let Some(free) = used.iter().position(|u| !u) {
+            series[i].colour = free;
+            used[free] = true;
+        }
+    }
+}
+
 pub fn curves(series: &[Curve], metric: &str, smooth: f64, log: bool) -> Result<String, String> {
     let lines: Vec<(&Curve, Vec<(f64, f64)>)> = series
         .iter()
@@ -143,4 +164,32 @@ pub fn curves(series: &[Curve], metric: &str, smooth: f64, log: bool) -> Result<
         root.present().map_err(|x| e(&x))?;
     }
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn curve(colour: usize) -> Curve {
+        Curve {
+            run_id: String::new(),
+            label: String::new(),
+            colour,
+            points: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn runs_sharing_a_colour_get_the_first_free_one_and_the_rest_keep_theirs() {
+        // Position 0 of two sweeps, and positions 1 and 11 of one.
+        let mut s: Vec<Curve> = [0, 0, 1, 11, 4].into_iter().map(curve).collect();
+        distinct_colours(&mut s);
+        let got: Vec<usize> = s.iter().map(|c| c.colour).collect();
+        assert_eq!(got, [0, 2, 1, 3, 4]);
+        // Eleven runs: the palette runs out and the last keeps its own.
+        let mut s: Vec<Curve> = (0..11).map(|_| curve(5)).collect();
+        distinct_colours(&mut s);
+        let got: Vec<usize> = s.iter().map(|c| c.colour).collect();
+        assert_eq!(got, [5, 0, 1, 2, 3, 4, 6, 7, 8, 9, 5]);
+    }
 }
