@@ -3,8 +3,9 @@
 //! script sort and filter tables, and every page reads fine without it.
 //!
 //! Safety: the database is opened read-only (SQLite refuses writes), nothing in a URL is
-//! run as SQL (ids are checked, names quoted), files are served only from the reports
-//! folder (plain names, resolved to real paths inside it), and a bad URL is a 404 page.
+//! run as SQL (ids are checked, and bound as parameters like names), files are served only
+//! from the reports folder (plain names, resolved to real paths inside it), and a bad URL
+//! is a 404 page.
 //! Pages are rendered one at a time (one database connection); connections are served by
 //! axum on tokio (`http`), so an idle keep-alive socket never holds up a request.
 
