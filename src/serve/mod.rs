@@ -131,7 +131,7 @@ impl Site {
             ["sweeps.csv"] => self.sweeps_csv(),
             ["sweeps", name] => match name.strip_suffix(".csv") {
                 Some(name) => self.sweep_csv(name, &q),
-                None => self.runs(name),
+                None => self.runs(name, &q),
             },
             ["runs", id] => match id.strip_suffix(".csv") {
                 Some(id) => self.examples_csv(id, &q),
@@ -229,8 +229,15 @@ impl Site {
         })
     }
 
-    fn runs(&self, name: &str) -> Result<Page, Miss> {
-        let data = self.sweep_data(name)?;
+    fn runs(&self, name: &str, q: &BTreeMap<String, String>) -> Result<Page, Miss> {
+        let mut data = self.sweep_data(name)?;
+        let filters = filter_runs(&mut data, q);
+        // The page's own filters, for its CSV link.
+        let query: BTreeMap<&str, &str> = filters
+            .iter()
+            .filter(|f| !f.chosen.is_empty())
+            .map(|f| (f.name.as_str(), f.chosen.as_str()))
+            .collect();
         // An axis whose value is the same in every run: hidden by the toggle.
         let same: Vec<u8> = (0..data.axes.len())
             .map(|i| {
@@ -258,6 +265,7 @@ impl Site {
             context! {
                 sweep => name, description => data.description, axes => data.axes,
                 rows => data.rows, same, run_ids, comparisons => data.comparisons, stages,
+                filters, query,
             },
         )
     }
@@ -588,6 +596,60 @@ struct Sweep {
     running: i64,
     pending: i64,
     report: bool,
+}
+
+/// One of the runs page's filters: an axis (its name as the table heads it) or `status`.
+#[derive(Serialize)]
+struct RunFilter {
+    name: String,
+    /// Its values over all the sweep's runs, as the table shows them.
+    choices: Vec<String>,
+    /// The value asked for in the URL, or empty for any.
+    chosen: String,
+}
+
+/// Keeps the runs whose axis values and status are those `q` asks for
+/// (`?train.lr=0.001&status=done`, values as the table shows them); the filters with
+/// their choices, for the page's form.
+fn filter_runs(data: &mut report::ReportData, q: &BTreeMap<String, String>) -> Vec<RunFilter> {
+    let value = |r: &report::RunRow, i: usize| match data.axes.get(i) {
+        Some(_) => r.axis_values[i].clone(),
+        None => r.status.clone(),
+    };
+    let names: Vec<String> = data
+        .axes
+        .iter()
+        .cloned()
+        .chain(["status".to_string()])
+        .collect();
+    let filters: Vec<RunFilter> = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut choices: Vec<String> = data.rows.iter().map(|r| value(r, i)).collect();
+            choices.sort();
+            choices.dedup();
+            let chosen = q.get(&name).cloned().unwrap_or_default();
+            RunFilter {
+                name,
+                choices,
+                chosen,
+            }
+        })
+        .collect();
+    let keep: Vec<bool> = data
+        .rows
+        .iter()
+        .map(|r| {
+            filters
+                .iter()
+                .enumerate()
+                .all(|(i, f)| f.chosen.is_empty() || f.chosen == value(r, i))
+        })
+        .collect();
+    let mut k = keep.iter();
+    data.rows.retain(|_| *k.next().unwrap_or(&false));
+    filters
 }
 
 /// A run's examples page before it is cut to `MAX_EXAMPLES` rows.

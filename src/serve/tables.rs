@@ -33,10 +33,10 @@ impl Site {
         csv_page(&header, rows)
     }
 
-    /// `ablate export`'s CSV of a sweep's runs, or with `table=comparisons` its paired
+    /// `ablate export`'s CSV of a sweep's runs (those the page's filters keep), or with `table=comparisons` its paired
     /// tests against the baseline.
     pub(super) fn sweep_csv(&self, name: &str, q: &BTreeMap<String, String>) -> Result<Page, Miss> {
-        let data = self.sweep_data(name)?;
+        let mut data = self.sweep_data(name)?;
         if q.get("table").is_some_and(|t| t == "comparisons") {
             let header: Vec<&str> = ["configuration", "run_ids"]
                 .into_iter()
@@ -49,6 +49,7 @@ impl Site {
             });
             return csv_page(&header, rows);
         }
+        super::filter_runs(&mut data, q);
         let mut body = Vec::new();
         report::export::write_csv(&data, &mut body).map_err(|e| Miss::Failed(e.to_string()))?;
         Ok(Page {

@@ -419,6 +419,20 @@ fn a_person_browses_every_page_in_chromium() {
     ));
     assert_eq!(ids(&browser), [third]);
 
+    // The form filters by axis value: the runs trained for 2 epochs (one), in a URL.
+    browser.js("document.querySelector('select[name=\"train.epochs\"]').value = '2'; return null;");
+    browser.click("form.filters button");
+    browser.wait_for(
+        "location.search.includes('train.epochs=2') && document.readyState === 'complete'",
+    );
+    let two: Vec<String> = runs
+        .iter()
+        .filter(|r| r[2] == "2")
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(ids(&browser), two);
+    browser.screenshot("runs-filtered", &shots);
+
     // Curves: each trained run's line is named by its configuration in the legend.
     let all: Vec<&str> = runs.iter().map(|r| r[0].as_str()).collect();
     browser.go(&url(&format!("/curves?runs={}", all.join(","))));

@@ -167,6 +167,24 @@ fn every_page_shows_the_database_and_nothing_writes_it() {
         "{csv}"
     );
     assert_eq!(csv.lines().count(), 3);
+    // Filters by axis value and status keep the runs that match, in the page and its CSV.
+    assert!(page.contains("<select name=\"train.epochs\">"), "{page}");
+    let (code, one) = get(&s, "/sweeps/served?train.epochs=1");
+    assert_eq!(code, 200);
+    assert!(
+        one.contains(&format!("/runs/{}\"", runs[1].0))
+            && !one.contains(&format!("/runs/{}\"", runs[0].0)),
+        "{one}"
+    );
+    assert!(
+        one.contains("href=\"/sweeps/served.csv?train.epochs=1\""),
+        "{one}"
+    );
+    let (_, rows) = csv_of(&s, "/sweeps/served.csv?train.epochs=1&status=done");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][0], runs[1].0);
+    let (_, none) = get(&s, "/sweeps/served?status=failed");
+    assert!(none.contains("No run matches"), "{none}");
     // The paired test of the one configuration against the baseline, on the 8 examples.
     assert!(page.contains("href=\"/sweeps/served.csv?table=comparisons\""));
     let (header, rows) = csv_of(&s, "/sweeps/served.csv?table=comparisons");
