@@ -17,6 +17,20 @@ pub struct VerdictRow {
     pub passed: bool,
 }
 
+impl VerdictRow {
+    /// From the columns `dataset, example_id, category, evaluator, passed, verdict`.
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<VerdictRow> {
+        Ok(VerdictRow {
+            dataset: r.get(0)?,
+            example_id: r.get(1)?,
+            category: r.get(2)?,
+            evaluator: r.get(3)?,
+            passed: r.get::<_, i64>(4)? != 0,
+            verdict: r.get(5)?,
+        })
+    }
+}
+
 /// A per-example verdict with the prediction and the gold answer it judged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExampleRow {
@@ -73,30 +87,39 @@ impl Progress {
 }
 
 impl Store {
+    /// Every row of a (cached) statement, each mapped by `row`.
+    fn all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(err(&self.path))?;
+        let rows = stmt.query_map(params, row).map_err(err(&self.path))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(err(&self.path))
+    }
+
     /// The runs in progress (status `running`), oldest first, with their training's step,
     /// length, last loss and mean step time: what `ablate status` and the live page show.
     pub fn progress(&self) -> Result<Vec<Progress>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                // A run's metrics are its training's until the run is done.
-                "SELECT r.id, r.started_at, r.host,
-                   (SELECT MAX(step) FROM training_metrics m WHERE m.training_id = s.training_id
-                      AND m.name = 'loss' AND m.split = 'train'),
-                   (SELECT value FROM training_metrics m WHERE m.training_id = s.training_id
-                      AND m.name = 'steps_per_epoch' AND m.split = 'train' AND m.step = -1)
-                   * json_extract(t.key_json, '$.train.epochs'),
-                   (SELECT value FROM training_metrics m WHERE m.training_id = s.training_id
-                      AND m.name = 'loss' AND m.split = 'train' ORDER BY step DESC LIMIT 1),
-                   (SELECT AVG(value) FROM training_metrics m WHERE m.training_id = s.training_id
-                      AND m.name = 'step_time_s' AND m.split = 'train')
-                 FROM runs r LEFT JOIN run_stages s ON s.run_id = r.id
-                 LEFT JOIN trainings t ON t.id = s.training_id
-                 WHERE r.status = 'running' ORDER BY r.started_at",
-            )
-            .map_err(err(&self.path))?;
-        let rows = stmt
-            .query_map([], |r| {
+        // A run's metrics are its training's until the run is done.
+        self.all(
+            "SELECT r.id, r.started_at, r.host,
+               (SELECT MAX(step) FROM training_metrics m WHERE m.training_id = s.training_id
+                  AND m.name = 'loss' AND m.split = 'train'),
+               (SELECT value FROM training_metrics m WHERE m.training_id = s.training_id
+                  AND m.name = 'steps_per_epoch' AND m.split = 'train' AND m.step = -1)
+               * json_extract(t.key_json, '$.train.epochs'),
+               (SELECT value FROM training_metrics m WHERE m.training_id = s.training_id
+                  AND m.name = 'loss' AND m.split = 'train' ORDER BY step DESC LIMIT 1),
+               (SELECT AVG(value) FROM training_metrics m WHERE m.training_id = s.training_id
+                  AND m.name = 'step_time_s' AND m.split = 'train')
+             FROM runs r LEFT JOIN run_stages s ON s.run_id = r.id
+             LEFT JOIN trainings t ON t.id = s.training_id
+             WHERE r.status = 'running' ORDER BY r.started_at",
+            [],
+            |r| {
                 Ok(Progress {
                     run_id: r.get(0)?,
                     started_at: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
@@ -106,26 +129,18 @@ impl Store {
                     loss: r.get(5)?,
                     step_time_s: r.get(6)?,
                 })
-            })
-            .map_err(err(&self.path))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(err(&self.path))
+            },
+        )
     }
 
     /// (step, value) of one metric of one run, in step order.
     pub fn series(&self, run_id: &str, name: &str, split: &str) -> Result<Vec<(i64, f64)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT step, value FROM metrics WHERE run_id = ?1 AND name = ?2 AND split = ?3
-                 ORDER BY step",
-            )
-            .map_err(err(&self.path))?;
-        let rows = stmt
-            .query_map(params![run_id, name, split], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(err(&self.path))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(err(&self.path))
+        self.all(
+            "SELECT step, value FROM metrics WHERE run_id = ?1 AND name = ?2 AND split = ?3
+             ORDER BY step",
+            params![run_id, name, split],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// A run-level value (step -1), such as `params` in split `model`.
@@ -139,73 +154,41 @@ impl Store {
 
     /// Every per-example verdict of a run.
     pub fn verdicts(&self, run_id: &str) -> Result<Vec<VerdictRow>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT dataset, example_id, category, evaluator, passed, verdict FROM eval_results
-                 WHERE run_id = ?1 ORDER BY dataset, example_id, evaluator",
-            )
-            .map_err(err(&self.path))?;
-        let rows = stmt
-            .query_map(params![run_id], |r| {
-                Ok(VerdictRow {
-                    dataset: r.get(0)?,
-                    example_id: r.get(1)?,
-                    category: r.get(2)?,
-                    evaluator: r.get(3)?,
-                    passed: r.get::<_, i64>(4)? != 0,
-                    verdict: r.get(5)?,
-                })
-            })
-            .map_err(err(&self.path))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(err(&self.path))
+        self.all(
+            "SELECT dataset, example_id, category, evaluator, passed, verdict FROM eval_results
+             WHERE run_id = ?1 ORDER BY dataset, example_id, evaluator",
+            params![run_id],
+            VerdictRow::read,
+        )
     }
 
     /// Every per-example verdict of a run with its prediction and gold answer, by
     /// evaluator, dataset and example (what the dashboard's examples page lists).
     pub fn examples(&self, run_id: &str) -> Result<Vec<ExampleRow>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT dataset, example_id, category, evaluator, passed, verdict, prediction,
-                        gold
-                 FROM eval_results WHERE run_id = ?1 ORDER BY evaluator, dataset, example_id",
-            )
-            .map_err(err(&self.path))?;
-        let rows = stmt
-            .query_map(params![run_id], |r| {
+        self.all(
+            "SELECT dataset, example_id, category, evaluator, passed, verdict, prediction,
+                    gold
+             FROM eval_results WHERE run_id = ?1 ORDER BY evaluator, dataset, example_id",
+            params![run_id],
+            |r| {
                 Ok(ExampleRow {
-                    verdict: VerdictRow {
-                        dataset: r.get(0)?,
-                        example_id: r.get(1)?,
-                        category: r.get(2)?,
-                        evaluator: r.get(3)?,
-                        passed: r.get::<_, i64>(4)? != 0,
-                        verdict: r.get(5)?,
-                    },
+                    verdict: VerdictRow::read(r)?,
                     prediction: r.get(6)?,
                     gold: r.get(7)?,
                 })
-            })
-            .map_err(err(&self.path))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(err(&self.path))
+            },
+        )
     }
 
     /// The stages of each run of a sweep that has them registered.
     pub fn sweep_stages(&self, sweep: &str) -> Result<Vec<RunStages>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT v.run_id, v.training_status, v.generation_status, v.verdict_sets_done,
-                        v.verdict_sets
-                 FROM run_stage_status v JOIN sweep_runs s ON s.run_id = v.run_id
-                 WHERE s.sweep = ?1 ORDER BY s.position",
-            )
-            .map_err(err(&self.path))?;
-        let rows = stmt
-            .query_map(params![sweep], |r| {
+        self.all(
+            "SELECT v.run_id, v.training_status, v.generation_status, v.verdict_sets_done,
+                    v.verdict_sets
+             FROM run_stage_status v JOIN sweep_runs s ON s.run_id = v.run_id
+             WHERE s.sweep = ?1 ORDER BY s.position",
+            params![sweep],
+            |r| {
                 Ok(RunStages {
                     run_id: r.get(0)?,
                     training: r.get(1)?,
@@ -213,10 +196,8 @@ impl Store {
                     verdict_sets_done: r.get::<_, i64>(3)?.max(0) as usize,
                     verdict_sets: r.get::<_, i64>(4)?.max(0) as usize,
                 })
-            })
-            .map_err(err(&self.path))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(err(&self.path))
+            },
+        )
     }
 
     /// The first sweep (by name) that has a run: (sweep, the run's position in it, its
@@ -264,15 +245,11 @@ impl Store {
 
     /// Run ids whose id starts with `prefix` (for `ablate compare` with short ids).
     pub fn run_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id FROM runs WHERE substr(id, 1, length(?1)) = ?1 ORDER BY id")
-            .map_err(err(&self.path))?;
-        let rows = stmt
-            .query_map(params![prefix], |r| r.get(0))
-            .map_err(err(&self.path))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(err(&self.path))
+        self.all(
+            "SELECT id FROM runs WHERE substr(id, 1, length(?1)) = ?1 ORDER BY id",
+            params![prefix],
+            |r| r.get(0),
+        )
     }
 
     /// The sweep's description, file and axes, or None when the sweep is unknown.
@@ -292,30 +269,16 @@ impl Store {
 
     /// Every sweep's name, sorted.
     pub fn sweep_names(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name FROM sweeps ORDER BY name")
-            .map_err(err(&self.path))?;
-        let rows = stmt.query_map([], |r| r.get(0)).map_err(err(&self.path))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(err(&self.path))
+        self.all("SELECT name FROM sweeps ORDER BY name", [], |r| r.get(0))
     }
 
     /// The sweep's runs in plan order: (run id, axes JSON, is baseline).
     pub fn sweep_runs(&self, sweep: &str) -> Result<Vec<(String, String, bool)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT run_id, axes_json, is_baseline FROM sweep_runs WHERE sweep = ?1
-                 ORDER BY position",
-            )
-            .map_err(err(&self.path))?;
-        let rows = stmt
-            .query_map(params![sweep], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? == 1))
-            })
-            .map_err(err(&self.path))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(err(&self.path))
+        self.all(
+            "SELECT run_id, axes_json, is_baseline FROM sweep_runs WHERE sweep = ?1
+             ORDER BY position",
+            params![sweep],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? == 1)),
+        )
     }
 }
