@@ -283,10 +283,10 @@ pub enum Command {
     /// Browse the results database in a web browser (read-only).
     ///
     /// Pages: sweeps (with their question and run counts, and the markdown report), the
-    /// runs of a sweep (sortable, filterable, a toggle for only the columns that differ,
-    /// paired tests against the baseline), a run's examples (filter by verdict, evaluator
-    /// and category; `?vs=<run>` keeps the examples two runs judge differently, grouped by
-    /// the kind of failure), curves of any runs overlaid (smoothing, log scale, grad-norm
+    /// runs of a sweep (filter by axis value and status, e.g. `?train.lr=0.001`; sortable;
+    /// a toggle for only the columns that differ; paired tests against the baseline), a
+    /// run's examples (filter by verdict, evaluator, category and dataset; `?vs=<run>` keeps
+    /// the examples two runs judge differently, grouped by the kind of failure), curves of any runs overlaid (smoothing, log scale, grad-norm
     /// spikes), compare (differing config keys and paired tests), live (runs in progress,
     /// refreshed). Every table has a CSV link; every page a stable URL.
     ///
@@ -294,6 +294,9 @@ pub enum Command {
     /// refused: `ablate report` migrates it); files are served from the reports folder
     /// beside it only. Binds to 127.0.0.1 unless told otherwise. Prints the address, then
     /// serves until interrupted.
+    #[command(
+        after_help = "Examples:\n  ablate serve                         # http://127.0.0.1:8765/\n  ablate serve --addr 127.0.0.1:0      # any free port; the first line printed is the address\n  ablate serve --db /archive/ablate.db # an archived database, even in a read-only folder"
+    )]
     Serve {
         /// Address to listen on (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:8765")]

@@ -514,7 +514,7 @@ fn a_database_in_a_read_only_folder_is_read_by_every_read_command() {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    let run = |args: &[&str]| {
+    let command = |args: &[&str]| {
         let mut c = if root {
             let mut c = Command::new("setpriv");
             c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -527,10 +527,10 @@ fn a_database_in_a_read_only_folder_is_read_by_every_read_command() {
             .arg(&db)
             .args(args)
             .current_dir(&archive)
-            .without_ablate_env()
-            .output()
-            .unwrap()
+            .without_ablate_env();
+        c
     };
+    let run = |args: &[&str]| command(args).output().unwrap();
     for args in [
         &["query", "SELECT COUNT(*) AS n FROM runs"][..],
         &["status"],
@@ -546,6 +546,34 @@ fn a_database_in_a_read_only_folder_is_read_by_every_read_command() {
         String::from_utf8_lossy(&run(&["query", "SELECT COUNT(*) AS n FROM runs"]).stdout)
             .contains('1')
     );
+    // The dashboard reads it there too.
+    {
+        use std::io::BufRead;
+        let mut child = command(&["serve", "--addr", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let page = ureq::get(&format!("{}sweeps/archived", line.trim()))
+            .call()
+            .map(|r| r.into_string().unwrap());
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let page = page.unwrap_or_else(|e| {
+            panic!(
+                "serve: {e} ({line:?}) {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(
+            page.contains("archived") && page.contains("/runs/"),
+            "{page}"
+        );
+    }
     assert!(std::fs::read(&db).unwrap() == before, "the archive changed");
     let beside: Vec<_> = std::fs::read_dir(&archive)
         .unwrap()
