@@ -284,6 +284,7 @@ fn sigkill_mid_sweep_then_rerun_completes_without_duplicates() {
     let d = dir.path();
     let db = d.join("results/ablate.db");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .without_ablate_env()
         .current_dir(d)
         .args(["run", "experiments/micro.toml"])
         .stdin(Stdio::null())
@@ -398,6 +399,7 @@ fn sigkill_then_resume_from_checkpoint_is_bit_identical() {
     let (dir, _) = setup(&text);
     let d = dir.path();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .without_ablate_env()
         .current_dir(d)
         .args(["run", "experiments/micro.toml", "--no-report"])
         .stdin(Stdio::null())

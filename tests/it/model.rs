@@ -1,6 +1,7 @@
 //! The model's life outside a sweep: saved in Hugging Face layout, found again by path or
 //! through the local HF cache, and decoding the same way after the round trip.
 
+use crate::WithoutAblateEnv;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -105,6 +106,7 @@ fn plan(dir: &Path, model_name: &str, hub: &Path) -> std::process::Output {
     )
     .unwrap();
     Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .without_ablate_env()
         .current_dir(dir)
         .args(["plan", "exp.toml"])
         .env("HF_HUB_CACHE", hub)
@@ -171,6 +173,7 @@ fn an_experiment_fine_tunes_a_saved_checkpoint_given_by_path() {
     );
     std::fs::write(tmp.path().join("exp.toml"), text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ablate"))
+        .without_ablate_env()
         .current_dir(tmp.path())
         .args(["run", "exp.toml", "--no-report"])
         .stdin(Stdio::null())

@@ -1,5 +1,6 @@
 //! ToolBench loaders on every file of `../shared/data/toolbench`.
 
+use crate::WithoutAblateEnv;
 use std::path::{Path, PathBuf};
 
 use ablate::data::{render_prompt, toolbench};
@@ -295,6 +296,7 @@ fn data_convert_writes_what_toolbenchs_preprocessing_writes() {
         let out = tmp.path().join(format!("{g}.json"));
         let dir = root().join(format!("ToolBench/data_example/answer/{g}_answer"));
         let run = std::process::Command::new(env!("CARGO_BIN_EXE_ablate"))
+            .without_ablate_env()
             .args([
                 "data",
                 "convert",
