@@ -84,7 +84,8 @@ pub enum StoreError {
     /// A WAL database whose log holds changes, in a folder where SQLite cannot make the
     /// `-shm` file it needs to read them: opened without the log, it would look older.
     #[error(
-        "database {0}: its write-ahead log ({0}-wal) holds changes that cannot be read in          this read-only folder; copy the database and its -wal file to a writable folder"
+        "database {0}: its write-ahead log ({0}-wal) holds changes that cannot be read in \
+         this read-only folder; copy the database and its -wal file to a writable folder"
     )]
     UnreadableLog(String),
 }

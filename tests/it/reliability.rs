@@ -591,7 +591,11 @@ fn a_database_in_a_read_only_folder_is_read_by_every_read_command() {
     let out = run(&["query", "SELECT COUNT(*) AS n FROM runs"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("write-ahead log"), "{stderr}");
+    assert!(
+        stderr.contains("write-ahead log")
+            && stderr.contains("cannot be read in this read-only folder"),
+        "{stderr}"
+    );
     assert!(std::fs::read(&db).unwrap() == before);
     // So that the temporary folder can be removed.
     std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o755)).unwrap();
