@@ -286,9 +286,10 @@ pub enum Command {
     /// runs of a sweep (filter by axis value and status, e.g. `?train.lr=0.001`; sortable;
     /// a toggle for only the columns that differ; paired tests against the baseline), a
     /// run's examples (filter by verdict, evaluator, category and dataset; `?vs=<run>` keeps
-    /// the examples two runs judge differently, grouped by the kind of failure), curves of any runs overlaid (smoothing, log scale, grad-norm
-    /// spikes), compare (differing config keys and paired tests), live (runs in progress,
-    /// refreshed). Every table has a CSV link; every page a stable URL.
+    /// the examples two runs judge differently, grouped by the kind of failure), curves of
+    /// any runs overlaid (smoothing, log scale, grad-norm spikes), compare (differing
+    /// config keys and paired tests), live (runs in progress, refreshed). Every table has
+    /// a CSV link; every page a stable URL.
     ///
     /// The database is opened read-only and never written (one of an older schema is
     /// refused: `ablate report` migrates it); files are served from the reports folder

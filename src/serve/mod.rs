@@ -612,10 +612,7 @@ struct RunFilter {
 /// (`?train.lr=0.001&status=done`, values as the table shows them); the filters with
 /// their choices, for the page's form.
 fn filter_runs(data: &mut report::ReportData, q: &BTreeMap<String, String>) -> Vec<RunFilter> {
-    let value = |r: &report::RunRow, i: usize| match data.axes.get(i) {
-        Some(_) => r.axis_values[i].clone(),
-        None => r.status.clone(),
-    };
+    let n_axes = data.axes.len();
     let names: Vec<String> = data
         .axes
         .iter()
@@ -626,7 +623,11 @@ fn filter_runs(data: &mut report::ReportData, q: &BTreeMap<String, String>) -> V
         .into_iter()
         .enumerate()
         .map(|(i, name)| {
-            let mut choices: Vec<String> = data.rows.iter().map(|r| value(r, i)).collect();
+            let mut choices: Vec<String> = data
+                .rows
+                .iter()
+                .map(|r| filter_value(n_axes, r, i).to_string())
+                .collect();
             choices.sort();
             choices.dedup();
             let chosen = q.get(&name).cloned().unwrap_or_default();
@@ -637,19 +638,23 @@ fn filter_runs(data: &mut report::ReportData, q: &BTreeMap<String, String>) -> V
             }
         })
         .collect();
-    let keep: Vec<bool> = data
-        .rows
-        .iter()
-        .map(|r| {
-            filters
-                .iter()
-                .enumerate()
-                .all(|(i, f)| f.chosen.is_empty() || f.chosen == value(r, i))
-        })
-        .collect();
-    let mut k = keep.iter();
-    data.rows.retain(|_| *k.next().unwrap_or(&false));
+    data.rows.retain(|r| {
+        filters
+            .iter()
+            .enumerate()
+            .all(|(i, f)| f.chosen.is_empty() || f.chosen == filter_value(n_axes, r, i))
+    });
     filters
+}
+
+/// What filter `i` reads of a run: axis `i`'s value as the table shows it, and past the
+/// axes the status.
+fn filter_value(n_axes: usize, r: &report::RunRow, i: usize) -> &str {
+    if i < n_axes {
+        &r.axis_values[i]
+    } else {
+        &r.status
+    }
 }
 
 /// A run's examples page before it is cut to `MAX_EXAMPLES` rows.

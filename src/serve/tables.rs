@@ -33,21 +33,16 @@ impl Site {
         csv_page(&header, rows)
     }
 
-    /// `ablate export`'s CSV of a sweep's runs (those the page's filters keep), or with `table=comparisons` its paired
-    /// tests against the baseline.
+    /// `ablate export`'s CSV of a sweep's runs (those the page's filters keep), or with
+    /// `table=comparisons` its paired tests against the baseline.
     pub(super) fn sweep_csv(&self, name: &str, q: &BTreeMap<String, String>) -> Result<Page, Miss> {
         let mut data = self.sweep_data(name)?;
         if q.get("table").is_some_and(|t| t == "comparisons") {
-            let header: Vec<&str> = ["configuration", "run_ids"]
-                .into_iter()
-                .chain(PAIRED_HEADER)
-                .collect();
-            let rows = data.comparisons.iter().map(|c| {
-                let mut row = vec![c.group.clone(), c.run_ids.join(" ")];
-                row.extend(paired_cells(&c.test));
-                row
-            });
-            return csv_page(&header, rows);
+            let rows = data
+                .comparisons
+                .iter()
+                .map(|c| ([c.group.clone(), c.run_ids.join(" ")], &c.test));
+            return paired_csv(["configuration", "run_ids"], rows);
         }
         super::filter_runs(&mut data, q);
         let mut body = Vec::new();
@@ -125,16 +120,11 @@ impl Site {
             .map_err(|e| Miss::Failed(e.to_string()))?;
         let cell = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
         if q.get("table").is_some_and(|t| t == "pairs") {
-            let header: Vec<&str> = ["run_id", "against"]
-                .into_iter()
-                .chain(PAIRED_HEADER)
-                .collect();
-            let rows = cmp.pairs.iter().map(|p| {
-                let mut row = vec![p.run_id.clone(), p.reference.clone()];
-                row.extend(paired_cells(&p.test));
-                row
-            });
-            return csv_page(&header, rows);
+            let rows = cmp
+                .pairs
+                .iter()
+                .map(|p| ([p.run_id.clone(), p.reference.clone()], &p.test));
+            return paired_csv(["run_id", "against"], rows);
         }
         let mut header = vec!["key".to_string()];
         header.extend(cmp.runs.iter().map(|r| r.run_id.clone()));
@@ -185,6 +175,21 @@ impl Site {
             });
         csv_page(&header, rows)
     }
+}
+
+/// Paired tests as CSV: each row's two leading cells (what was tested against what),
+/// then the test's numbers.
+fn paired_csv<'a>(
+    lead: [&str; 2],
+    rows: impl Iterator<Item = ([String; 2], &'a report::PairedTest)>,
+) -> Result<Page, Miss> {
+    let header: Vec<&str> = lead.into_iter().chain(PAIRED_HEADER).collect();
+    let rows = rows.map(|(lead, t)| {
+        let mut row = Vec::from(lead);
+        row.extend(paired_cells(t));
+        row
+    });
+    csv_page(&header, rows)
 }
 
 /// The columns of a paired test in CSV, as `paired_cells` writes them.
