@@ -4,7 +4,6 @@
 //! read directly, and StableToolBench's ToolEval code reading ablate's export.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -17,18 +16,10 @@ use sha2::{Digest, Sha256};
 
 use crate::cli::{ablate, setup};
 use crate::stub::Stub;
-use crate::{stdout_ok, text_rows, WithoutAblateEnv};
+use crate::{free_port, stdout_ok, text_rows, WithoutAblateEnv};
 
 fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/toolbench")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The simulator's stand-in: an OpenAI-compatible chat endpoint whose answer is a hash of

@@ -9,7 +9,6 @@
 //! purpose.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::serve::{ablate, serve};
-use crate::stdout_ok;
+use crate::{free_port, stdout_ok};
 
 /// Four runs: the tiny model untrained and trained for 1 and 2 epochs, and a model behind
 /// an endpoint (a stub that knows the gold answer of every other example), so that runs
@@ -107,14 +106,6 @@ fn installed() -> Option<(String, String)> {
             String::from_utf8_lossy(&out.stderr)
         ),
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Browser {

@@ -77,6 +77,15 @@ impl WithoutAblateEnv for std::process::Command {
     }
 }
 
+/// A port on 127.0.0.1 that nothing listens on now (for a server a test starts).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A command's stdout, after asserting it succeeded (its stderr in the message if not).
 pub(crate) fn stdout_ok(out: &std::process::Output) -> String {
     assert!(
